@@ -1,0 +1,53 @@
+"""`python -m pipelines.dpo`: the command line for every stage and for the whole pipeline.
+
+Each subcommand lives in a module that registers itself with `register(subparsers)`; those modules
+keep heavy imports (ZenML, torch, Modal) inside their functions so `generate` starts without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that add subcommands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "pipelines.cli_run",  # run, dashboard
+    "pipelines.cli_stages",  # generate, judge, estimate, split
+    "training.cli",  # upload, train
+    "serving.cli",  # deploy, serve-local
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.dpo",
+        description="Sample, judge, split, train and serve: DPO for the Seinfeld SFT adapter.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # that part of the product is not installed in this checkout
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
