@@ -1,0 +1,46 @@
+"""Exceptions the engine and its stages use to say what happened to a row or a run."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting is invalid or a run cannot start (fingerprint mismatch, lock held, strict input errors)."""
+
+
+class InputError(ConfigError):
+    """Input rows are invalid and the run is strict; `problems` holds every `file:line: problem`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(
+            f"{len(problems)} invalid input row(s); --strict stops before any request is sent:\n  "
+            f"{shown}{more}\nFix these rows, or drop --strict to send them to the rejects file and go on."
+        )
+
+
+class FatalError(Exception):
+    """A row failed for good: it becomes an error record and a rerun retries it."""
+
+    def __init__(self, reason: str, *, attempts: int = 1, status: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+        self.status = status
+
+
+class MalformedResponse(Exception):
+    """The server answered but the answer cannot be used (bad JSON, wrong shape); retried a few times."""
+
+
+class SkipRow(Exception):
+    """The row is finished without a result (e.g. fewer than two distinct completions to judge).
+
+    `record` is written to the skipped file, so the row counts as done and is not retried.
+    """
+
+    def __init__(self, reason: str, record: dict | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.record = record or {}

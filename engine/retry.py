@@ -1,0 +1,99 @@
+"""One retry policy for every request: which failures are retried, and how long to wait.
+
+The openai SDK's own retries are switched off (max_retries=0) wherever the engine makes a client, so
+this is the only place that retries; that keeps the attempt counts, the shared 429 cool-down and the
+error records honest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import openai
+
+from engine.errors import FatalError, MalformedResponse
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True)
+class Decision:
+    retryable: bool
+    reason: str
+    status: int | None = None
+    retry_after_s: float | None = None
+    malformed: bool = False
+
+
+def classify(exc: BaseException) -> Decision:
+    """Map an exception from one request to retry-or-not, with a reason fit for an error record."""
+    if isinstance(exc, FatalError):
+        return Decision(False, exc.reason, exc.status)
+    if isinstance(exc, MalformedResponse):
+        return Decision(True, f"malformed response: {exc}", malformed=True)
+    if isinstance(exc, openai.APITimeoutError):
+        return Decision(True, "request timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return Decision(True, f"connection error: {exc.__cause__ or exc}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = _error_message(exc)
+        if status in RETRYABLE_STATUS or status >= 500:
+            return Decision(True, f"HTTP {status}: {message}", status, retry_after(exc.response.headers))
+        return Decision(False, f"HTTP {status}: {message}", status)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return Decision(True, f"malformed response: {exc}", malformed=True)
+    if isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
+        return Decision(True, f"{type(exc).__name__}: {exc}")
+    return Decision(False, f"{type(exc).__name__}: {exc}")
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+    return str(exc.message)[:300]
+
+
+def retry_after(headers) -> float | None:  # noqa: ANN001 - any mapping of headers
+    """Seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date), as OpenAI sends them."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_s: float
+    cap_s: float
+    max_retry_after_s: float
+
+    def delay(self, attempt: int, retry_after_s: float | None) -> float:
+        """Exponential backoff with 'equal jitter' (half fixed, half random); Retry-After wins when given."""
+        if retry_after_s is not None:
+            return min(retry_after_s, self.max_retry_after_s)
+        ceiling = min(self.cap_s, self.base_s * (2 ** (attempt - 1)))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)

@@ -1,0 +1,341 @@
+"""Run a stage over an input file: a fixed worker pool, one retry policy, a crash-safe checkpoint.
+
+    producer ──(bounded queue, size = concurrency)──> N workers ──> one Writer (append-only JSONL)
+
+The producer streams the input, rejects bad and duplicate rows, skips ids already done, and stops
+scheduling on a stop request (signal, budget). Workers take rows as slots free up; each request a
+stage makes goes through `RowContext.request`, which paces, retries and classifies failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from engine.checkpoint import Checkpoint, Writer, atomic_write, fingerprint
+from engine.errors import ConfigError, FatalError, InputError, SkipRow
+from engine.limits import Pacer
+from engine.options import RunOptions
+from engine.progress import Progress
+from engine.retry import Backoff, classify
+from engine.rows import Reject, Row, Validator, file_sha256, iter_lines, iter_rows, parse_line
+from engine.summary import Counters, StageSummary
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Stage(Protocol):
+    """What a stage provides to the runner."""
+
+    name: str  # e.g. "generate"
+    output_name: str  # e.g. "completions" -> completions.jsonl
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the output; fingerprinted so a resume with other settings is refused."""
+        ...
+
+    def validate(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Check and normalise one input object; raise ValueError(problem) for a bad row."""
+        ...
+
+    async def process(self, row: Row, ctx: RowContext) -> dict[str, Any]:
+        """Do one row; return its result record (without "id"), or raise SkipRow / FatalError."""
+        ...
+
+    def stop_reason(self, counters: Counters) -> str | None:
+        """A reason to stop scheduling new rows (e.g. a spending cap), checked before each row."""
+        ...
+
+
+@dataclass
+class RowContext:
+    """Handed to a stage for one row: `request` runs one API call under the shared retry policy."""
+
+    row: Row
+    counters: Counters
+    pacer: Pacer
+    backoff: Backoff
+    options: RunOptions
+
+    async def request(self, call: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        malformed = 0
+        while True:
+            attempt += 1
+            await self.pacer.before_request()
+            self.counters.requests += 1
+            try:
+                return await call()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                decision = classify(e)
+                malformed += decision.malformed
+                give_up = (
+                    not decision.retryable
+                    or attempt >= self.options.max_attempts
+                    or malformed >= self.options.max_malformed
+                )
+                if give_up:
+                    tries = f" after {attempt} attempts" if attempt > 1 else ""
+                    raise FatalError(f"{decision.reason}{tries}", attempts=attempt, status=decision.status) from e
+                if decision.status == 429 and decision.retry_after_s is not None:
+                    self.pacer.cool_down.pause(min(decision.retry_after_s, self.options.max_retry_after_s))
+                self.counters.retries += 1
+                delay = self.backoff.delay(attempt, decision.retry_after_s)
+                log.debug("row %s: %s; retry %d in %.2fs", self.row.id, decision.reason, attempt, delay)
+                await asyncio.sleep(delay)
+
+
+@dataclass
+class _Prepass:
+    sha256: str
+    lines: int
+    problems: list[str]
+
+
+async def _prepass(path: Path, validate: Validator, strict: bool) -> _Prepass:
+    """Hash and count the input; in strict mode also validate every row before any request."""
+    if not path.exists():
+        raise ConfigError(f"input file {path} does not exist; check --prompts / --completions")
+    sha = await asyncio.to_thread(file_sha256, path)
+    lines = 0
+    problems: list[str] = []
+    name = str(path)
+    async for lineno, raw in iter_lines(path):
+        lines += 1
+        if strict:
+            parsed = parse_line(name, lineno, raw, validate)
+            if isinstance(parsed, Reject):
+                problems.append(parsed.where)
+    return _Prepass(sha, lines, problems)
+
+
+async def run_stage(
+    stage: Stage,
+    input_path: Path,
+    out_dir: Path,
+    options: RunOptions,
+    *,
+    resume_command: str | None = None,
+) -> StageSummary:
+    """Run `stage` over `input_path`, resuming from `out_dir`; returns the summary (also written as JSON)."""
+    started = time.monotonic()
+    checkpoint = Checkpoint(out_dir, stage.output_name)
+    checkpoint.acquire_lock()
+    try:
+        pre = await _prepass(input_path, stage.validate, options.strict)
+        if pre.problems:
+            raise InputError(pre.problems)
+        checkpoint.check_fingerprint(fingerprint(stage.name, stage.settings(), pre.sha256), fresh=options.fresh)
+        scan = checkpoint.scan()
+        counters = Counters(done_before=len(scan.done))
+        wanted = min(options.limit or pre.lines, pre.lines)
+        counters.total = max(0, wanted - len(scan.done))
+        writer = checkpoint.open_writer(options.fsync_every_s)
+        try:
+            summary = await _Run(stage, input_path, options, counters, writer, scan.done).run()
+        finally:
+            writer.close()
+        summary.elapsed_s = time.monotonic() - started
+        summary.output = checkpoint.results
+        summary.resume_command = resume_command
+        _write_summary(checkpoint, summary)
+        return summary
+    finally:
+        checkpoint.release_lock()
+
+
+def _write_summary(checkpoint: Checkpoint, summary: StageSummary) -> None:
+    atomic_write(checkpoint.summary_path, orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+class _Run:
+    def __init__(
+        self,
+        stage: Stage,
+        input_path: Path,
+        options: RunOptions,
+        counters: Counters,
+        writer: Writer,
+        done: set[str],
+    ):
+        self.stage = stage
+        self.input_path = input_path
+        self.options = options
+        self.counters = counters
+        self.writer = writer
+        self.done = done
+        self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=options.concurrency)
+        self.stop = asyncio.Event()
+        self.stopped_reason: str | None = None
+        self.signals = 0
+        self.pacer = Pacer(options.rps)
+        self.backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, options.max_retry_after_s)
+        self.progress = Progress(stage.name, counters, options.progress_every_s)
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stopped_reason = reason
+            self.stop.set()
+
+    # -- producer ---------------------------------------------------------------------------------
+    async def produce(self) -> None:
+        c = self.counters
+        seen: dict[int, int] = {}
+        taken = 0
+        limit = self.options.limit
+        try:
+            async for item in iter_rows(self.input_path, self.stage.validate):
+                if self.stop.is_set():
+                    break
+                if isinstance(item, Reject):
+                    self.writer.reject(item.record())
+                    log.warning("rejected %s", item.where)
+                    c.rejected += 1
+                    c.total = max(0, c.total - 1)
+                    continue
+                key = int(item.id, 16)
+                first = seen.get(key)
+                if first is not None:
+                    self.writer.reject(
+                        {"file": str(self.input_path), "line": item.line, "id": item.id,
+                         "problem": f"duplicate prompt of line {first}; processed once", "duplicate_of": first}
+                    )
+                    log.warning("%s:%d: duplicate prompt of line %d; processed once", self.input_path, item.line,
+                                first)
+                    c.duplicates += 1
+                    c.total = max(0, c.total - 1)
+                    continue
+                seen[key] = item.line
+                taken += 1
+                if limit is not None and taken > limit:
+                    break
+                if item.id in self.done:
+                    continue
+                reason = self.stage.stop_reason(c)
+                if reason:
+                    self.request_stop(reason)
+                    break
+                await self.queue.put(item)
+        finally:
+            for _ in range(self.options.concurrency):
+                await self.queue.put(None)
+
+    # -- workers ----------------------------------------------------------------------------------
+    async def work(self) -> None:
+        c = self.counters
+        while True:
+            row = await self.queue.get()
+            if row is None:
+                return
+            if self.stop.is_set():
+                continue  # not started: left for a rerun
+            ctx = RowContext(row, c, self.pacer, self.backoff, self.options)
+            self.progress.in_flight += 1
+            try:
+                record = await self.stage.process(row, ctx)
+                self.writer.result({"id": row.id, **record})
+                c.succeeded += 1
+            except SkipRow as s:
+                self.writer.skip({"id": row.id, "line": row.line, "reason": s.reason, **s.record})
+                c.skipped += 1
+            except FatalError as e:
+                self.writer.error(
+                    {"id": row.id, "line": row.line, "stage": self.stage.name, "error": e.reason,
+                     "attempts": e.attempts, "status": e.status}
+                )
+                log.warning("%s:%d (id %s) failed: %s", self.input_path, row.line, row.id, e.reason)
+                c.failed += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug in a stage must not kill the batch: record it, rerun retries it
+                log.exception("%s:%d (id %s): unexpected error", self.input_path, row.line, row.id)
+                self.writer.error(
+                    {"id": row.id, "line": row.line, "stage": self.stage.name,
+                     "error": f"unexpected {type(e).__name__}: {e}", "attempts": 1, "status": None}
+                )
+                c.failed += 1
+            finally:
+                self.progress.in_flight -= 1
+
+    # -- signals ----------------------------------------------------------------------------------
+    def _on_signal(self, signame: str) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.request_stop(f"{signame} received")
+            print(
+                f"\n{signame}: no new rows; letting {self.progress.in_flight} in-flight row(s) finish "
+                f"(up to {self.options.grace_s:.0f}s). Press Ctrl-C again to exit at once.",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            self.writer.fsync()  # every finished row is already written and flushed
+            print(f"\n{signame} again: exiting now; rerun the same command to resume.", file=sys.stderr, flush=True)
+            os._exit(130)
+
+    def _install_signals(self) -> list[int]:
+        if not self.options.handle_signals:
+            return []
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig.name)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                log.debug("cannot handle %s here", sig.name)
+        return installed
+
+    # -- run --------------------------------------------------------------------------------------
+    async def run(self) -> StageSummary:
+        installed = self._install_signals()
+        producer = asyncio.create_task(self.produce(), name="producer")
+        workers = [asyncio.create_task(self.work(), name=f"worker-{i}") for i in range(self.options.concurrency)]
+        helpers = [asyncio.create_task(self.writer.sync_forever(), name="fsync")]
+        if self.options.progress:
+            helpers.append(asyncio.create_task(self.progress.run(), name="progress"))
+        all_workers = asyncio.gather(*workers)
+        stop_wait = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({all_workers, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not all_workers.done():  # a stop was requested: give in-flight rows the grace period
+                try:
+                    await asyncio.wait_for(asyncio.shield(all_workers), self.options.grace_s)
+                except TimeoutError:
+                    log.warning("grace period over: cancelling %d in-flight row(s)", self.progress.in_flight)
+            if all_workers.done() and not all_workers.cancelled():
+                all_workers.result()  # re-raise a worker's unexpected crash
+        finally:
+            for task in (producer, stop_wait, *workers, *helpers):
+                task.cancel()
+            await asyncio.gather(producer, stop_wait, *workers, *helpers, return_exceptions=True)
+            loop = asyncio.get_running_loop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if self.options.progress:
+            self.progress.finish()
+        c = self.counters
+        interrupted = self.signals > 0
+        return StageSummary(
+            stage=self.stage.name,
+            output=Path(),
+            input=self.input_path,
+            counters=c,
+            elapsed_s=0.0,
+            interrupted=interrupted,
+            stopped_reason=self.stopped_reason,
+            unfinished=max(0, c.total - c.finished) if self.stop.is_set() else 0,
+        )
