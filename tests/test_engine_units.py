@@ -1,0 +1,189 @@
+"""Engine parts without a server: input rows, the checkpoint, the retry policy, options."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import httpx2
+import openai
+import orjson
+import pytest
+
+from engine.checkpoint import Checkpoint, fingerprint, repair_torn_tail
+from engine.errors import ConfigError, MalformedResponse
+from engine.options import RunOptions
+from engine.retry import Backoff, classify, retry_after
+from engine.rows import iter_rows, prompt_id, validate_prompt_row
+
+MSGS = [{"role": "system", "content": "brief"}, {"role": "user", "content": "[JERRY] Hi."}]
+
+
+def test_prompt_id_is_content_derived_and_order_free():
+    assert prompt_id(MSGS) == prompt_id([dict(reversed(list(m.items()))) for m in MSGS])
+    assert prompt_id(MSGS) != prompt_id(MSGS[:1] + [{"role": "user", "content": "[JERRY] Hi!"}])
+    assert len(prompt_id("plain")) == 16
+
+
+def _rows(tmp_path, text: str):
+    path = tmp_path / "in.jsonl"
+    path.write_text(text)
+
+    async def collect():
+        return [r async for r in iter_rows(path, validate_prompt_row)]
+
+    return path, asyncio.run(collect())
+
+
+def test_bad_rows_are_reported_with_file_line_and_problem(tmp_path):
+    good = orjson.dumps({"prompt": MSGS, "completion": [{"role": "assistant", "content": "[GEORGE] Yo."}]}).decode()
+    text = "\n".join([
+        good,
+        "{not json",
+        '{"completion": "x"}',
+        '{"prompt": ""}',
+        '{"prompt": [{"role": "user", "content": 5}]}',
+        '{"prompt": [{"role": "narrator", "content": "x"}]}',
+        "[1, 2]",
+        "",
+        '{"prompt": "plain string prompt"}',
+    ])
+    path, rows = _rows(tmp_path, text)
+    where = [getattr(r, "where", None) for r in rows]
+    assert rows[0].data["reference"] == "[GEORGE] Yo."
+    assert where[1].startswith(f"{path}:2: invalid JSON")
+    assert where[2] == f'{path}:3: missing "prompt"'
+    assert where[3] == f'{path}:4: "prompt" is an empty string'
+    assert where[4] == f'{path}:5: "prompt"[0].content must be a string, got int'
+    assert "role must be one of" in where[5] and where[5].startswith(f"{path}:6:")
+    assert where[6] == f"{path}:7: expected a JSON object, got list"
+    # the blank line 8 is skipped, line numbers stay true to the file
+    assert rows[7].line == 9 and rows[7].data == {"prompt": "plain string prompt"}
+
+
+def test_torn_last_line_is_cut_and_reported(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"id":"a","x":1}\n{"id":"b","x":2}\n{"id":"c","x"')
+    note = repair_torn_tail(path)
+    assert note and f"{path}:3:" in note
+    assert path.read_bytes() == b'{"id":"a","x":1}\n{"id":"b","x":2}\n'
+    assert repair_torn_tail(path) is None  # clean now
+
+
+def test_torn_line_with_newline_but_invalid_json_is_cut(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"id":"a"}\n{"id":"b",\n')
+    assert repair_torn_tail(path)
+    assert path.read_bytes() == b'{"id":"a"}\n'
+
+
+def test_scan_reads_ids_from_results_and_skipped(tmp_path):
+    ck = Checkpoint(tmp_path, "completions")
+    ck.results.write_bytes(b'{"id":"aa","v":1}\n{"v":2,"id":"bb"}\n')
+    ck.skipped.write_bytes(b'{"id":"cc","reason":"x"}\n')
+    assert ck.scan().done == {"aa", "bb", "cc"}
+
+
+def test_scan_names_a_damaged_middle_line(tmp_path):
+    ck = Checkpoint(tmp_path, "completions")
+    ck.results.write_bytes(b'{"id":"aa"}\ngarbage\n{"id":"cc"}\n')
+    with pytest.raises(ConfigError, match=r"completions.jsonl:2: checkpoint line"):
+        ck.scan()
+
+
+def test_fingerprint_mismatch_is_refused_and_fresh_moves_aside(tmp_path):
+    ck = Checkpoint(tmp_path, "completions")
+    fp1 = fingerprint("generate", {"n": 3, "temperature": 0.9}, "abc")
+    ck.check_fingerprint(fp1, fresh=False)
+    ck.results.write_bytes(b'{"id":"aa"}\n')
+    ck.check_fingerprint(fp1, fresh=False)  # same settings: resume is fine
+    fp2 = fingerprint("generate", {"n": 3, "temperature": 0.7}, "abc")
+    with pytest.raises(ConfigError, match=r"(?s)temperature: was 0.9, now 0.7.*--fresh"):
+        ck.check_fingerprint(fp2, fresh=False)
+    with pytest.raises(ConfigError, match="input file content"):
+        ck.check_fingerprint(fingerprint("generate", {"n": 3, "temperature": 0.9}, "xyz"), fresh=False)
+    ck.check_fingerprint(fp2, fresh=True)
+    assert not ck.results.exists()
+    kept = list((tmp_path / "previous").glob("completions-*/completions.jsonl"))
+    assert len(kept) == 1 and kept[0].read_bytes() == b'{"id":"aa"}\n'
+
+
+def test_rows_without_fingerprint_are_refused(tmp_path):
+    ck = Checkpoint(tmp_path, "completions")
+    ck.results.write_bytes(b'{"id":"aa"}\n')
+    with pytest.raises(ConfigError, match="no completions.fingerprint.json"):
+        ck.check_fingerprint(fingerprint("generate", {}, "x"), fresh=False)
+
+
+def test_second_process_is_refused_by_the_lock(tmp_path):
+    ck = Checkpoint(tmp_path, "completions")
+    ck.acquire_lock()
+    try:
+        code = textwrap.dedent(f"""
+            from pathlib import Path
+            from engine.checkpoint import Checkpoint
+            from engine.errors import ConfigError
+            try:
+                Checkpoint(Path({str(tmp_path)!r}), "completions").acquire_lock()
+            except ConfigError as e:
+                print("REFUSED", e)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.startswith("REFUSED") and "is being written by pid" in out
+    finally:
+        ck.release_lock()
+    Checkpoint(tmp_path, "completions").acquire_lock()  # free again once released
+
+
+def _status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    response = httpx2.Response(status, headers=headers or {}, request=request, json={"error": {"message": "m"}})
+    cls = {429: openai.RateLimitError, 400: openai.BadRequestError, 401: openai.AuthenticationError}.get(
+        status, openai.InternalServerError if status >= 500 else openai.APIStatusError
+    )
+    return cls("m", response=response, body={"error": {"message": "m"}})
+
+
+@pytest.mark.parametrize("status,retryable", [
+    (408, True), (409, True), (429, True), (500, True), (503, True),
+    (400, False), (401, False), (403, False), (404, False), (422, False),
+])
+def test_status_classification(status, retryable):
+    decision = classify(_status_error(status))
+    assert decision.retryable is retryable
+    assert decision.status == status and f"HTTP {status}" in decision.reason
+
+
+def test_connection_timeout_and_malformed_are_retryable():
+    request = httpx2.Request("POST", "http://127.0.0.1/")
+    assert classify(openai.APIConnectionError(request=request)).retryable
+    assert classify(openai.APITimeoutError(request=request)).retryable
+    d = classify(MalformedResponse("no choices"))
+    assert d.retryable and d.malformed
+    assert not classify(KeyError("bug")).retryable
+
+
+def test_retry_after_headers():
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after({}) is None
+    assert classify(_status_error(429, {"retry-after": "3"})).retry_after_s == 3.0
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    b = Backoff(base_s=1.0, cap_s=8.0, max_retry_after_s=5.0)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 8.0)]:
+        delays = [b.delay(attempt, None) for _ in range(200)]
+        assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
+        assert len(set(delays)) > 1  # jitter
+    assert b.delay(1, 3.0) == 3.0
+    assert b.delay(1, 60.0) == 5.0  # Retry-After capped
+
+
+def test_options_validation_names_the_rule():
+    with pytest.raises(ConfigError, match="concurrency must be >= 1, got 0"):
+        RunOptions(concurrency=0)
+    with pytest.raises(ConfigError, match="rps must be > 0"):
+        RunOptions(rps=0)
