@@ -8,6 +8,7 @@ error records honest.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -46,6 +47,8 @@ def classify(exc: BaseException) -> Decision:
         return Decision(False, f"HTTP {status}: {message}", status)
     if isinstance(exc, openai.APIResponseValidationError):
         return Decision(True, f"malformed response: {exc}", malformed=True)
+    if isinstance(exc, json.JSONDecodeError):  # the SDK raises this for a body that is not JSON
+        return Decision(True, f"malformed response: body is not JSON ({exc})", malformed=True)
     if isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
         return Decision(True, f"{type(exc).__name__}: {exc}")
     return Decision(False, f"{type(exc).__name__}: {exc}")

@@ -187,3 +187,10 @@ def test_options_validation_names_the_rule():
         RunOptions(concurrency=0)
     with pytest.raises(ConfigError, match="rps must be > 0"):
         RunOptions(rps=0)
+
+
+def test_a_body_that_is_not_json_is_malformed_and_retryable():
+    import json
+
+    d = classify(json.JSONDecodeError("Unterminated string", "{", 0))
+    assert d.retryable and d.malformed
