@@ -9,8 +9,9 @@ from typing import Any
 
 import openai
 
+from engine.chat import chat_completion, usage_of
 from engine.client import make_client
-from engine.errors import ConfigError, FatalError, MalformedResponse
+from engine.errors import ConfigError, FatalError
 from engine.options import RunOptions
 from engine.rows import Row, validate_prompt_row
 from engine.runner import RowContext, run_stage
@@ -95,30 +96,26 @@ class GenerateStage:
             want = s.n - len(samples)
             seed = None if s.seed is None else (s.seed + int(row.id[:8], 16) + 1000 * requests) % 2**31
 
-            async def call(want: int = want, seed: int | None = seed) -> Any:
-                response = await self.client.chat.completions.create(
-                    model=s.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    n=want,
-                    temperature=s.temperature,
-                    max_completion_tokens=s.max_tokens,
-                    seed=seed,
-                )
-                if not getattr(response, "choices", None):
-                    raise MalformedResponse("no choices in the response")
-                return response
-
-            response = await ctx.request(call)
+            payload: dict[str, Any] = {
+                "model": s.model,
+                "messages": messages,
+                "n": want,
+                "temperature": s.temperature,
+                "max_completion_tokens": s.max_tokens,
+            }
+            if seed is not None:
+                payload["seed"] = seed
+            data = await ctx.request(lambda payload=payload: chat_completion(self.client, payload))
             requests += 1
-            if response.usage is not None:
-                ctx.counters.add_usage(response.usage.prompt_tokens or 0, response.usage.completion_tokens or 0)
-            for choice in response.choices[:want]:
-                text = choice.message.content if choice.message else None
-                if text is None or not text.strip():
+            tokens_in, tokens_out, cached = usage_of(data)
+            ctx.counters.add_usage(tokens_in, tokens_out, cached)
+            for choice in data["choices"][:want]:
+                text = choice["message"].get("content")
+                if not isinstance(text, str) or not text.strip():
                     empty += 1  # a failed sample, not a failed row: topped up below
                     continue
                 samples.append(text)
-                finish.append(choice.finish_reason)
+                finish.append(choice.get("finish_reason"))
         if empty:
             ctx.counters.extra["empty_samples"] = ctx.counters.extra.get("empty_samples", 0) + empty
         record: dict[str, Any] = {"prompt": row.data["prompt"], "completions": samples}

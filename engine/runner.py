@@ -10,6 +10,7 @@ stage makes goes through `RowContext.request`, which paces, retries and classifi
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -53,8 +54,12 @@ class Stage(Protocol):
         """Do one row; return its result record (without "id"), or raise SkipRow / FatalError."""
         ...
 
-    def stop_reason(self, counters: Counters) -> str | None:
-        """A reason to stop scheduling new rows (e.g. a spending cap), checked before each row."""
+    def stop_reason(self, counters: Counters) -> str | None | Awaitable[str | None]:
+        """A reason to stop scheduling new rows (e.g. a spending cap), checked before each row.
+
+        May be a coroutine: the producer then waits for it (a budget may wait for rows in flight to show
+        their real cost before deciding), unless a stop (signal) comes first.
+        """
         ...
 
 
@@ -225,6 +230,10 @@ class _Run:
                 if item.id in self.done:
                     continue
                 reason = self.stage.stop_reason(c)
+                if inspect.isawaitable(reason):
+                    reason = await self._unless_stopped(reason)
+                    if self.stop.is_set():
+                        break
                 if reason:
                     self.request_stop(reason)
                     break
@@ -232,6 +241,17 @@ class _Run:
         finally:
             for _ in range(self.options.concurrency):
                 await self.queue.put(None)
+
+    async def _unless_stopped(self, pending: Awaitable[str | None]) -> str | None:
+        task = asyncio.ensure_future(pending)
+        stopped = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+        return task.result() if task.done() and not task.cancelled() else None
 
     # -- workers ----------------------------------------------------------------------------------
     async def work(self) -> None:

@@ -194,3 +194,15 @@ def test_a_body_that_is_not_json_is_malformed_and_retryable():
 
     d = classify(json.JSONDecodeError("Unterminated string", "{", 0))
     assert d.retryable and d.malformed
+
+
+def test_scan_handles_lines_longer_than_its_buffer(tmp_path, monkeypatch):
+    import engine.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "SCAN_CHUNK", 16)  # every line spans several reads
+    path = tmp_path / "x.jsonl"
+    ids = [f"{i:016x}" for i in range(50)]
+    path.write_bytes(b"".join(orjson.dumps({"id": i, "text": "y" * (i * 7)}) + b"\n" for i in ids))
+    found: set[str] = set()
+    checkpoint.scan_ids(path, found)
+    assert found == set(ids)

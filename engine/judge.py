@@ -1,0 +1,357 @@
+"""The judge stage: rank each row's completions, keep best as chosen and worst as rejected (TRL preference rows).
+
+Per row: drop empty and duplicate completions (fewer than two left: skipped with the reason), show the rest
+in an order shuffled by the row id, ask the judge for a full ranking (strict JSON), map it back to the
+input's completions, optionally judge again in reversed order (--swap-check) and keep the pair only when
+both agree on best and worst, and drop pairs below --min-confidence. Dropped pairs go to the skipped file
+with the full record, so nothing is filtered silently. Every request's tokens are priced as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from engine.client import make_client
+from engine.errors import ConfigError, FatalError, SkipRow
+from engine.judge_answer import CUT_BY_LENGTH, read_answer
+from engine.judge_cost import RowUsage, usage_of
+from engine.judge_estimate import Estimate, estimate
+from engine.judge_prompt import (
+    PROMPT_VERSION,
+    Candidates,
+    build_messages,
+    label,
+    prepare_candidates,
+    response_format,
+    shown_order,
+)
+from engine.judge_reference import confidence_from_gap, rank_by_reference
+from engine.judge_rows import validate_completions_row
+from engine.judge_settings import JudgeSettings
+from engine.options import RunOptions
+from engine.report import write_report
+from engine.rows import Row
+from engine.runner import RowContext, run_stage
+from engine.summary import Counters, StageSummary
+
+__all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge"]
+
+log = logging.getLogger(__name__)
+
+# Failures that no other row will escape: stop scheduling instead of failing every row the same way.
+RUN_FATAL_STATUS = frozenset({401, 403, 404})
+PRIOR_WEIGHT_ROWS = 2.0  # the --max-cost forecast counts the pre-run estimate as this many observed rows
+PRIOR_SAMPLE_ROWS = 200  # rows of the input the pre-run estimate reads
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One pass over a row: positions index the row's candidates (not its raw completions)."""
+
+    order: list[int]  # candidate positions in the order shown (ids A, B, ...)
+    ranking: list[int]  # candidate positions, best first
+    ranking_shown: list[str]  # the ids as the judge answered
+    confidence: int
+    reason: str
+    model_version: str | None = None
+    scores: list[float] | None = None  # reference backend: similarity per candidate position
+
+    @property
+    def best(self) -> int:
+        return self.ranking[0]
+
+    @property
+    def worst(self) -> int:
+        return self.ranking[-1]
+
+
+def _bump(counters: Counters, key: str, by: float = 1) -> None:
+    counters.extra[key] = counters.extra.get(key, 0) + by
+
+
+class JudgeStage:
+    name = "judge"
+    output_name = "preferences"
+
+    def __init__(self, settings: JudgeSettings, client: openai.AsyncOpenAI | None, *, prior_row_cost: float = 0.0):
+        if settings.backend == "openai" and client is None:
+            raise ConfigError("the openai judge backend needs a client")
+        self.s = settings
+        self.client = client
+        self.prior_row_cost = prior_row_cost
+        self._admitted = 0
+        self._finished_rows = 0
+        self._finished_cost = 0.0
+        self._row_done = asyncio.Event()
+        self._fatal: str | None = None
+
+    # -- the Stage protocol -----------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        return self.s.fingerprinted()
+
+    def validate(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return validate_completions_row(obj)
+
+    async def stop_reason(self, counters: Counters) -> str | None:
+        """Stop on a run-wide refusal (key, model, quota); with --max-cost, admit a row only while the
+        spend so far plus the forecast for the rows in flight and this one stays within the cap. When it
+        would not, wait for rows in flight to finish (their real cost replaces the forecast) and decide again.
+        """
+        cap = self.s.max_cost_usd
+        while True:
+            if self._fatal:
+                return self._fatal
+            if cap is None:
+                return None
+            outstanding = self._admitted - counters.finished
+            per_row = self.row_cost_forecast()
+            if counters.cost_usd + (outstanding + 1) * per_row <= cap:
+                self._admitted += 1
+                return None
+            if outstanding <= 0:
+                return (
+                    f"max cost reached: ${counters.cost_usd:.4f} spent this run and the next row would cost about "
+                    f"${per_row:.4f}, passing --max-cost ${cap:.2f}; rerun to continue (the cap is per run)"
+                )
+            self._row_done.clear()
+            await self._row_done.wait()
+
+    def row_cost_forecast(self) -> float:
+        """Mean cost per finished row, smoothed toward the pre-run estimate while few rows are done."""
+        return (self.prior_row_cost * PRIOR_WEIGHT_ROWS + self._finished_cost) / (
+            PRIOR_WEIGHT_ROWS + self._finished_rows
+        )
+
+    async def process(self, row: Row, ctx: RowContext) -> dict[str, Any]:
+        usage = RowUsage()
+        try:
+            return await self._process(row, ctx, usage)
+        finally:
+            self._finished_rows += 1
+            self._finished_cost += usage.cost_usd
+            self._row_done.set()
+
+    # -- one row ----------------------------------------------------------------------------------
+    async def _process(self, row: Row, ctx: RowContext, usage: RowUsage) -> dict[str, Any]:
+        completions: list[str] = row.data["completions"]
+        cands = prepare_candidates(completions)
+        dropped = {"empty": list(cands.empty), "duplicate": list(cands.duplicate)}
+        if len(cands) < 2:
+            raise SkipRow(
+                "fewer_than_two_distinct",
+                {"detail": cands.describe_drops(len(completions)) + ": nothing to compare", **dropped},
+            )
+        if self.s.backend == "reference" and not row.data.get("reference"):
+            raise SkipRow(
+                "no_reference",
+                {"detail": 'the reference judge needs the row\'s "reference" (the SFT completion); this row has none'},
+            )
+        order = shown_order(row.id, len(cands))
+        first = await self._judge(row, ctx, cands, order, usage)
+        second = None
+        if self.s.swap_check:
+            second = await self._judge(row, ctx, cands, order[::-1], usage)
+        return self._result(row, ctx.counters, cands, dropped, first, second, usage)
+
+    async def _judge(
+        self, row: Row, ctx: RowContext, cands: Candidates, order: list[int], usage: RowUsage
+    ) -> Judgement:
+        shown = [cands.texts[p] for p in order]
+        ids = [label(i) for i in range(len(shown))]
+        if self.s.backend == "reference":
+            best_first, scores = rank_by_reference(row.data["reference"], shown)
+            b, w = best_first[0], best_first[-1]
+            reason = (
+                f"[reference judge] {ids[b]} is closest to the reference completion (similarity {scores[b]:.2f}), "
+                f"{ids[w]} the farthest ({scores[w]:.2f}); a similarity score, not a model's judgement."
+            )
+            by_candidate = [0.0] * len(cands)
+            for i, p in enumerate(order):
+                by_candidate[p] = scores[i]
+            return Judgement(
+                order, [order[i] for i in best_first], [ids[i] for i in best_first],
+                confidence_from_gap(scores[b] - scores[w]), reason, scores=by_candidate,
+            )
+        verdict, model_version = await self._ask(row, ctx, shown, ids, usage)
+        ranking = [order[ids.index(x)] for x in verdict.ranking]
+        return Judgement(order, ranking, verdict.ranking, verdict.confidence, verdict.reason, model_version)
+
+    async def _ask(self, row: Row, ctx: RowContext, shown: list[str], ids: list[str], usage: RowUsage):  # noqa: ANN202
+        s = self.s
+        assert self.client is not None
+        client = self.client
+        messages = build_messages(row.data["prompt"], shown)
+        fmt = response_format(len(shown))
+        budget = s.max_completion_tokens
+        while True:
+
+            async def call(budget: int = budget) -> tuple[Any, Any]:
+                usage.requests += 1
+                response = await client.chat.completions.create(
+                    model=s.judge_model,
+                    messages=messages,  # type: ignore[arg-type]
+                    response_format=fmt,  # type: ignore[arg-type]
+                    reasoning_effort=s.reasoning_effort,  # type: ignore[arg-type]
+                    max_completion_tokens=budget,
+                )
+                self._account(ctx.counters, usage, response)  # billed even when the answer is unusable
+                return response, read_answer(response, ids)
+
+            try:
+                response, answer = await ctx.request(call)
+            except FatalError as e:
+                self._note_run_fatal(e)
+                raise
+            if answer is not CUT_BY_LENGTH:
+                return answer, getattr(response, "model", None)
+            if budget >= s.max_completion_tokens_cap:
+                raise FatalError(
+                    f"the answer was cut by the token budget (finish_reason 'length') even at the cap of "
+                    f"{s.max_completion_tokens_cap} max_completion_tokens; raise --max-completion-tokens-cap "
+                    "or lower --reasoning-effort",
+                    attempts=usage.requests,
+                )
+            new_budget = min(s.max_completion_tokens_cap, budget * 2)
+            log.debug("row %s: answer cut by length at %d tokens; retrying with %d", row.id, budget, new_budget)
+            budget = new_budget
+            ctx.counters.retries += 1
+            _bump(ctx.counters, "length_retries")
+
+    def _account(self, counters: Counters, usage: RowUsage, response: Any) -> None:
+        u = usage_of(response)
+        cost = self.s.price.cost(u.tokens_in, u.tokens_cached, u.tokens_out)
+        usage.tokens_in += u.tokens_in
+        usage.tokens_cached += u.tokens_cached
+        usage.tokens_out += u.tokens_out
+        usage.tokens_reasoning += u.tokens_reasoning
+        usage.cost_usd += cost
+        counters.add_usage(u.tokens_in, u.tokens_out, u.tokens_cached, cost)
+        if u.tokens_reasoning:
+            _bump(counters, "tokens_reasoning", u.tokens_reasoning)
+
+    def _note_run_fatal(self, e: FatalError) -> None:
+        if e.status in RUN_FATAL_STATUS or "quota" in e.reason.lower():
+            if self._fatal is None:
+                log.error("the judge endpoint refused the run: %s", e.reason)
+            self._fatal = (
+                f"the judge endpoint refused the run ({e.reason}); fix the API key, model name or billing, then rerun"
+            )
+
+    # -- the output row ---------------------------------------------------------------------------
+    def _result(
+        self,
+        row: Row,
+        counters: Counters,
+        cands: Candidates,
+        dropped: dict[str, list[int]],
+        first: Judgement,
+        second: Judgement | None,
+        usage: RowUsage,
+    ) -> dict[str, Any]:
+        s = self.s
+        prompt = row.data["prompt"]
+        chosen, rejected = cands.texts[first.best], cands.texts[first.worst]
+        assert first.best != first.worst and chosen != rejected  # distinct candidates, k >= 2
+        idx = cands.indices
+        swap = None
+        if second is not None:
+            agree = first.best == second.best and first.worst == second.worst
+            swap = {
+                "order_shown": [idx[p] for p in second.order],
+                "ranking": [idx[p] for p in second.ranking],
+                "ranking_shown": second.ranking_shown,
+                "confidence": second.confidence,
+                "reason": second.reason,
+                "agree": agree,
+            }
+            _bump(counters, "swap_checked")
+            _bump(counters, "swap_agreed", int(agree))
+        scores = None
+        if first.scores is not None:
+            scores = [None] * len(row.data["completions"])
+            for p, score in enumerate(first.scores):
+                scores[idx[p]] = round(score, 4)
+        judge = {
+            "backend": s.backend,
+            "model": s.model_label,
+            "model_version": first.model_version,
+            "reasoning_effort": s.reasoning_effort if s.backend == "openai" else None,
+            "prompt_version": PROMPT_VERSION,
+            "ranking": [idx[p] for p in first.ranking],
+            "ranking_shown": first.ranking_shown,
+            "order_shown": [idx[p] for p in first.order],
+            "confidence": first.confidence,
+            "reason": first.reason,
+            "chosen_index": idx[first.best],
+            "rejected_index": idx[first.worst],
+            "chosen_position": first.order.index(first.best),
+            "rejected_position": first.order.index(first.worst),
+            "candidates": len(cands),
+            "dropped": dropped,
+            "scores": scores,
+            "swap": swap,
+            "usage": usage.to_dict(),
+        }
+        as_turn = isinstance(prompt, list)
+        record = {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen}] if as_turn else chosen,
+            "rejected": [{"role": "assistant", "content": rejected}] if as_turn else rejected,
+            "judge": judge,
+        }
+        if swap is not None and not swap["agree"]:
+            _bump(counters, "filtered_swap_disagreement")
+            raise SkipRow(
+                "swap_disagreement",
+                {"detail": f"shown in order {judge['order_shown']} the judge ranked {judge['ranking']}; in reversed "
+                           f"order {swap['ranking']}: best and worst differ", **record},
+            )
+        confidence = min(first.confidence, second.confidence) if second is not None else first.confidence
+        if s.min_confidence is not None and confidence < s.min_confidence:
+            _bump(counters, "filtered_low_confidence")
+            raise SkipRow(
+                "low_confidence",
+                {"detail": f"confidence {confidence} is below --min-confidence {s.min_confidence}", **record},
+            )
+        return record
+
+
+async def run_judge(
+    completions: Path,
+    out_dir: Path,
+    settings: JudgeSettings,
+    options: RunOptions,
+    *,
+    api_key: str | None = None,
+    resume_command: str | None = None,
+) -> StageSummary:
+    """Judge out_dir/preferences.jsonl from a completions file (resumable); writes report.json and report.md."""
+    client = None
+    if settings.backend == "openai":
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key and settings.judge_url is None:
+            raise ConfigError(
+                "OPENAI_API_KEY is not set: export it for the OpenAI judge, point --judge-url at another "
+                "OpenAI-compatible server, or use --backend reference (offline, free)"
+            )
+        client = make_client(settings.judge_url, key, timeout_s=settings.timeout_s, concurrency=options.concurrency)
+    try:
+        prior = 0.0
+        if settings.max_cost_usd is not None and completions.exists():
+            forecast = await asyncio.to_thread(estimate, completions, settings, PRIOR_SAMPLE_ROWS)
+            prior = forecast.cost_per_row_usd
+            log.info("max cost $%.2f per run; forecast before any answer: $%.4f per row", settings.max_cost_usd, prior)
+        stage = JudgeStage(settings, client, prior_row_cost=prior)
+        summary = await run_stage(stage, completions, out_dir, options, resume_command=resume_command)
+    finally:
+        if client is not None:
+            await client.close()
+    write_report(out_dir)
+    return summary

@@ -1,0 +1,87 @@
+"""What a judge request costs: token usage read from each response, priced with a per-model table."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per 1M tokens. Output includes reasoning tokens (GPT-5 bills them as output)."""
+
+    input_per_m: float
+    cached_input_per_m: float
+    output_per_m: float
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not value >= 0:  # also rejects NaN
+                raise ConfigError(f"price {name} must be >= 0 USD per 1M tokens, got {value!r}")
+
+    def cost(self, tokens_in: int, tokens_cached: int, tokens_out: int) -> float:
+        """`tokens_in` counts every prompt token, cached ones included (as OpenAI's usage does)."""
+        uncached = max(0, tokens_in - tokens_cached)
+        return (
+            uncached * self.input_per_m + tokens_cached * self.cached_input_per_m + tokens_out * self.output_per_m
+        ) / 1e6
+
+
+FREE = Prices(0.0, 0.0, 0.0)
+
+# Published list prices (standard tier, USD per 1M tokens). gpt-5 is checked in the project notes;
+# mini and nano are OpenAI's launch prices. Override any of them with --price-in/--price-cached-in/--price-out.
+PRICE_TABLE: dict[str, Prices] = {
+    "gpt-5": Prices(1.25, 0.125, 10.0),
+    "gpt-5-mini": Prices(0.25, 0.025, 2.0),
+    "gpt-5-nano": Prices(0.05, 0.005, 0.40),
+}
+
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # gpt-5-2025-08-07 is priced as gpt-5
+
+
+def known_prices(model: str) -> Prices | None:
+    return PRICE_TABLE.get(model) or PRICE_TABLE.get(_SNAPSHOT.sub("", model))
+
+
+@dataclass
+class RowUsage:
+    """Tokens and dollars one row spent over all its requests (retries and swap check included)."""
+
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_cached: int = 0
+    tokens_out: int = 0
+    tokens_reasoning: int = 0
+    cost_usd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cost_usd"] = round(self.cost_usd, 8)
+        return d
+
+
+@dataclass(frozen=True)
+class ResponseUsage:
+    tokens_in: int
+    tokens_cached: int
+    tokens_out: int
+    tokens_reasoning: int
+
+
+def usage_of(response: Any) -> ResponseUsage:
+    """Usage from a chat completion (zeros when the server sent none)."""
+    u = getattr(response, "usage", None)
+    if u is None:
+        return ResponseUsage(0, 0, 0, 0)
+    prompt_details = getattr(u, "prompt_tokens_details", None)
+    completion_details = getattr(u, "completion_tokens_details", None)
+    return ResponseUsage(
+        tokens_in=u.prompt_tokens or 0,
+        tokens_cached=(getattr(prompt_details, "cached_tokens", None) or 0) if prompt_details else 0,
+        tokens_out=u.completion_tokens or 0,
+        tokens_reasoning=(getattr(completion_details, "reasoning_tokens", None) or 0) if completion_details else 0,
+    )

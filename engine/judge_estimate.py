@@ -1,0 +1,207 @@
+"""`estimate`: the requests, tokens and dollars a judge run would take, before anything is spent.
+
+Input tokens are counted from the exact requests the judge would send (the same prompt builder, the
+same shuffle), as characters / CHARS_PER_TOKEN: no tokenizer download. Output tokens cannot be known
+before the judge answers, so they are an assumption per reasoning effort (or --expected-output-tokens),
+shown beside a hard upper bound: every request spending its whole first budget.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.errors import ConfigError
+from engine.judge_prompt import build_messages, prepare_candidates, response_format, shown_order
+from engine.judge_rows import validate_completions_row
+from engine.judge_settings import JudgeSettings
+from engine.rows import prompt_id
+
+CHARS_PER_TOKEN = 4.0  # o200k-family tokenizers average about 4 characters per token on English text
+MESSAGE_OVERHEAD_TOKENS = 4  # per chat message (role and separators)
+REPLY_PRIMING_TOKENS = 3
+ANSWER_TOKENS = 60  # {"ranking": [...], "confidence": n, "reason": one sentence}
+# Reasoning tokens per request assumed for each effort: a guess for a 3-way ranking, not a measurement.
+REASONING_GUESS = {"none": 0, "minimal": 0, "low": 800, "medium": 2500, "high": 6000, "xhigh": 12000}
+CACHE_MIN_TOKENS = 1024  # OpenAI caches prompt prefixes from 1,024 tokens ...
+CACHE_STEP_TOKENS = 128  # ... in steps of 128
+
+
+def count_tokens(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def output_tokens_per_request(settings: JudgeSettings) -> tuple[int, str]:
+    """(tokens, how that number was chosen)."""
+    if settings.expected_output_tokens is not None:
+        return settings.expected_output_tokens, "given with --expected-output-tokens"
+    reasoning = REASONING_GUESS[settings.reasoning_effort]
+    return reasoning + ANSWER_TOKENS, (
+        f"assumed: ~{reasoning:,} reasoning tokens at effort {settings.reasoning_effort!r} + ~{ANSWER_TOKENS} "
+        "for the answer; a guess, measure a pilot run (report.md) and pass --expected-output-tokens"
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    completions: Path
+    backend: str
+    model: str
+    reasoning_effort: str | None
+    swap_check: bool
+    prices: dict[str, float]
+    rows: int  # valid, distinct rows read (within the limit)
+    rows_to_judge: int
+    skipped: dict[str, int]  # rows the judge would skip, by reason (no request)
+    invalid: int  # lines the judge would reject
+    requests: int
+    tokens_in: int
+    tokens_cached: int
+    tokens_out: int  # expected
+    tokens_out_max: int  # every request at its first budget
+    output_per_request: int
+    output_basis: str
+    shared_prefix_tokens: int
+    cost_usd: float  # expected
+    cost_max_usd: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cost_per_row_usd(self) -> float:
+        return self.cost_usd / self.rows if self.rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["completions"] = str(self.completions)
+        d["cost_per_row_usd"] = self.cost_per_row_usd
+        return d
+
+    def render(self) -> str:
+        judge = (
+            "the reference judge (offline similarity to the SFT reference; no requests, free)"
+            if self.backend == "reference"
+            else f"{self.model} (reasoning effort {self.reasoning_effort})"
+        )
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
+        lines = [
+            f"Estimate for judging {self.completions} with {judge}"
+            + (", with --swap-check (two requests per row)" if self.swap_check else ""),
+            f"  rows:     {self.rows:,} ({self.rows_to_judge:,} to judge; skipped without a request: {skipped}"
+            + (f"; {self.invalid} invalid line(s)" if self.invalid else "") + ")",
+        ]
+        if self.backend == "reference":
+            return "\n".join(lines)
+        p = self.prices
+        lines += [
+            f"  requests: {self.requests:,} (length retries would add more)",
+            f"  input:    {_m(self.tokens_in)} tokens, of which {_m(self.tokens_cached)} from the prompt cache",
+            f"  output:   {_m(self.tokens_out)} tokens expected ({self.output_per_request:,} per request, "
+            f"reasoning included); at most {_m(self.tokens_out_max)} if every request used its whole first budget",
+            f"  cost:     ${self.cost_usd:,.2f} expected, at most ${self.cost_max_usd:,.2f} "
+            f"(per 1M tokens: ${p['input_per_m']:g} in, ${p['cached_input_per_m']:g} cached in, "
+            f"${p['output_per_m']:g} out)",
+            "How the tokens were counted:",
+            f"  - input: the exact requests the judge would send (rubric, brief, scene, shuffled completion blocks, "
+            f"JSON schema), as characters / {CHARS_PER_TOKEN:g} + {MESSAGE_OVERHEAD_TOKENS} per message; no "
+            "tokenizer is loaded, so expect +-10%.",
+            f"  - cached input: every request after the first is assumed to hit the prompt cache for the prefix "
+            f"all rows share ({self.shared_prefix_tokens:,} tokens; caching starts at {CACHE_MIN_TOKENS:,} tokens, "
+            f"in {CACHE_STEP_TOKENS}-token steps; hits are likely, not guaranteed).",
+            f"  - output: {self.output_basis}.",
+        ]
+        lines += [f"  - {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+def estimate(completions: Path, settings: JudgeSettings, limit: int | None = None) -> Estimate:
+    """Read the completions file and forecast a judge run over its first `limit` valid rows. No requests."""
+    if not completions.exists():
+        raise ConfigError(f"completions file {completions} does not exist; check --completions")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 or unset, got {limit}")
+    passes = 2 if settings.swap_check else 1
+    per_request_out, basis = output_tokens_per_request(settings)
+    rows = invalid = requests = tokens_in = 0
+    skipped: Counter[str] = Counter()
+    seen: set[str] = set()
+    prefix: str | None = None
+    with open(completions, "rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+                if not isinstance(obj, dict):
+                    raise ValueError("not an object")
+                data = validate_completions_row(obj)
+            except ValueError:  # orjson.JSONDecodeError is a ValueError
+                invalid += 1
+                continue
+            row_id = prompt_id(data["prompt"])
+            if row_id in seen:
+                continue  # the judge processes a repeated prompt once
+            seen.add(row_id)
+            rows += 1
+            if limit is not None and rows > limit:
+                rows -= 1
+                break
+            cands = prepare_candidates(data["completions"])
+            if len(cands) < 2:
+                skipped["fewer_than_two_distinct"] += 1
+                continue
+            if settings.backend == "reference":
+                if not data.get("reference"):
+                    skipped["no_reference"] += 1
+                continue
+            order = shown_order(row_id, len(cands))
+            messages = build_messages(data["prompt"], [cands.texts[p] for p in order])
+            schema_chars = len(orjson.dumps(response_format(len(cands))))
+            chars = sum(len(m["content"]) for m in messages) + schema_chars
+            tokens = count_tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(messages) + REPLY_PRIMING_TOKENS
+            requests += passes
+            tokens_in += tokens * passes
+            text = messages[0]["content"] + "\x00" + messages[1]["content"]
+            prefix = text if prefix is None else os.path.commonprefix([prefix, text])
+    to_judge = rows - sum(skipped.values())
+    shared = count_tokens(len(prefix)) if prefix is not None else 0
+    cacheable = shared // CACHE_STEP_TOKENS * CACHE_STEP_TOKENS if shared >= CACHE_MIN_TOKENS else 0
+    tokens_cached = cacheable * max(0, requests - 1) if to_judge > 1 else 0
+    tokens_out = per_request_out * requests
+    tokens_out_max = settings.max_completion_tokens * requests
+    price = settings.price
+    notes = []
+    if shared and shared < CACHE_MIN_TOKENS:
+        notes.append(f"the shared prefix ({shared:,} tokens) is below {CACHE_MIN_TOKENS:,}: no prompt caching")
+    return Estimate(
+        completions=completions,
+        backend=settings.backend,
+        model=settings.model_label,
+        reasoning_effort=settings.reasoning_effort if settings.backend == "openai" else None,
+        swap_check=settings.swap_check,
+        prices=asdict(price),
+        rows=rows,
+        rows_to_judge=to_judge,
+        skipped=dict(skipped),
+        invalid=invalid,
+        requests=requests,
+        tokens_in=tokens_in,
+        tokens_cached=tokens_cached,
+        tokens_out=tokens_out,
+        tokens_out_max=tokens_out_max,
+        output_per_request=per_request_out,
+        output_basis=basis,
+        shared_prefix_tokens=shared,
+        cost_usd=price.cost(tokens_in, tokens_cached, tokens_out),
+        cost_max_usd=price.cost(tokens_in, tokens_cached, tokens_out_max),
+        notes=notes,
+    )

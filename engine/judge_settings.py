@@ -1,0 +1,129 @@
+"""The judge stage's settings: one validated dataclass shared by `judge` and `estimate`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import ConfigError
+from engine.judge_cost import FREE, Prices, known_prices
+from engine.judge_prompt import PROMPT_VERSION
+from engine.judge_reference import REFERENCE_MODEL
+
+BACKENDS = ("openai", "reference")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+DEFAULT_JUDGE_MODEL = "gpt-5"
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    backend: str = field(
+        default="openai", metadata={"help": "openai: a model ranks; reference: offline similarity to the SFT reference"}
+    )
+    judge_model: str = field(
+        default_factory=lambda: os.environ.get("JUDGE_MODEL") or DEFAULT_JUDGE_MODEL,
+        metadata={"help": "judge model (env JUDGE_MODEL, default gpt-5)"},
+    )
+    judge_url: str | None = field(
+        default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or None,
+        metadata={"help": "OpenAI-compatible base URL (env OPENAI_BASE_URL; unset: api.openai.com)"},
+    )
+    reasoning_effort: str = field(default="low", metadata={"help": "GPT-5 reasoning effort"})
+    max_completion_tokens: int = field(
+        default=4096, metadata={"help": "first output budget per request, reasoning included"}
+    )
+    max_completion_tokens_cap: int = field(
+        default=16384,
+        metadata={"help": "an empty answer cut by 'length' is retried with double the budget, up to this"},
+    )
+    swap_check: bool = field(
+        default=False, metadata={"help": "judge again in reversed order; keep the pair only if best and worst agree"}
+    )
+    max_cost_usd: float | None = field(
+        default=None, metadata={"help": "per run: stop scheduling rows once the spend would pass this"}
+    )
+    min_confidence: int | None = field(
+        default=None, metadata={"help": "drop (and record) pairs the judge rates below this confidence (1-5)"}
+    )
+    prices: Prices | None = field(
+        default=None, metadata={"help": "USD per 1M tokens; None: the table's price for judge_model"}
+    )
+    expected_output_tokens: int | None = field(
+        default=None,
+        metadata={"help": "output tokens per request assumed by `estimate` and the --max-cost forecast "
+                          "(None: a guess per reasoning effort)"},
+    )
+    timeout_s: float = field(default=300.0, metadata={"help": "per-request timeout"})
+
+    def __post_init__(self) -> None:
+        def rule(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        rule(self.backend in BACKENDS, f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        rule(bool(self.judge_model), "judge_model must be a non-empty model name, e.g. --judge-model gpt-5")
+        rule(
+            self.judge_url is None or self.judge_url.startswith(("http://", "https://")),
+            f"judge_url must be an http(s) URL ending in /v1, got {self.judge_url!r}; set --judge-url or "
+            "OPENAI_BASE_URL, or unset both for api.openai.com",
+        )
+        rule(
+            self.reasoning_effort in REASONING_EFFORTS,
+            f"reasoning_effort must be one of {list(REASONING_EFFORTS)}, got {self.reasoning_effort!r}",
+        )
+        rule(
+            self.max_completion_tokens >= 16,
+            f"max_completion_tokens must be >= 16 (it covers reasoning too), got {self.max_completion_tokens}",
+        )
+        rule(
+            self.max_completion_tokens_cap >= self.max_completion_tokens,
+            f"max_completion_tokens_cap ({self.max_completion_tokens_cap}) must be >= max_completion_tokens "
+            f"({self.max_completion_tokens}); raise --max-completion-tokens-cap",
+        )
+        rule(
+            self.max_cost_usd is None or self.max_cost_usd > 0,
+            f"max_cost_usd must be > 0 or unset, got {self.max_cost_usd}; omit --max-cost for no cap",
+        )
+        rule(
+            self.min_confidence is None or 1 <= self.min_confidence <= 5,
+            f"min_confidence must be 1-5 or unset, got {self.min_confidence}",
+        )
+        rule(
+            self.expected_output_tokens is None or self.expected_output_tokens >= 1,
+            f"expected_output_tokens must be >= 1 or unset, got {self.expected_output_tokens}",
+        )
+        rule(self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.backend == "reference":
+            object.__setattr__(self, "prices", FREE)
+        elif self.prices is None:
+            prices = known_prices(self.judge_model)
+            rule(
+                prices is not None,
+                f"no price is known for judge model {self.judge_model!r} (known: gpt-5, gpt-5-mini, gpt-5-nano); "
+                "pass --price-in, --price-cached-in and --price-out in USD per 1M tokens (0 for a free local judge)",
+            )
+            object.__setattr__(self, "prices", prices)
+
+    @property
+    def price(self) -> Prices:
+        assert self.prices is not None  # resolved in __post_init__
+        return self.prices
+
+    @property
+    def model_label(self) -> str:
+        """The judge named in every output row."""
+        return REFERENCE_MODEL if self.backend == "reference" else self.judge_model
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """What changes the pairs. URL, budgets, timeout, prices and the spending cap do not."""
+        d: dict[str, Any] = {
+            "backend": self.backend,
+            "judge_model": self.model_label,
+            "prompt_version": PROMPT_VERSION,
+            "swap_check": self.swap_check,
+            "min_confidence": self.min_confidence,
+        }
+        if self.backend == "openai":
+            d["reasoning_effort"] = self.reasoning_effort
+        return d

@@ -1,0 +1,255 @@
+"""The judge's quality report: what a user checks before paying for training.
+
+Built from the files in the output folder (all runs so far), written as report.json and report.md:
+rows judged / skipped (by reason) / failed / filtered; the shown position that won (position bias);
+how often chosen is longer than rejected (length bias); character tags in chosen vs rejected; the swap
+agreement rate; confidence; tokens and cost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.checkpoint import atomic_write
+
+FILTER_REASONS = ("low_confidence", "swap_disagreement")
+MAIN_CHARACTERS = ("JERRY", "GEORGE", "ELAINE", "KRAMER")
+_TAG = re.compile(r"^\s*\[([^\]\n]{1,40})\]", re.MULTILINE)
+# Thresholds for the warnings at the top of report.md.
+P_VALUE_ALARM = 0.01
+LENGTH_SHARE_ALARM = 0.70
+SWAP_AGREEMENT_ALARM = 0.70
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.strip():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue  # a torn last line: the next run repairs it
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return "\n".join(m.get("content", "") for m in value if isinstance(m, dict))
+
+
+def chi2_sf(x: float, df: int) -> float:
+    """P(X >= x) for a chi-square variable with integer df (closed forms; no scipy)."""
+    if x <= 0:
+        return 1.0
+    if df % 2 == 0:
+        term = total = 1.0
+        for i in range(1, df // 2):
+            term *= (x / 2) / i
+            total += term
+        return min(1.0, math.exp(-x / 2) * total)
+    p = math.erfc(math.sqrt(x / 2))
+    term = math.sqrt(2 * x / math.pi) * math.exp(-x / 2)
+    for i in range(1, (df - 1) // 2 + 1):
+        p += term
+        term *= x / (2 * i + 1)
+    return min(1.0, p)
+
+
+def _position_stats(judged: list[dict[str, Any]]) -> dict[str, Any]:
+    by_k: dict[int, dict[str, list[int]]] = {}
+    for j in judged:
+        k = j["candidates"]
+        slot = by_k.setdefault(k, {"chosen": [0] * k, "rejected": [0] * k})
+        slot["chosen"][j["chosen_position"]] += 1
+        slot["rejected"][j["rejected_position"]] += 1
+    out: dict[str, Any] = {}
+    for k, slot in sorted(by_k.items()):
+        n = sum(slot["chosen"])
+        expected = n / k
+        chi2 = sum((c - expected) ** 2 / expected for c in slot["chosen"]) if n else 0.0
+        out[str(k)] = {
+            "rows": n,
+            "chosen_by_position": slot["chosen"],
+            "rejected_by_position": slot["rejected"],
+            "chosen_share": [round(c / n, 4) for c in slot["chosen"]] if n else [],
+            "uniform_share": round(1 / k, 4),
+            "chi2": round(chi2, 3),
+            "p_value": round(chi2_sf(chi2, k - 1), 4) if n else None,
+        }
+    return out
+
+
+def _tags(texts: list[str]) -> Counter[str]:
+    c: Counter[str] = Counter()
+    for t in texts:
+        c.update(m.strip().upper() for m in _TAG.findall(t))
+    return c
+
+
+def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
+    kept = _read(out_dir / f"{name}.jsonl")
+    skipped = _read(out_dir / f"{name}.skipped.jsonl")
+    errors = _read(out_dir / f"{name}.errors.jsonl")
+    summary_path = out_dir / f"{name}.summary.json"
+    summary = orjson.loads(summary_path.read_bytes()) if summary_path.exists() else None
+
+    filtered = [r for r in skipped if r.get("reason") in FILTER_REASONS]
+    skip_only = Counter(r.get("reason", "unknown") for r in skipped if r.get("reason") not in FILTER_REASONS)
+    judged = [r["judge"] for r in kept + filtered if isinstance(r.get("judge"), dict)]
+    first = judged[0] if judged else {}
+
+    chosen = [_text(r["chosen"]) for r in kept]
+    rejected = [_text(r["rejected"]) for r in kept]
+    n = len(kept)
+    longer = sum(len(c) > len(r) for c, r in zip(chosen, rejected, strict=True))
+    tags_chosen, tags_rejected = _tags(chosen), _tags(rejected)
+    others = [t for t, _ in (tags_chosen + tags_rejected).most_common() if t not in MAIN_CHARACTERS][:8]
+
+    swapped = [j["swap"] for j in judged if j.get("swap") is not None]
+    agreed = sum(bool(s["agree"]) for s in swapped)
+    usage_keys = ("requests", "tokens_in", "tokens_cached", "tokens_out", "tokens_reasoning", "cost_usd")
+    usage = {k: sum(j.get("usage", {}).get(k, 0) for j in judged) for k in usage_keys}
+    usage["cost_usd"] = round(usage["cost_usd"], 6)
+    error_reasons = Counter(str(e.get("error", "unknown"))[:160] for e in errors)
+
+    report: dict[str, Any] = {
+        "output": str(out_dir / f"{name}.jsonl"),
+        "judge": {
+            "backend": first.get("backend"),
+            "model": first.get("model"),
+            "reasoning_effort": first.get("reasoning_effort"),
+            "prompt_version": first.get("prompt_version"),
+        },
+        "rows": {
+            "pairs": n,
+            "judged": len(judged),
+            "filtered": {reason: sum(r.get("reason") == reason for r in filtered) for reason in FILTER_REASONS},
+            "skipped": dict(skip_only),
+            "failed_latest_run": len(errors),
+            "failed_reasons": dict(error_reasons.most_common(10)),
+        },
+        "position_bias": _position_stats(judged),
+        "length_bias": {
+            "pairs": n,
+            "chosen_longer": longer,
+            "chosen_longer_share": round(longer / n, 4) if n else None,
+            "mean_chars_chosen": round(sum(map(len, chosen)) / n, 1) if n else None,
+            "mean_chars_rejected": round(sum(map(len, rejected)) / n, 1) if n else None,
+        },
+        "character_tags": {
+            "chosen": {t: tags_chosen[t] for t in (*MAIN_CHARACTERS, *others)},
+            "rejected": {t: tags_rejected[t] for t in (*MAIN_CHARACTERS, *others)},
+        },
+        "confidence": {str(c): sum(j.get("confidence") == c for j in judged) for c in range(1, 6)},
+        "swap": (
+            {"checked": len(swapped), "agreed": agreed, "agreement": round(agreed / len(swapped), 4)}
+            if swapped else None
+        ),
+        "usage": usage,
+        "latest_run": summary,
+    }
+    report["warnings"] = _warnings(report)
+    return report
+
+
+def _warnings(r: dict[str, Any]) -> list[str]:
+    out = []
+    if r["judge"]["backend"] == "reference":
+        out.append("These pairs come from the offline reference judge (similarity to the SFT reference), "
+                   "not from a model's judgement of quality.")
+    for k, pos in r["position_bias"].items():
+        if pos["p_value"] is not None and pos["p_value"] < P_VALUE_ALARM and pos["rows"] >= 20:
+            shares = ", ".join(f"{100 * s:.0f}%" for s in pos["chosen_share"])
+            out.append(f"Position bias: with {k} candidates the winner's shown position is far from uniform "
+                       f"({shares}; p = {pos['p_value']:.2g}). Consider --swap-check.")
+    lb = r["length_bias"]
+    share = lb["chosen_longer_share"]
+    if share is not None and lb["pairs"] >= 20 and (share > LENGTH_SHARE_ALARM or share < 1 - LENGTH_SHARE_ALARM):
+        out.append(f"Length bias: chosen is longer than rejected in {100 * share:.0f}% of pairs; DPO will learn "
+                   "length as much as style.")
+    swap = r["swap"]
+    if swap and swap["checked"] >= 20 and swap["agreement"] < SWAP_AGREEMENT_ALARM:
+        out.append(f"Swap agreement is only {100 * swap['agreement']:.0f}%: the judge's best/worst depend on "
+                   "the order shown for many rows.")
+    rows = r["rows"]
+    if rows["failed_latest_run"]:
+        out.append(f"{rows['failed_latest_run']} row(s) failed in the latest run; rerun the judge to retry them.")
+    return out
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    j, rows = r["judge"], r["rows"]
+    if j["backend"] == "reference":
+        judge = "**reference judge** (offline similarity to the SFT reference completion; not a model's judgement)"
+    else:
+        judge = f"`{j['model']}` (reasoning effort {j['reasoning_effort']}), prompt `{j['prompt_version']}`"
+    lines = [f"# Judge report: `{r['output']}`", "", f"Judge: {judge}", ""]
+    if r["warnings"]:
+        lines += ["## Warnings", "", *[f"- {w}" for w in r["warnings"]], ""]
+    lines += ["## Rows", "", "| | rows |", "|---|---:|", f"| pairs kept (training data) | {rows['pairs']} |"]
+    for reason, count in rows["filtered"].items():
+        lines.append(f"| filtered: {reason.replace('_', ' ')} | {count} |")
+    for reason, count in sorted(rows["skipped"].items()):
+        lines.append(f"| skipped: {reason.replace('_', ' ')} | {count} |")
+    lines.append(f"| failed in the latest run (a rerun retries them) | {rows['failed_latest_run']} |")
+    for reason, count in rows["failed_reasons"].items():
+        lines.append(f"| &nbsp;&nbsp;{_cell(reason)} | {count} |")
+    lines += ["", "## Position bias", "",
+              "Which shown position the judge picked as best (and worst); each row's order is shuffled, so an "
+              "unbiased judge is near uniform.", ""]
+    for k, pos in r["position_bias"].items():
+        head = " | ".join(f"pos {i + 1}" for i in range(int(k)))
+        lines += [f"{k} candidates, {pos['rows']} rows (chi-square p = {pos['p_value']}):", "",
+                  f"| | {head} |", "|---|" + "---:|" * int(k),
+                  "| best | " + " | ".join(f"{c} ({100 * s:.0f}%)" for c, s in
+                                           zip(pos["chosen_by_position"], pos["chosen_share"], strict=True)) + " |",
+                  "| worst | " + " | ".join(map(str, pos["rejected_by_position"])) + " |", ""]
+    lb = r["length_bias"]
+    if lb["pairs"]:
+        lines += ["## Length bias", "",
+                  f"Chosen is longer than rejected in {lb['chosen_longer']} of {lb['pairs']} pairs "
+                  f"({100 * lb['chosen_longer_share']:.0f}%); mean length chosen {lb['mean_chars_chosen']:,.0f} "
+                  f"chars, rejected {lb['mean_chars_rejected']:,.0f} chars.", ""]
+    tags = r["character_tags"]
+    lines += ["## Character tags (lines per speaker)", "", "| tag | chosen | rejected |", "|---|---:|---:|"]
+    lines += [f"| {t} | {tags['chosen'][t]} | {tags['rejected'][t]} |" for t in tags["chosen"]]
+    conf = r["confidence"]
+    lines += ["", "## Confidence", "", "| " + " | ".join(conf) + " |", "|" + "---:|" * len(conf),
+              "| " + " | ".join(str(v) for v in conf.values()) + " |", ""]
+    if r["swap"]:
+        s = r["swap"]
+        lines += ["## Swap check", "",
+                  f"Best and worst agreed in both orders for {s['agreed']} of {s['checked']} rows "
+                  f"({100 * s['agreement']:.0f}%); the others are filtered.", ""]
+    u = r["usage"]
+    lines += ["## Tokens and cost", "",
+              f"Rows with a judgement (kept and filtered), all runs: {u['requests']} requests, "
+              f"{u['tokens_in']:,} input tokens ({u['tokens_cached']:,} cached), {u['tokens_out']:,} output "
+              f"({u['tokens_reasoning']:,} reasoning), ${u['cost_usd']:.4f}."]
+    run = r["latest_run"]
+    if run:
+        lines.append(f"Latest run: {run.get('requests', 0)} requests, ${run.get('cost_usd', 0):.4f} "
+                     "(includes requests of failed rows)"
+                     + (f"; stopped: {run['stopped_reason']}" if run.get("stopped_reason") else "") + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(out_dir: Path, name: str = "preferences") -> tuple[Path, Path]:
+    report = build_report(out_dir, name)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    atomic_write(json_path, orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    atomic_write(md_path, render_markdown(report).encode())
+    return json_path, md_path
