@@ -202,7 +202,8 @@ def test_scan_handles_lines_longer_than_its_buffer(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "SCAN_CHUNK", 16)  # every line spans several reads
     path = tmp_path / "x.jsonl"
     ids = [f"{i:016x}" for i in range(50)]
-    path.write_bytes(b"".join(orjson.dumps({"id": i, "text": "y" * (i * 7)}) + b"\n" for i in ids))
+    texts = {i: "y" * (n * 7) for n, i in enumerate(ids)}
+    path.write_bytes(b"".join(orjson.dumps({"id": i, "text": texts[i]}) + b"\n" for i in ids))
     found: set[str] = set()
     checkpoint.scan_ids(path, found)
     assert found == set(ids)
