@@ -73,6 +73,101 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return _run(run_generate(args.prompts, args.out, settings, options, resume_command=resume_command()))
 
 
+def _judge_settings(args: argparse.Namespace):  # noqa: ANN202 - JudgeSettings (imported lazily)
+    from engine.judge_cost import Prices
+    from engine.judge_settings import JudgeSettings
+
+    kwargs = {}
+    if args.judge_model:
+        kwargs["judge_model"] = args.judge_model
+    if args.judge_url:
+        kwargs["judge_url"] = args.judge_url
+    prices = (args.price_in, args.price_cached_in, args.price_out)
+    if any(p is not None for p in prices):
+        if None in prices:
+            raise ConfigError("give all three of --price-in, --price-cached-in and --price-out (USD per 1M tokens)")
+        kwargs["prices"] = Prices(*prices)
+    return JudgeSettings(
+        backend=args.backend,
+        reasoning_effort=args.reasoning_effort,
+        max_completion_tokens=args.max_completion_tokens,
+        max_completion_tokens_cap=args.max_completion_tokens_cap,
+        swap_check=args.swap_check,
+        max_cost_usd=getattr(args, "max_cost", None),
+        min_confidence=getattr(args, "min_confidence", None),
+        expected_output_tokens=args.expected_output_tokens,
+        timeout_s=getattr(args, "timeout", 300.0),
+        **kwargs,
+    )
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from engine.judge import run_judge
+
+    try:
+        settings = _judge_settings(args)
+        options = _options(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    code = _run(run_judge(args.completions, args.out, settings, options, resume_command=resume_command()))
+    report = args.out / "report.md"
+    if report.exists():
+        print(f"  quality report: {report}", file=sys.stderr)
+    return code
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from engine.judge import estimate
+
+    try:
+        result = estimate(args.completions, _judge_settings(args), limit=args.limit)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(result.render())
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from engine.split import split_preferences
+
+    try:
+        result = split_preferences(args.preferences, args.out, args.val_fraction)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.render(), file=sys.stderr)
+    return 0
+
+
+def _judge_flags(p: argparse.ArgumentParser) -> None:
+    """What the judge does (shared by judge and estimate)."""
+    p.add_argument("--completions", type=Path, required=True, help="the generate stage's completions.jsonl")
+    p.add_argument("--backend", choices=("openai", "reference"), default="openai",
+                   help="openai: a model ranks (default); reference: offline similarity to the SFT reference")
+    p.add_argument("--judge-model", default=None, help="judge model (default: env JUDGE_MODEL, else gpt-5)")
+    p.add_argument("--judge-url", default=None,
+                   help="OpenAI-compatible base URL (default: env OPENAI_BASE_URL, else api.openai.com)")
+    p.add_argument("--reasoning-effort", default="low", help="none, minimal, low (default), medium, high, xhigh")
+    p.add_argument("--max-completion-tokens", type=int, default=4096,
+                   help="first output budget per request, reasoning included")
+    p.add_argument("--max-completion-tokens-cap", type=int, default=16384,
+                   help="an answer cut by the budget is retried with double the budget, up to this")
+    p.add_argument("--swap-check", action="store_true",
+                   help="judge each row again in reversed order; keep the pair only if best and worst agree")
+    p.add_argument("--price-in", type=float, default=None, help="USD per 1M input tokens (default: gpt-5 table)")
+    p.add_argument("--price-cached-in", type=float, default=None, help="USD per 1M cached input tokens")
+    p.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens, reasoning included")
+    p.add_argument("--expected-output-tokens", type=int, default=None,
+                   help="output tokens per request for the forecast (default: a guess per reasoning effort)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample n completions per prompt from the served SFT model")
     p.add_argument("--prompts", type=Path, required=True, help="JSONL of {prompt, completion?} rows")
@@ -85,3 +180,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds")
     _engine_flags(p, concurrency=32)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("judge", help="rank each prompt's completions with GPT-5 into preference pairs")
+    _judge_flags(p)
+    p.add_argument("--max-cost", type=float, default=None,
+                   help="USD per run: stop scheduling rows once the spend would pass this; rerun to continue")
+    p.add_argument("--min-confidence", type=int, default=None,
+                   help="drop pairs the judge rates below this confidence, 1-5 (recorded in the skipped file)")
+    p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
+    _engine_flags(p, concurrency=16)
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("estimate", help="forecast the judge's requests, tokens and dollars; sends nothing")
+    _judge_flags(p)
+    p.add_argument("--limit", type=int, default=None, help="only the first N valid rows")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("split", help="split preference pairs into train.jsonl and val.jsonl by prompt hash")
+    p.add_argument("--preferences", type=Path, required=True, help="the judge's preferences.jsonl")
+    p.add_argument("--out", type=Path, required=True, help="output folder for train.jsonl, val.jsonl, split.json")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of prompts for validation")
+    p.set_defaults(func=cmd_split)

@@ -1,0 +1,277 @@
+"""The pipeline's configuration: one YAML file per profile, validated into `PipelineConfig`.
+
+Order of precedence, lowest first: the dataclass defaults, the YAML file (configs/<profile>.yaml or
+--config FILE), the environment (SERVE_URL, OPENAI_BASE_URL, JUDGE_MODEL), then command-line flags.
+Secrets (OPENAI_API_KEY, Modal tokens) are never part of the configuration: the stages read them from
+the environment when they run, so they never reach ZenML's store.
+
+Unknown keys are rejected with the list of valid ones; each section is validated by the dataclass
+that owns it (GenerateSettings, JudgeSettings, RunOptions, DPOTrainConfig), so the rules live once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.generate import GenerateSettings
+from engine.options import RunOptions
+from pipelines.zenml_home import REPO_ROOT
+
+PROFILES = ("local", "modal")
+DEFAULT_PROFILE = "local"
+CONFIG_DIR = REPO_ROOT / "configs"
+# In the local profile the generate step starts the tiny model's server itself, on a free port.
+LOCAL_SERVE_URL = "http://127.0.0.1:0/v1"
+# Engine options the pipeline sets itself: the prompt subset applies --limit, a step never owns signals.
+PIPELINE_RUN_OPTIONS = {
+    "limit": "use the top-level `limit` (or --limit): it picks the prompt subset",
+    "fresh": "the pipeline keeps one working folder per input and settings; delete it to start over",
+    "handle_signals": "the pipeline process owns the signals",
+}
+# Training settings the pipeline fills in from earlier steps (both profiles) or the tiny kit (local).
+TRAIN_FROM_PIPELINE = {"data_dir": "the upload step's output"}
+TRAIN_FROM_LOCAL_KIT = {
+    "base_model": "the tiny kit's base model",
+    "sft_adapter": "the tiny kit's SFT adapter",
+    "output_dir": "the working folder",
+    "adapter_out": "the working folder",
+}
+ENV_OVERRIDES = (  # (environment variable, section, key): endpoints and model names, never secrets
+    ("SERVE_URL", "generate", "serve_url"),
+    ("OPENAI_BASE_URL", "judge", "judge_url"),
+    ("JUDGE_MODEL", "judge", "judge_model"),
+)
+
+
+class PipelineConfigError(ValueError):
+    """The configuration is invalid: the message names the key, the rule, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    val_fraction: float = field(default=0.1, metadata={"help": "share of preference pairs held out for eval"})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise PipelineConfigError(
+                f"split.val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}; try 0.1"
+            )
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    state_dir: str = field(
+        default="data/runs/serving", metadata={"help": "where the deploy records (and local server pid) live"}
+    )
+    timeout_s: float = field(default=180.0, metadata={"help": "wait this long for every adapter to answer"})
+    port: int = field(default=0, metadata={"help": "local profile: the server's port (0: any free port)"})
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise PipelineConfigError(f"deploy.timeout_s must be > 0, got {self.timeout_s}; try 180")
+        if not 0 <= self.port <= 65535:
+            raise PipelineConfigError(f"deploy.port must be 0 (any free port) or 1-65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one pipeline run needs, validated. Paths are absolute."""
+
+    profile: str
+    prompts: Path
+    limit: int | None
+    workdir: Path
+    enable_cache: bool
+    generate: GenerateSettings
+    generate_run: RunOptions
+    judge: Any  # engine.judge_settings.JudgeSettings (imported lazily with the judge)
+    judge_run: RunOptions
+    split: SplitSettings
+    train: dict[str, Any]  # DPOTrainConfig overrides, already checked against DPOTrainConfig
+    deploy: DeploySettings
+    source: str  # the YAML file it came from
+
+    @property
+    def is_local(self) -> bool:
+        return self.profile == "local"
+
+    @property
+    def state_dir(self) -> Path:
+        return _resolve(self.deploy.state_dir)
+
+
+TOP_LEVEL_HELP = {
+    "profile": f"one of {', '.join(PROFILES)}",
+    "prompts": "JSONL prompt file (rows of {prompt, completion?})",
+    "limit": "only the first N prompts (null: all)",
+    "workdir": "stable working folder for the stages' checkpoints (default data/dpo/<profile>)",
+    "enable_cache": "reuse ZenML's cached results of unchanged steps",
+    "generate": "GenerateSettings and RunOptions keys for sampling",
+    "judge": "JudgeSettings and RunOptions keys for judging",
+    "split": "SplitSettings keys (val_fraction)",
+    "train": "DPOTrainConfig overrides",
+    "deploy": "DeploySettings keys (state_dir, timeout_s, port)",
+}
+
+
+def config_path(profile: str) -> Path:
+    return CONFIG_DIR / f"{profile}.yaml"
+
+
+def load_config(
+    *,
+    profile: str | None = None,
+    config_file: Path | None = None,
+    limit: int | None = None,
+    workdir: Path | None = None,
+    no_cache: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> PipelineConfig:
+    """Read the YAML for `profile` (or `config_file`), apply the environment and the flags, validate."""
+    env = os.environ if env is None else env
+    if profile is not None and profile not in PROFILES:
+        raise PipelineConfigError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    path = Path(config_file) if config_file else config_path(profile or DEFAULT_PROFILE)
+    raw = _read_yaml(path)
+    _reject_unknown(raw, TOP_LEVEL_HELP, f"{path}")
+    file_profile = raw.get("profile")
+    if file_profile is not None and file_profile not in PROFILES:
+        raise PipelineConfigError(f"{path}: profile must be one of {', '.join(PROFILES)}, got {file_profile!r}")
+    if profile and file_profile and profile != file_profile:
+        raise PipelineConfigError(
+            f"--profile {profile} contradicts `profile: {file_profile}` in {path}; drop one of them"
+        )
+    chosen = profile or file_profile or DEFAULT_PROFILE
+    sections = {name: dict(_section(raw, name, path)) for name in ("generate", "judge", "split", "train", "deploy")}
+    for var, section, key in ENV_OVERRIDES:
+        if env.get(var):
+            sections[section][key] = env[var]
+    if chosen == "local":
+        sections["generate"]["serve_url"] = LOCAL_SERVE_URL
+        sections["judge"].setdefault("backend", "reference")
+    limit = limit if limit is not None else raw.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise PipelineConfigError(f"limit must be a whole number >= 1 or null (all prompts), got {limit!r}")
+    prompts = _resolve(raw.get("prompts", "data/sample/prompts.jsonl"))
+    if not prompts.is_file():
+        raise PipelineConfigError(f"prompts: no file at {prompts}; set `prompts:` in {path} to a JSONL file")
+    enable_cache = raw.get("enable_cache", True)
+    if not isinstance(enable_cache, bool):
+        raise PipelineConfigError(f"enable_cache must be true or false, got {enable_cache!r}")
+
+    generate, generate_run = _settings_and_options(GenerateSettings, sections["generate"], "generate")
+    judge_settings_cls = _judge_settings_class()
+    judge, judge_run = _settings_and_options(judge_settings_cls, sections["judge"], "judge")
+    if chosen == "local" and judge.backend != "reference":
+        raise PipelineConfigError(
+            f"the local profile runs offline, so judge.backend must be 'reference', got {judge.backend!r}; "
+            "use --profile modal for the GPT-5 judge"
+        )
+    return PipelineConfig(
+        profile=chosen,
+        prompts=prompts,
+        limit=limit,
+        workdir=_resolve(workdir or raw.get("workdir") or f"data/dpo/{chosen}"),
+        enable_cache=enable_cache and not no_cache,
+        generate=generate,
+        generate_run=generate_run,
+        judge=judge,
+        judge_run=judge_run,
+        split=build(SplitSettings, sections["split"], "split"),
+        train=_train_overrides(sections["train"], chosen),
+        deploy=build(DeploySettings, sections["deploy"], "deploy"),
+        source=str(path),
+    )
+
+
+def build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """`cls(**values)` with unknown keys named and any validation error prefixed with `where`."""
+    _reject_unknown(values, {f.name: "" for f in dataclasses.fields(cls)}, where)
+    try:
+        return cls(**values)
+    except PipelineConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise PipelineConfigError(f"{where}: {e}") from e
+
+
+def _settings_and_options(cls: type, values: Mapping[str, Any], where: str) -> tuple[Any, RunOptions]:
+    """Split a section's keys between the stage's settings class and RunOptions, then build both."""
+    setting_names = {f.name for f in dataclasses.fields(cls)}
+    option_names = {f.name for f in dataclasses.fields(RunOptions)} - set(PIPELINE_RUN_OPTIONS)
+    for key, why in PIPELINE_RUN_OPTIONS.items():
+        if key in values:
+            raise PipelineConfigError(f"{where}.{key} is set by the pipeline and cannot be configured: {why}")
+    _reject_unknown(values, {n: "" for n in sorted(setting_names | option_names)}, where)
+    settings = {k: v for k, v in values.items() if k in setting_names}
+    options = {k: v for k, v in values.items() if k in option_names and k not in setting_names}
+    if "prices" in settings and isinstance(settings["prices"], Mapping):
+        from engine.judge_cost import Prices
+
+        settings["prices"] = build(Prices, settings["prices"], f"{where}.prices")
+    return build(cls, settings, where), build(RunOptions, options, where)
+
+
+def _train_overrides(values: Mapping[str, Any], profile: str) -> dict[str, Any]:
+    from training.config import DPOTrainConfig
+
+    fixed = {**TRAIN_FROM_PIPELINE, **(TRAIN_FROM_LOCAL_KIT if profile == "local" else {})}
+    for key, source in fixed.items():
+        if key in values:
+            raise PipelineConfigError(f"train.{key} is set by the pipeline from {source}; remove it from the config")
+    _reject_unknown(values, {n: "" for n in DPOTrainConfig.field_names()}, "train")
+    try:
+        if profile == "local":
+            placeholders = {k: f"/placeholder/{k}" for k in TRAIN_FROM_LOCAL_KIT}
+            DPOTrainConfig.cpu_test(**{**values, **placeholders, "data_dir": "/placeholder/data"})
+        else:
+            DPOTrainConfig.from_overrides(dict(values), data_dir="/placeholder/data")
+    except ValueError as e:
+        raise PipelineConfigError(f"train: {e}") from e
+    return dict(values)
+
+
+def _judge_settings_class() -> type:
+    from engine.judge_settings import JudgeSettings
+
+    return JudgeSettings
+
+
+def _section(raw: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise PipelineConfigError(f"{path}: `{name}` must be a mapping of settings, got {type(value).__name__}")
+    return value
+
+
+def _reject_unknown(values: Mapping[str, Any], valid: Mapping[str, str], where: str) -> None:
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise PipelineConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(valid))}"
+        )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise PipelineConfigError(f"no config file at {path}; pass --config FILE or --profile {'|'.join(PROFILES)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PipelineConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise PipelineConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _resolve(value: str | Path) -> Path:
+    """Relative paths are relative to the repository root, wherever the command runs from."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()

@@ -1,0 +1,61 @@
+"""Where ZenML keeps its store: `<repo>/.zenml`, set up before `zenml` is first imported.
+
+ZenML reads its configuration once, at import, so `use_project_home()` must run before any
+`import zenml`. It keeps an existing ZENML_CONFIG_PATH (tests point it into a temporary folder),
+turns analytics off unless the user opted in explicitly, and pins ZenML's source root to this
+repository so steps resolve as `steps.<module>` wherever the command runs from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HOME = REPO_ROOT / ".zenml"
+STORE_FILE = "config.yaml"  # written by ZenML when the store is first initialised
+
+logger = logging.getLogger(__name__)
+
+_ENV_DEFAULTS = {
+    "ZENML_ANALYTICS_OPT_IN": "false",  # no usage analytics call from this project
+    "ZENML_AUTO_OPEN_DASHBOARD": "false",  # never open a browser from a pipeline run
+    "AUTO_OPEN_DASHBOARD": "false",
+    "ZENML_ENABLE_REPO_INIT_WARNINGS": "false",  # we pin the source root; no `zenml init` needed
+}
+
+
+def zenml_home() -> Path:
+    """The ZenML home in use: $ZENML_CONFIG_PATH, else <repo>/.zenml."""
+    return Path(os.environ.get("ZENML_CONFIG_PATH") or DEFAULT_HOME).expanduser().resolve()
+
+
+def use_project_home() -> Path:
+    """Point ZenML at the project's home (set the environment); returns it. Call before importing zenml."""
+    home = zenml_home()
+    if "zenml" in sys.modules and os.environ.get("ZENML_CONFIG_PATH") != str(home):
+        raise RuntimeError(
+            "zenml was imported before pipelines.zenml_home.use_project_home(); its store would be the user's "
+            "global one. Call use_project_home() first (the CLI does)."
+        )
+    os.environ["ZENML_CONFIG_PATH"] = str(home)
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def init_zenml() -> Path:
+    """Set the home, import ZenML, pin the source root and make sure the local store exists."""
+    home = use_project_home()
+    first_run = not (home / STORE_FILE).exists()
+    from zenml.client import Client
+    from zenml.utils import source_utils
+
+    source_utils.set_custom_source_root(str(REPO_ROOT))
+    Client().active_stack_model  # noqa: B018 - touching the stack creates the store and default stack
+    if first_run:
+        logger.info("created the ZenML store in %s (analytics off)", home)
+    return home

@@ -1,0 +1,128 @@
+"""Serve the Seinfeld SFT and DPO adapters side by side from one vLLM server on Modal (for A/B).
+
+vLLM's OpenAI-compatible server runs the base model (Llama 3.2 3B Instruct) with LoRA enabled and
+both adapters loaded, each requested by its own model name:
+
+    seinfeld      -> /vol/adapters/nothing-gpt       (SFT)
+    seinfeld-dpo  -> /vol/adapters/nothing-gpt-dpo   (DPO)
+
+An adapter missing from the volume is left out with a warning (the server still comes up, e.g.
+before the first DPO run). Deploy and check it with `python -m pipelines.dpo deploy`; or
+`modal deploy -m serving.modal_app`, then `modal run -m serving.modal_app` for a smoke test.
+Every name (app, volumes, secret, GPU, base model, adapter paths) comes from infra/names.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+
+import modal
+
+from infra.names import NAMES
+from serving.adapters import describe_adapter
+from serving.vllm_cmd import VllmSettings, build_vllm_command
+
+# ## Constants
+
+MINUTES = 60  # seconds
+VLLM_VERSION = "0.33.0"  # checked on PyPI (pip index versions vllm), November 2026
+PYTHON_VERSION = "3.12"
+VLLM_PORT = 8000
+HF_CACHE = "/root/.cache/huggingface"  # where huggingface_hub looks by default: the cache volume goes here
+
+# Served name -> adapter folder on the volume. The DPO one appears after the first DPO run.
+ADAPTERS = {
+    NAMES.sft_model_name: NAMES.sft_adapter,
+    NAMES.dpo_model_name: NAMES.dpo_adapter,
+}
+
+SETTINGS = VllmSettings(
+    base_model=NAMES.base_model,
+    served_model_name=NAMES.base_model,  # the base answers to its hub id; it is each adapter's `parent`
+    port=VLLM_PORT,
+    max_model_len=2048,  # prompts are <= ~700 tokens, completions <= ~1,000: room for both
+    max_lora_rank=32,  # our adapters are r=32; must be one of vLLM's allowed ranks
+    max_loras=len(ADAPTERS),  # both adapters in one batch (the default 1 serialises A/B requests)
+    gpu_memory_utilization=0.90,  # 3B bf16 weights take ~6.5 GB of the L4's 24 GB; the rest is KV cache
+    enforce_eager=False,  # keep CUDA graphs: slower cold start, much faster decoding of many samples
+)
+
+# The names this module was built with, passed into the container so it resolves the same ones
+# (infra.names reads these variables; without them the container would use the defaults).
+NAMES_ENV = {
+    "NGPT_SERVE_APP": NAMES.serve_app,
+    "NGPT_VOLUME": NAMES.volume,
+    "NGPT_HF_CACHE_VOLUME": NAMES.hf_cache_volume,
+    "NGPT_HF_SECRET": NAMES.hf_secret,
+    "NGPT_GPU": NAMES.gpu,
+    "NGPT_BASE_MODEL": NAMES.base_model,
+}
+
+# ## Container images
+
+vllm_image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .uv_pip_install(f"vllm=={VLLM_VERSION}")  # vLLM pins its own torch/transformers for this release
+    .env({
+        "HF_XET_HIGH_PERFORMANCE": "1",  # faster weight downloads on the first start
+        "VLLM_CACHE_ROOT": f"{HF_CACHE}/vllm",  # torch.compile cache survives restarts on the cache volume
+        **NAMES_ENV,
+    })
+    .add_local_python_source("infra", "serving")  # our code (names, command builder); last: added at start
+)
+
+# A small image for the adapter check: it needs only our code and the volume.
+tools_image = (
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .env(NAMES_ENV)
+    .add_local_python_source("infra", "serving")
+)
+
+# ## Volumes and secrets
+
+adapters_volume = modal.Volume.from_name(NAMES.volume, create_if_missing=True)  # adapters at /vol/adapters/*
+hf_cache_volume = modal.Volume.from_name(NAMES.hf_cache_volume, create_if_missing=True)  # base model weights
+hf_secret = modal.Secret.from_name(NAMES.hf_secret)  # HF_TOKEN: Llama 3.2 is a gated model
+
+# ## The app
+
+app = modal.App(NAMES.serve_app)
+
+
+@app.function(
+    image=vllm_image,
+    gpu=NAMES.gpu,  # L4 (24 GB) by default: enough for a 3B model in bf16 plus two r=32 adapters
+    volumes={NAMES.mount: adapters_volume, HF_CACHE: hf_cache_volume},
+    secrets=[hf_secret],
+    timeout=10 * MINUTES,  # longest a single request may run
+    scaledown_window=15 * MINUTES,  # how long to stay up with no requests (a cold start costs minutes)
+    max_containers=1,  # one GPU at most: A/B traffic is small, and it bounds the bill
+)
+@modal.concurrent(max_inputs=64)  # requests one replica takes at once; vLLM batches them continuously
+@modal.web_server(port=VLLM_PORT, startup_timeout=20 * MINUTES)  # first start downloads ~6.5 GB, then loads
+def serve() -> None:
+    """Start vLLM's OpenAI-compatible server; Modal routes traffic once port 8000 answers."""
+    logging.basicConfig(level=logging.INFO)  # the container's log shows which adapters were left out
+    cmd = build_vllm_command(SETTINGS, ADAPTERS)
+    logging.getLogger(__name__).info("starting: %s", cmd)
+    subprocess.Popen(cmd)  # an argument list: no shell
+
+
+@app.function(image=tools_image, volumes={NAMES.mount: adapters_volume}, timeout=2 * MINUTES)
+def describe_adapters() -> dict[str, dict]:
+    """Each adapter as the server will see it: path, problem (None if loadable), rank, sha256 of its files."""
+    return {name: describe_adapter(path, max_lora_rank=SETTINGS.max_lora_rank) for name, path in ADAPTERS.items()}
+
+
+@app.local_entrypoint()
+def smoke(timeout_minutes: int = 20) -> None:
+    """`modal run -m serving.modal_app`: wait for the server, then one chat request per adapter."""
+    from serving.readiness import ReadinessOptions, check_ready
+
+    url = serve.get_web_url()
+    present = [name for name, info in describe_adapters.remote().items() if info["problem"] is None]
+    ready = check_ready(f"{url}/v1", present, ReadinessOptions(timeout_s=timeout_minutes * MINUTES))
+    print(f"{url} ready in {ready.ready_seconds:.0f} s")
+    for name, answer in ready.answers.items():
+        print(f"{name}: {answer!r}")

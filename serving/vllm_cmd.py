@@ -1,0 +1,121 @@
+"""The `vllm serve` command line for the base model and its LoRA adapters, as an argument list.
+
+Runs inside the Modal container (no Modal, no vLLM import here) and is unit tested locally.
+An adapter whose folder is missing or that vLLM would reject is left out with a warning, so the
+server still comes up (e.g. before the first DPO run has produced `seinfeld-dpo`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.adapters import VALID_LORA_RANKS, adapter_problem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """Settings of one vLLM OpenAI-compatible server."""
+
+    base_model: str = field(metadata={"help": "HF model id or local folder of the base model"})
+    served_model_name: str = field(
+        default="", metadata={"help": "name clients request the base by; '' = base_model"}
+    )
+    host: str = field(default="0.0.0.0", metadata={"help": "interface to bind"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    max_model_len: int = field(default=2048, metadata={"help": "context length (prompt + completion)"})
+    max_lora_rank: int = field(default=32, metadata={"help": f"largest adapter rank; one of {VALID_LORA_RANKS}"})
+    max_loras: int | None = field(
+        default=None, metadata={"help": "adapters in one batch; None = number of adapters served (min 1)"}
+    )
+    gpu_memory_utilization: float = field(default=0.90, metadata={"help": "share of GPU memory vLLM may use"})
+    enforce_eager: bool = field(
+        default=False, metadata={"help": "skip CUDA graphs/torch.compile: faster start, slower decoding"}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise ValueError("base_model must be a model id or folder; got ''")
+        if self.max_lora_rank not in VALID_LORA_RANKS:
+            raise ValueError(
+                f"max_lora_rank must be one of {VALID_LORA_RANKS} (vLLM rejects others); "
+                f"got {self.max_lora_rank}. Use the next value up from your adapters' rank."
+            )
+        if self.max_model_len < 16:
+            raise ValueError(f"max_model_len must be >= 16; got {self.max_model_len}")
+        if self.max_loras is not None and self.max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1 or None (= number of adapters); got {self.max_loras}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535; got {self.port}")
+
+    @property
+    def model_name(self) -> str:
+        """The name the base model is served under (the `parent` of every adapter)."""
+        return self.served_model_name or self.base_model
+
+
+def loadable_adapters(adapters: Mapping[str, str | Path], *, max_lora_rank: int) -> dict[str, str]:
+    """The adapters vLLM can load, by name; each one left out is logged with the reason."""
+    kept: dict[str, str] = {}
+    for name, path in adapters.items():
+        problem = adapter_problem(path, max_lora_rank=max_lora_rank)
+        if problem:
+            logger.warning("leaving adapter %r out of the server: %s", name, problem)
+            continue
+        kept[name] = str(path)
+    return kept
+
+
+def build_vllm_command(
+    settings: VllmSettings, adapters: Mapping[str, str | Path], *, executable: str = "vllm"
+) -> list[str]:
+    """The argument list for `vllm serve` (start it with `subprocess.Popen(cmd)`, never a shell).
+
+    `adapters` maps the served name (e.g. "seinfeld") to the adapter folder. Adapters that are
+    missing or not loadable are left out with a warning. `--max-loras` is raised to the number of
+    adapters served when it is lower (requests for more adapters would otherwise be scheduled
+    one adapter at a time); an explicit `settings.max_loras` below that count is an error.
+    """
+    served = loadable_adapters(adapters, max_lora_rank=settings.max_lora_rank)
+    if settings.max_loras is not None and settings.max_loras < len(served):
+        raise ValueError(
+            f"max_loras must be >= the number of adapters served ({len(served)}: {sorted(served)}); "
+            f"got {settings.max_loras}. Leave it None to use the adapter count."
+        )
+    max_loras = settings.max_loras or max(1, len(served))
+    cmd = [
+        executable,
+        "serve",
+        settings.base_model,
+        "--served-model-name",
+        settings.model_name,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--max-model-len",
+        str(settings.max_model_len),
+        "--gpu-memory-utilization",
+        str(settings.gpu_memory_utilization),
+        "--enable-lora",
+        "--max-lora-rank",
+        str(settings.max_lora_rank),
+        "--max-loras",
+        str(max_loras),
+    ]
+    if settings.enforce_eager:
+        cmd.append("--enforce-eager")
+    if served:
+        cmd.append("--lora-modules")
+        cmd += [
+            json.dumps({"name": name, "path": path, "base_model_name": settings.model_name})
+            for name, path in served.items()
+        ]
+    return cmd

@@ -1,0 +1,99 @@
+"""Step: redeploy the served adapters ("seinfeld" SFT + "seinfeld-dpo") and check each one answers.
+
+Not cached by ZenML: whether the server is still up is a fact about now, not about the inputs. The
+step is idempotent instead: when the last deploy's server is still answering with exactly these
+adapter files, it is kept (no restart) and its record returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import ArtifactConfig, log_metadata, step
+
+from infra.names import NAMES
+from steps.names import Artifact
+from steps.records import AdapterRef
+
+logger = logging.getLogger(__name__)
+
+REUSE_CHECK_S = 20.0  # how long a still-running server may take to answer before we redeploy
+
+
+@step(enable_cache=False)
+def deploy_adapters(
+    adapter: AdapterRef,
+    target: str = "local",
+    state_dir: str = "data/runs/serving",
+    timeout_s: float = 180.0,
+    port: int = 0,
+) -> Annotated[dict[str, Any], ArtifactConfig(name=Artifact.DEPLOYMENT)]:
+    """local: (re)start the CPU server with the tiny kit's base, its SFT adapter and `adapter`.
+    modal: deploy the vLLM app (it serves the adapters on the volume) and wait until both answer.
+    Returns the deployment record (URL, models, adapter paths and hashes, readiness time)."""
+    from serving.deploy import deploy_local, deploy_modal
+
+    expected = (NAMES.sft_model_name, NAMES.dpo_model_name)
+    if target == "local":
+        from training.tiny import ensure_tiny_kit
+
+        _check_local_adapter(adapter)
+        kit = ensure_tiny_kit()
+        adapters = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: Path(adapter.path)}
+        record = _still_live(Path(state_dir), adapters)
+        reused = record is not None
+        if record is None:
+            record = deploy_local(kit.base_dir, adapters, state_dir=Path(state_dir), timeout_s=timeout_s, port=port)
+    elif target == "modal":
+        reused = False
+        record = deploy_modal(expected=expected, state_dir=Path(state_dir), timeout_s=timeout_s)
+    else:
+        raise ValueError(f"target must be 'local' or 'modal', got {target!r}")
+    data = record.to_dict()
+    logger.info("%s %s at %s: %s", "kept" if reused else "deployed", target, record.base_url, record.models)
+    log_metadata(metadata={"target": target, "url": record.url, "base_url": record.base_url,
+                           "models": list(record.models), "reused": reused, "ready_seconds": record.ready_seconds,
+                           "adapter_sha256": adapter.sha256})
+    return {**data, "reused": reused, "trained_adapter_sha256": adapter.sha256}
+
+
+def _check_local_adapter(adapter: AdapterRef) -> None:
+    """The reference must still point at the files it was made from (never deploy a changed adapter)."""
+    from training.adapters import adapter_sha256
+
+    path = Path(adapter.path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"the trained adapter {path} is gone (the step that made it was served from ZenML's cache); "
+            "rerun with --no-cache to train it again"
+        )
+    actual = adapter_sha256(path)
+    if actual != adapter.sha256:
+        raise RuntimeError(
+            f"the adapter at {path} changed since it was trained (sha256 {adapter.sha256[:12]}… then, "
+            f"{actual[:12]}… now); rerun with --no-cache to train it again"
+        )
+
+
+def _still_live(state_dir: Path, adapters: dict[str, Path]):  # -> DeployRecord | None
+    """The last local deploy's record if that server still serves exactly these adapter files and answers."""
+    from serving.adapters import hash_adapter_dir
+    from serving.deploy import load_record
+    from serving.errors import DeployError
+    from serving.readiness import ReadinessOptions, check_ready
+
+    record = load_record(state_dir, "local")
+    if record is None:
+        return None
+    served = {a.name: (a.path, a.sha256) for a in record.adapters}
+    wanted = {name: (str(path), hash_adapter_dir(path)) for name, path in adapters.items()}
+    if served != wanted:
+        return None
+    try:
+        check_ready(record.base_url, list(adapters), ReadinessOptions(timeout_s=REUSE_CHECK_S, max_delay_s=2.0))
+    except (DeployError, OSError) as e:
+        logger.info("the last local server at %s does not answer (%s); redeploying", record.base_url, e)
+        return None
+    return record

@@ -1,0 +1,52 @@
+"""Step: judge the completions into chosen/rejected pairs and a quality report (engine/judge.py), resumably."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import orjson
+from zenml import ArtifactConfig, log_metadata, step
+
+from engine.judge_settings import JudgeSettings
+from engine.options import RunOptions
+from steps.names import Artifact
+from steps.records import JsonlFile, Report
+from steps.stage_io import fail_if_incomplete, log_summary, stage_dir, summary_metadata
+
+logger = logging.getLogger(__name__)
+
+
+@step
+async def judge_preferences(
+    completions: JsonlFile,
+    workdir: str,
+    settings: JudgeSettings,
+    options: RunOptions,
+) -> tuple[
+    Annotated[JsonlFile, ArtifactConfig(name=Artifact.PREFERENCES)],
+    Annotated[Report, ArtifactConfig(name=Artifact.QUALITY_REPORT)],
+]:
+    """Judge every completions row into `<workdir>/judge/<key>/preferences.jsonl` (+ report.json/.md).
+
+    The folder key hashes the judge's fingerprinted settings and the completions' content: an
+    interrupted run resumes there, judging only rows not yet in the checkpoint (no pair paid twice).
+    The API key is read from OPENAI_API_KEY by the engine, never passed through ZenML.
+    """
+    from engine.judge import run_judge
+
+    out_dir = stage_dir(workdir, "judge", settings=settings.fingerprinted(), input=completions.sha256)
+    summary = await run_judge(completions.path, out_dir, settings, options)
+    log_summary(summary)
+    report = orjson.loads((out_dir / "report.json").read_bytes())
+    markdown = (out_dir / "report.md").read_text()
+    rows = report.get("rows", {})
+    log_metadata(metadata={
+        **summary_metadata(summary),
+        "judge_backend": settings.backend,
+        "judge_model": settings.model_label,
+        "pairs": rows.get("pairs", 0),
+        "report_warnings": len(report.get("warnings", [])),
+    })
+    fail_if_incomplete(summary)
+    return JsonlFile.of(summary.output), Report(data=report, markdown=markdown)

@@ -1,0 +1,48 @@
+"""Every name the pipeline gives ZenML, in one place: artifacts, steps, the pipeline itself.
+
+Tests, the CLI summary and the dashboard all look things up by these names, so they never drift.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+PIPELINE_NAME = "dpo"
+
+
+class Artifact(StrEnum):
+    """Stable artifact names: each run adds a version under the same name."""
+
+    PROMPTS = "prompt_subset"  # the prompt rows this run samples from
+    COMPLETIONS = "completions"  # n sampled completions per prompt
+    PREFERENCES = "preferences"  # chosen/rejected pairs from the judge
+    QUALITY_REPORT = "quality_report"  # the judge's report (agreement, position bias, skips)
+    TRAIN_SET = "train_set"
+    VAL_SET = "val_set"
+    DATA_PATH = "data_volume_path"  # where the train/val files were uploaded (Modal volume or local folder)
+    ADAPTER = "dpo_adapter"  # reference to the trained adapter: path, content hash, metrics
+    DEPLOYMENT = "deployment"  # what is live after the redeploy
+
+
+class Step(StrEnum):
+    """Step names as they appear in a run (the step functions' names)."""
+
+    SELECT = "select_prompts"
+    GENERATE = "generate_completions"
+    JUDGE = "judge_preferences"
+    SPLIT = "split_dataset"
+    UPLOAD = "upload_dataset"
+    TRAIN = "train_adapter"
+    DEPLOY = "deploy_adapters"
+
+
+# The lineage every run has, in order: each artifact is made from the one before it.
+LINEAGE = (
+    Artifact.PROMPTS,
+    Artifact.COMPLETIONS,
+    Artifact.PREFERENCES,
+    Artifact.TRAIN_SET,
+    Artifact.DATA_PATH,
+    Artifact.ADAPTER,
+    Artifact.DEPLOYMENT,
+)

@@ -1,0 +1,55 @@
+"""The small typed records the steps pass between them (plain dataclasses: no ZenML import here).
+
+`JsonlFile` is a JSONL data set (its materializer in steps/materializers.py copies the file into the
+artifact store and hashes its content); `AdapterRef` points at a trained adapter without copying it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class JsonlFile:
+    """A JSONL file and what identifies its content."""
+
+    path: Path
+    rows: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> JsonlFile:
+        """Describe the file at `path` (counts complete lines, hashes the bytes)."""
+        h = hashlib.sha256()
+        rows = 0
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                h.update(block)
+                rows += block.count(b"\n")
+        return cls(path=Path(path), rows=rows, sha256=h.hexdigest())
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A trained LoRA adapter by reference: the weights stay where training wrote them."""
+
+    name: str  # the name it is served under ("seinfeld-dpo")
+    path: str  # a local folder (local profile) or a path on the Modal volume
+    sha256: str  # content hash of adapter_config.json + weights, checked again at deploy
+    base_model: str
+    steps: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    location: str = "local"  # "local" or "modal-volume"
+
+
+@dataclass(frozen=True)
+class Report:
+    """A JSON report with its Markdown rendering (shown as the artifact's visualization in the dashboard)."""
+
+    data: dict[str, Any]
+    markdown: str

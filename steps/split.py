@@ -1,0 +1,33 @@
+"""Step: split the preference pairs into train and validation sets (engine/split.py, by prompt hash)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from zenml import ArtifactConfig, log_metadata, step
+
+from steps.names import Artifact
+from steps.records import JsonlFile
+
+logger = logging.getLogger(__name__)
+
+
+@step
+def split_dataset(
+    preferences: JsonlFile,
+    val_fraction: float = 0.1,
+) -> tuple[
+    Annotated[JsonlFile, ArtifactConfig(name=Artifact.TRAIN_SET)],
+    Annotated[JsonlFile, ArtifactConfig(name=Artifact.VAL_SET)],
+]:
+    """Split by a hash of each prompt: stable as rows come and go, both pairs of a prompt on one side."""
+    from engine.split import split_preferences
+
+    out_dir = Path(tempfile.mkdtemp(prefix="split-"))
+    result = split_preferences(preferences.path, out_dir, val_fraction)
+    logger.info("%s", result.render())
+    log_metadata(metadata={"n_train": result.n_train, "n_val": result.n_val, "val_fraction": val_fraction})
+    return JsonlFile.of(result.train_path), JsonlFile.of(result.val_path)

@@ -1,0 +1,159 @@
+"""The vLLM command line, adapter checks, the Modal app module offline, and the Modal login check."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.adapters import VALID_LORA_RANKS, adapter_problem, hash_adapter_dir
+from serving.vllm_cmd import VllmSettings, build_vllm_command
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = "meta-llama/Llama-3.2-3B-Instruct"
+
+
+def make_adapter(folder: Path, **config) -> Path:
+    folder.mkdir(parents=True)
+    cfg = {"r": 32, "bias": "none", "target_modules": ["q_proj"], **config}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def lora_modules(cmd: list[str]) -> list[dict]:
+    start = cmd.index("--lora-modules") + 1
+    out = []
+    for item in cmd[start:]:
+        if item.startswith("--"):
+            break
+        out.append(json.loads(item))
+    return out
+
+
+def test_command_serves_both_adapters_as_json_modules(tmp_path):
+    sft, dpo = make_adapter(tmp_path / "sft"), make_adapter(tmp_path / "dpo")
+    cmd = build_vllm_command(VllmSettings(base_model=BASE), {"seinfeld": sft, "seinfeld-dpo": dpo})
+
+    assert isinstance(cmd, list) and all(isinstance(a, str) for a in cmd)
+    assert cmd[:3] == ["vllm", "serve", BASE]
+    assert flag(cmd, "--served-model-name") == BASE
+    assert flag(cmd, "--max-model-len") == "2048"
+    assert flag(cmd, "--max-lora-rank") == "32"
+    assert int(flag(cmd, "--max-loras")) >= 2
+    assert flag(cmd, "--port") == "8000"
+    assert "--enable-lora" in cmd
+    assert lora_modules(cmd) == [
+        {"name": "seinfeld", "path": str(sft), "base_model_name": BASE},
+        {"name": "seinfeld-dpo", "path": str(dpo), "base_model_name": BASE},
+    ]
+
+
+def test_missing_adapter_is_left_out_with_a_warning(tmp_path, caplog):
+    sft = make_adapter(tmp_path / "sft")
+    no_config = tmp_path / "half-uploaded"
+    no_config.mkdir()
+    adapters = {"seinfeld": sft, "seinfeld-dpo": tmp_path / "not-yet", "other": no_config}
+
+    with caplog.at_level(logging.WARNING, logger="serving.vllm_cmd"):
+        cmd = build_vllm_command(VllmSettings(base_model=BASE, max_loras=2), adapters)
+
+    assert [m["name"] for m in lora_modules(cmd)] == ["seinfeld"]
+    assert "seinfeld-dpo" in caplog.text and "no adapter folder" in caplog.text
+    assert "other" in caplog.text and "adapter_config.json" in caplog.text
+    assert flag(cmd, "--max-loras") == "2"
+
+
+def test_no_adapter_at_all_still_gives_a_server(tmp_path):
+    cmd = build_vllm_command(VllmSettings(base_model=BASE), {"seinfeld": tmp_path / "missing"})
+    assert "--lora-modules" not in cmd
+    assert "--enable-lora" in cmd and flag(cmd, "--max-loras") == "1"
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"r": 64}, "rank 64"),
+        ({"bias": "all"}, "bias"),
+        ({"use_dora": True}, "DoRA"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ],
+)
+def test_adapters_vllm_would_reject_are_left_out(tmp_path, config, reason):
+    bad = make_adapter(tmp_path / "bad", **config)
+    assert reason in adapter_problem(bad, max_lora_rank=32)
+    cmd = build_vllm_command(VllmSettings(base_model=BASE), {"seinfeld": bad})
+    assert "--lora-modules" not in cmd
+
+
+def test_max_loras_below_adapter_count_is_rejected(tmp_path):
+    adapters = {"a": make_adapter(tmp_path / "a"), "b": make_adapter(tmp_path / "b")}
+    with pytest.raises(ValueError, match="max_loras must be >= the number of adapters served"):
+        build_vllm_command(VllmSettings(base_model=BASE, max_loras=1), adapters)
+
+
+@pytest.mark.parametrize("rank", [0, 2, 24, 1024])
+def test_invalid_max_lora_rank_is_rejected(rank):
+    assert rank not in VALID_LORA_RANKS
+    with pytest.raises(ValueError, match="max_lora_rank must be one of"):
+        VllmSettings(base_model=BASE, max_lora_rank=rank)
+
+
+def test_adapter_hash_follows_content(tmp_path):
+    a = make_adapter(tmp_path / "a")
+    before = hash_adapter_dir(a)
+    assert before == hash_adapter_dir(a) and before.startswith("sha256:")
+    (a / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert hash_adapter_dir(a) != before
+
+
+def _clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def test_modal_app_imports_without_credentials(tmp_path):
+    code = (
+        "import json; from serving import modal_app as m; s = m.serve._spec_; "
+        "print(json.dumps({'app': m.app.name, 'gpu': s.gpus, 'volumes': sorted(s.volumes), "
+        "'secrets': len(s.secrets), 'cmd': __import__('serving.vllm_cmd').vllm_cmd.build_vllm_command("
+        "m.SETTINGS, m.ADAPTERS)}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(tmp_path), cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+
+    from infra.names import NAMES
+
+    assert info["app"] == NAMES.serve_app
+    assert info["gpu"] == NAMES.gpu
+    assert info["volumes"] == sorted([NAMES.mount, "/root/.cache/huggingface"])
+    assert info["secrets"] == 1
+    # No adapter exists on this machine's /vol: the server command still builds, with none loaded.
+    assert info["cmd"][:3] == ["vllm", "serve", NAMES.base_model]
+    assert flag(info["cmd"], "--max-loras") == "2"
+
+
+def test_modal_credentials_detection(tmp_path):
+    from serving.deploy import modal_credentials_problem
+
+    missing = modal_credentials_problem({"MODAL_CONFIG_PATH": str(tmp_path / "none.toml")})
+    assert missing and "modal token new" in missing
+    assert modal_credentials_problem({"MODAL_TOKEN_ID": "ak-1", "MODAL_TOKEN_SECRET": "as-1",
+                                      "MODAL_CONFIG_PATH": str(tmp_path / "none.toml")}) is None
+    toml = tmp_path / "modal.toml"
+    toml.write_text('[default]\ntoken_id = "ak-1"\n[work]\nactive = true\ntoken_id = "ak-2"\ntoken_secret = "as-2"\n')
+    assert modal_credentials_problem({"MODAL_CONFIG_PATH": str(toml)}) is None  # the active profile
+    assert "token secret" in modal_credentials_problem({"MODAL_CONFIG_PATH": str(toml), "MODAL_PROFILE": "default"})

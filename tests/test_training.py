@@ -1,0 +1,302 @@
+"""DPO training on the tiny kit (CPU): what `train_dpo` changes, saves, reports, resumes and refuses."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from training.adapters import adapter_sha256, servable_problems
+from training.config import ConfigError, DPOTrainConfig
+from training.dpo import train_dpo
+from training.errors import TrainingInputError
+from training.tiny import sample_preference_rows, write_sample_preferences
+
+FINAL_KEYS = (
+    "train_loss", "train_rewards/accuracies", "train_rewards/margins",
+    "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "train_runtime",
+)
+
+
+def make_config(kit, data_dir: Path, work: Path, **overrides) -> DPOTrainConfig:
+    settings = {
+        "data_dir": str(data_dir),
+        "base_model": str(kit.base_dir),
+        "sft_adapter": str(kit.sft_adapter_dir),
+        "output_dir": str(work / "checkpoints"),
+        "adapter_out": str(work / "adapter"),
+    }
+    return DPOTrainConfig.cpu_test(**{**settings, **overrides})
+
+
+def lora_weights(named_tensors, adapter: str | None = None) -> dict:
+    """LoRA tensors keyed like the saved file (`...q_proj.lora_A.weight`), for one adapter name."""
+    out = {}
+    for name, tensor in named_tensors:
+        if "lora_" not in name:
+            continue
+        if adapter is None:
+            out[name] = tensor.detach().clone()
+        elif f".{adapter}." in name:
+            out[name.replace(f".{adapter}.", ".")] = tensor.detach().clone()
+    return out
+
+
+def load_adapter_file(adapter_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def capture_callback(store: dict):
+    from transformers import TrainerCallback
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            store["policy"] = lora_weights(model.named_parameters(), "default")
+            store["ref"] = lora_weights(model.named_parameters(), "ref")
+            store["adapters"] = sorted(model.peft_config)
+
+    return Capture()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_sample_preferences(tmp_path_factory.mktemp("pairs"))
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_kit, data_dir, tmp_path_factory):
+    """Two DPO steps with a checkpoint at step 2; shared by the tests below (training is the slow part)."""
+    work = tmp_path_factory.mktemp("dpo")
+    store: dict = {"logs": []}
+    config = make_config(tiny_kit, data_dir, work)
+    result = train_dpo(config, progress=store["logs"].append, callbacks=[capture_callback(store)])
+    return result, store, config, work
+
+
+def test_policy_moves_and_reference_stays(first_run, tiny_kit):
+    _, store, _, _ = first_run
+    sft = load_adapter_file(tiny_kit.sft_adapter_dir)
+    assert store["adapters"] == ["default", "ref"]  # one base, two adapters
+    assert set(store["policy"]) == set(sft) == set(store["ref"])
+    for name, tensor in sft.items():
+        assert store["ref"][name].equal(tensor), f"reference adapter changed: {name}"
+    moved = [name for name, tensor in sft.items() if not store["policy"][name].equal(tensor)]
+    assert len(moved) == len(sft), f"policy tensors that did not move: {set(sft) - set(moved)}"
+
+
+def test_only_policy_saved_and_loads_onto_base(first_run, tiny_kit):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result, store, _, _ = first_run
+    files = sorted(p.name for p in result.adapter_dir.iterdir())
+    assert "adapter_config.json" in files and "adapter_model.safetensors" in files
+    assert not any((result.adapter_dir / f).is_dir() for f in files), f"sub-adapter folders saved: {files}"
+    saved = load_adapter_file(result.adapter_dir)
+    assert set(saved) == set(store["policy"])  # no `ref` tensors
+    for name, tensor in saved.items():
+        assert tensor.equal(store["policy"][name]), name
+
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["bias"] == "none" and not config.get("modules_to_save")
+    assert servable_problems(config, 32) == []
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_kit.base_dir)
+    model = PeftModel.from_pretrained(base, result.adapter_dir, adapter_name="seinfeld-dpo")
+    loaded = lora_weights(model.named_parameters(), "seinfeld-dpo")
+    assert all(loaded[name].equal(tensor) for name, tensor in saved.items())
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_metrics_present_finite_and_written(first_run):
+    result, store, _, _ = first_run
+    assert result.steps == 2 and result.metrics["steps"] == 2
+    for key in FINAL_KEYS:
+        value = result.metrics[key]
+        assert value is not None and math.isfinite(value), (key, value)
+    assert 0.0 <= result.metrics["eval_rewards/accuracies"] <= 1.0
+    record = json.loads(result.metrics_path.read_text())
+    assert result.metrics_path.parent == result.adapter_dir
+    assert record["metrics"] == result.metrics
+    assert record["adapter_sha256"] == result.adapter_sha256 == adapter_sha256(result.adapter_dir)
+    assert [log["step"] for log in store["logs"] if "loss" in log] == [1, 2]  # the progress hook
+
+
+def test_resume_continues_from_checkpoint(first_run, tiny_kit, data_dir):
+    _, _, config, work = first_run
+    assert (work / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    store: dict = {"logs": []}
+    resumed = make_config(tiny_kit, data_dir, work, max_steps=4, adapter_out=str(work / "adapter-resumed"))
+    result = train_dpo(resumed, progress=store["logs"].append, callbacks=[capture_callback(store)])
+    assert result.steps == 4
+    assert result.metrics["resumed_from"].endswith("checkpoint-2")
+    assert [log["step"] for log in store["logs"] if "loss" in log] == [3, 4]  # steps 1-2 not redone
+    sft = load_adapter_file(tiny_kit.sft_adapter_dir)
+    assert all(store["ref"][name].equal(t) for name, t in sft.items())  # still the SFT adapter
+
+
+def test_adapter_hash_is_content_hash(tmp_path, tiny_kit):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_kit.sft_adapter_dir, copy)
+    (copy / "README.md").write_text("not part of the adapter")
+    assert adapter_sha256(copy) == adapter_sha256(tiny_kit.sft_adapter_dir)
+    weights = copy / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    assert adapter_sha256(copy) != adapter_sha256(tiny_kit.sft_adapter_dir)
+
+
+# Errors raised before any model is loaded.
+
+
+def write_rows(path: Path, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def good_data(tmp_path) -> Path:
+    return write_sample_preferences(tmp_path / "data")
+
+
+def test_missing_train_file_is_named(tiny_kit, good_data, tmp_path):
+    (good_data / "train.jsonl").unlink()
+    with pytest.raises(TrainingInputError, match="train.jsonl: preference data file not found"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path))
+
+
+def test_empty_val_file_is_named(tiny_kit, good_data, tmp_path):
+    (good_data / "val.jsonl").write_text("\n")
+    with pytest.raises(TrainingInputError, match="val.jsonl: preference data file is empty"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path))
+
+
+def test_row_without_rejected_names_file_and_line(tiny_kit, good_data, tmp_path):
+    rows = sample_preference_rows()[:3]
+    del rows[1]["rejected"]
+    write_rows(good_data / "train.jsonl", rows)
+    with pytest.raises(TrainingInputError, match=r"train\.jsonl:2: row lacks rejected"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path))
+
+
+def test_string_rows_are_accepted_but_not_mixed(tiny_kit, good_data, tmp_path):
+    rows = [{"prompt": "[JERRY] Hi.", "chosen": "[GEORGE] Hey.", "rejected": "no"}, sample_preference_rows()[0]]
+    write_rows(good_data / "train.jsonl", rows)
+    with pytest.raises(TrainingInputError, match=r"train\.jsonl:2: row is conversational but earlier rows"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path))
+
+
+def test_missing_sft_adapter(tiny_kit, good_data, tmp_path):
+    config = make_config(tiny_kit, good_data, tmp_path, sft_adapter=str(tmp_path / "nope"))
+    with pytest.raises(TrainingInputError, match="SFT adapter folder .*nope does not exist"):
+        train_dpo(config)
+
+
+def copy_adapter(kit, tmp_path: Path, **changes) -> Path:
+    copy = tmp_path / "sft-copy"
+    shutil.copytree(kit.sft_adapter_dir, copy)
+    config = json.loads((copy / "adapter_config.json").read_text())
+    config.update(changes)
+    (copy / "adapter_config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_sft_adapter_for_another_base(tiny_kit, good_data, tmp_path):
+    other = "meta-llama/Llama-3.1-8B-Instruct"
+    adapter = copy_adapter(tiny_kit, tmp_path, base_model_name_or_path=other)
+    with pytest.raises(TrainingInputError) as err:
+        train_dpo(make_config(tiny_kit, good_data, tmp_path, sft_adapter=str(adapter)))
+    assert other in str(err.value) and str(tiny_kit.base_dir) in str(err.value)
+
+
+def test_sft_adapter_rank_over_serving_limit(tiny_kit, good_data, tmp_path):
+    adapter = copy_adapter(tiny_kit, tmp_path, r=64)
+    with pytest.raises(TrainingInputError, match="rank 64 exceeds the serving limit max_lora_rank=32"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path, sft_adapter=str(adapter)))
+
+
+def test_wandb_without_key_fails_instead_of_prompting(tiny_kit, good_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(TrainingInputError, match="WANDB_API_KEY is not set"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path, report_to="wandb"))
+    assert make_config(tiny_kit, good_data, tmp_path).resolved_report_to() == "none"
+    auto = make_config(tiny_kit, good_data, tmp_path, report_to="auto")
+    assert auto.resolved_report_to() == "none"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert auto.resolved_report_to() == "wandb"
+
+
+def test_gpu_config_without_gpu_fails_before_loading(tiny_kit, good_data, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config = DPOTrainConfig(
+        data_dir=str(good_data), base_model=str(tiny_kit.base_dir), sft_adapter=str(tiny_kit.sft_adapter_dir),
+        output_dir=str(tmp_path / "c"), adapter_out=str(tmp_path / "a"), report_to="none",
+    )
+    with pytest.raises(TrainingInputError, match="no CUDA GPU found"):
+        train_dpo(config)
+
+
+def test_checkpoints_of_another_run_are_not_resumed(tiny_kit, good_data, tmp_path):
+    checkpoints = tmp_path / "checkpoints" / "checkpoint-7"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / "run.json").write_text(json.dumps({"train_sha256": "something else"}))
+    with pytest.raises(TrainingInputError, match="holds checkpoints of another run"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path))
+
+
+def test_prompts_longer_than_max_length_are_reported(tiny_kit, good_data, tmp_path):
+    with pytest.raises(TrainingInputError, match="every prompt alone fills max_length=32"):
+        train_dpo(make_config(tiny_kit, good_data, tmp_path, max_length=32))
+
+
+# Config validation: the message states the rule, the value and the fix.
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"use_cpu": True, "load_in_4bit": True, "bf16": False}, "Set load_in_4bit=False for a CPU run"),
+        ({"use_cpu": True, "load_in_4bit": False, "bf16": True}, "Set bf16=False for a CPU run"),
+        ({"max_lora_rank": 48}, r"--max-lora-rank .*got 48"),
+        ({"beta": 0}, r"beta must be > 0; got 0"),
+        ({"loss_type": "dpo"}, r"loss_type must be one of .*got 'dpo'"),
+        ({"max_steps": 0}, "max_steps must be a positive step count or -1"),
+        ({"warmup": 3}, r"unknown DPOTrainConfig setting\(s\) \['warmup'\]; valid settings: "),
+        ({"adapter_out": "/vol/adapters/nothing-gpt"}, "adapter_out must differ from sft_adapter"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        DPOTrainConfig.from_overrides(overrides)
+
+
+def test_config_defaults_are_the_plan():
+    c = DPOTrainConfig()
+    plan = {
+        "beta": 0.1, "loss_type": "sigmoid", "learning_rate": 5e-6, "num_train_epochs": 1.0,
+        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 2, "gradient_accumulation_steps": 4,
+        "max_length": 2048, "bf16": True, "lr_scheduler_type": "cosine", "warmup_steps": 20,
+        "logging_steps": 10, "eval_steps": 25, "save_steps": 25, "output_dir": "/vol/checkpoints/dpo-r32",
+        "adapter_out": "/vol/adapters/nothing-gpt-dpo", "load_in_4bit": True, "gradient_checkpointing": True,
+    }
+    assert {k: getattr(c, k) for k in plan} == plan
+    assert all(c.help_text().values()), "every field has help text"
+
+
+def test_servable_problems_lists_each_vllm_refusal():
+    config = {"r": 64, "bias": "all", "modules_to_save": ["lm_head"], "use_dora": True}
+    problems = " | ".join(servable_problems(config, 32))
+    for fragment in ("rank 64", "bias is 'all'", "modules_to_save", "DoRA"):
+        assert fragment in problems
+    assert servable_problems({"r": 32, "bias": "none"}, 32) == []

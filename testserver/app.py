@@ -1,0 +1,464 @@
+"""The aiohttp application: OpenAI-shaped endpoints, fault injection, control and stats endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import re
+import socket
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from testserver.faults import STATUS_FAULTS, FaultKind, FaultPicker
+from testserver.options import ServerOptions
+from testserver.responders import (
+    AVOID_MARKER,
+    PREFER_MARKER,
+    REASONING_TOKENS,
+    estimate_tokens,
+    find_blocks,
+    judge,
+    marker_slots,
+    sample_text,
+    truncate,
+)
+from testserver.stats import CLIENT_CLOSED, DROPPED, Stats
+
+logger = logging.getLogger(__name__)
+
+_JUDGE_FORMATS = frozenset({"json_schema", "json_object"})
+_MAX_N = 128
+
+# (error type, code, message) per status fault, as OpenAI words them.
+_ERRORS: dict[FaultKind, tuple[str, str | None, str]] = {
+    FaultKind.RATE_LIMIT: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
+    FaultKind.QUOTA: (
+        "insufficient_quota",
+        "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
+    FaultKind.SERVER_ERROR: ("server_error", None, "The server had an error while processing your request."),
+    FaultKind.BAD_GATEWAY: ("server_error", None, "Bad gateway."),
+    FaultKind.UNAVAILABLE: ("server_error", None, "The engine is currently overloaded, please try again later."),
+    FaultKind.GATEWAY_TIMEOUT: ("server_error", None, "Gateway timeout."),
+    FaultKind.BAD_REQUEST: ("invalid_request_error", None, "Invalid request (injected fault)."),
+    FaultKind.UNAUTHORIZED: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    FaultKind.FORBIDDEN: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
+    FaultKind.NOT_FOUND: ("invalid_request_error", "model_not_found", "The model does not exist."),
+    FaultKind.UNPROCESSABLE: ("invalid_request_error", None, "Unprocessable entity (injected fault)."),
+}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An OpenAI-style error body: {"error": {"message", "type", "param", "code"}}."""
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return _json(body, status, headers)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+class FakeOpenAIServer:
+    """An OpenAI-compatible server on 127.0.0.1 that answers from `responders` and injects faults.
+
+    `await start()` binds a socket (port 0: a free one) and serves on the running loop; `url` is then
+    the base URL ending in /v1. `control`, `stats` and `reset` do what the /_control, /_stats and /_reset
+    endpoints do, for in-process use.
+    """
+
+    def __init__(self, options: ServerOptions | None = None):
+        self._initial = options or ServerOptions()
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._counter = 0
+        self._stats = Stats(self._initial.log_size)
+        self._apply(self._initial)
+        self.app = self._make_app()
+
+    # -- settings ---------------------------------------------------------------------------------
+
+    def _apply(self, options: ServerOptions, changed: frozenset[str] | None = None) -> None:
+        """Make `options` current; `changed` (None: everything) says which fault state to rebuild."""
+        self.options = options
+        self._pattern = re.compile(options.completion_pattern, re.DOTALL)
+        self._models = frozenset(options.models)
+        self._stats.resize(options.log_size)
+        if changed is None:
+            self.picker = FaultPicker(options)
+            self._jitter_rng = random.Random(options.seed + 1)
+            return
+        self.picker.configure(options, changed)  # a pending fail_next queue survives other changes
+        if "seed" in changed:
+            self._jitter_rng = random.Random(options.seed + 1)
+
+    def control(self, **values: Any) -> dict[str, Any]:
+        """Apply a partial update of the options (ValueError if invalid); returns `describe()`."""
+        self._apply(self.options.updated(values), frozenset(values))
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        out = self.options.to_json()
+        out["fail_next_remaining"] = [
+            {"kind": e.kind.value, "count": e.count, "model": e.model} for e in self.picker.queue
+        ]
+        out["url"] = self.url if self.port is not None else None
+        return out
+
+    def reset(self) -> None:
+        """Clear the stats, restore the start options, then clear every fault (rate 0, no rules)."""
+        clean = self._initial.updated({"fault_rate": 0.0, "fail_next": [], "fail_matching": []})
+        self._stats = Stats(clean.log_size)
+        self._apply(clean)
+
+    def stats(self, *, log: bool = True, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+        return self._stats.snapshot(log=log, since=since, limit=limit)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the server is not started: call `await server.start()` first")
+        return f"http://{self.options.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.options.host, self.options.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"cannot bind {self.options.host}:{self.options.port}: {e}") from e
+        self.port = sock.getsockname()[1]
+        self._runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            access_log=None,  # no per-request logging: the server must stay cheap
+            handler_cancellation=True,  # a client that times out cancels its handler (logged as 499)
+            shutdown_timeout=0.5,  # stop promptly even with hung requests in flight (the default waits 60 s)
+        )
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, backlog=4096).start()
+        logger.info("test server listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/_stats", self._get_stats)
+        app.router.add_get("/_control", self._get_control)
+        app.router.add_post("/_control", self._post_control)
+        app.router.add_post("/_reset", self._post_reset)
+        app.router.add_get("/health", self._health)
+        return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return _json({"ok": True})
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        created = int(self._stats.started_wall)
+        data = [{"id": m, "object": "model", "created": created, "owned_by": "testserver"} for m in self.options.models]
+        return _json({"object": "list", "data": data})
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            since = int(q.get("since", 0))
+            limit = int(q["limit"]) if "limit" in q else None
+        except ValueError:
+            return error_response(400, "since and limit must be integers")
+        return _json(self.stats(log=q.get("log", "1") not in ("0", "false"), since=since, limit=limit))
+
+    async def _get_control(self, request: web.Request) -> web.Response:
+        return _json(self.describe())
+
+    async def _post_control(self, request: web.Request) -> web.Response:
+        try:
+            values = orjson.loads(await request.read() or b"{}")
+            if not isinstance(values, dict):
+                raise ValueError(f"the body must be a JSON object of options, got {values!r}")
+            return _json(self.control(**values))
+        except (ValueError, TypeError) as e:  # orjson.JSONDecodeError is a ValueError
+            return error_response(400, str(e))
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return _json(self.describe())
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as e:
+            self._stats.reject(400)
+            return error_response(400, f"the request body is not valid JSON: {e}")
+        problem = self._validate(body)
+        if problem is not None:
+            self._stats.reject(problem.status)
+            return problem
+
+        model: str = body["model"]
+        n: int = body.get("n") or 1
+        messages = body["messages"]
+        texts = [_text_of(m.get("content")) for m in messages]
+        prompt_text = "\n".join(texts)
+        rf = body.get("response_format")
+        is_judge = isinstance(rf, dict) and rf.get("type") in _JUDGE_FORMATS
+        opts = self.options
+        over_capacity = opts.max_in_flight is not None and self._stats.in_flight >= opts.max_in_flight
+        fault = FaultKind.RATE_LIMIT if over_capacity else self.picker.pick(model, is_judge, prompt_text)
+        label = "max_in_flight" if over_capacity else None if fault is None else fault.value
+        prompt_hash = hashlib.blake2b(prompt_text.encode(), digest_size=6).hexdigest()
+        entry = self._stats.begin(model, n, "judge" if is_judge else "generate", prompt_hash, label)
+        status = CLIENT_CLOSED  # what the log says if the client goes away while we wait
+        try:
+            if fault in STATUS_FAULTS:
+                if opts.error_latency:
+                    await asyncio.sleep(opts.error_latency)
+                status = STATUS_FAULTS[fault]  # type: ignore[index]
+                return self._status_fault(fault)  # type: ignore[arg-type]
+            if fault is FaultKind.DROP:
+                if opts.error_latency:
+                    await asyncio.sleep(opts.error_latency)
+                status = DROPPED
+                if request.transport is not None:
+                    request.transport.abort()  # connection_lost then cancels this handler
+                await asyncio.sleep(60)
+                return web.Response(status=500)  # never sent: the connection is gone
+            delay = opts.hang_seconds if fault is FaultKind.HANG else opts.model_latency.get(model, opts.latency)
+            if opts.jitter and fault is not FaultKind.HANG:
+                delay += self._jitter_rng.random() * opts.jitter
+            if delay:
+                await asyncio.sleep(delay)
+            if fault is FaultKind.MALFORMED:
+                status = 200
+                return web.Response(
+                    body=b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"index": 0, "mess',
+                    content_type="application/json",
+                )
+            if fault is FaultKind.NO_CHOICES:
+                status = 200
+                envelope = self._envelope(model, [], self._usage(sum(map(len, texts)), 0, 0))
+                del envelope["choices"]
+                return _json(envelope)
+            if is_judge:
+                resp, status = self._judge(body, prompt_text, sum(map(len, texts)), fault)
+            else:
+                resp, status = self._generate(body, texts, messages, fault)
+            return resp
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            status = 500
+            logger.exception("test server failed on a request")
+            raise
+        finally:
+            self._stats.end(entry, status)
+
+    def _validate(self, body: Any) -> web.Response | None:
+        if not isinstance(body, dict):
+            return error_response(400, "the request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str):
+            return error_response(400, "you must provide a model parameter", param="model")
+        if model not in self._models:
+            return error_response(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            return error_response(400, "messages must be a non-empty array of message objects", param="messages")
+        n = body.get("n")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= _MAX_N):
+            return error_response(400, f"n must be an integer in 1..{_MAX_N}, got {n!r}", param="n")
+        if body.get("stream"):
+            return error_response(400, "the test server does not support stream=true", param="stream")
+        for key in ("max_tokens", "max_completion_tokens"):
+            v = body.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                return error_response(400, f"{key} must be an integer >= 1, got {v!r}", param=key)
+        if model in self.options.reasoning_models:  # GPT-5's rules, so tests catch what production rejects
+            temperature = body.get("temperature")
+            if temperature is not None and temperature != 1:
+                return error_response(
+                    400,
+                    f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+                    "Only the default (1) value is supported.",
+                    code="unsupported_value",
+                    param="temperature",
+                )
+            if body.get("max_tokens") is not None:
+                return error_response(
+                    400,
+                    "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                    "Use 'max_completion_tokens' instead.",
+                    code="unsupported_parameter",
+                    param="max_tokens",
+                )
+        effort = body.get("reasoning_effort")
+        if effort is not None and effort not in REASONING_TOKENS:
+            return error_response(
+                400,
+                f"reasoning_effort must be one of {sorted(REASONING_TOKENS)}, got {effort!r}",
+                param="reasoning_effort",
+            )
+        return None
+
+    def _status_fault(self, fault: FaultKind) -> web.Response:
+        type_, code, message = _ERRORS[fault]
+        headers = None
+        if fault is FaultKind.RATE_LIMIT and self.options.retry_after is not None:
+            ra = self.options.retry_after
+            headers = {"retry-after": str(int(ra)) if float(ra).is_integer() else str(ra)}
+        return error_response(STATUS_FAULTS[fault], message, type_=type_, code=code, headers=headers)
+
+    def _envelope(self, model: str, choices: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
+        self._counter += 1
+        return {
+            "id": f"chatcmpl-test{self._counter:010d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": usage,
+            "system_fingerprint": "fp_testserver",
+        }
+
+    def _usage(self, prompt_chars: int, completion_tokens: int, reasoning: int) -> dict[str, Any]:
+        prompt_tokens = estimate_tokens(prompt_chars)
+        opts = self.options
+        cached = int(prompt_tokens * opts.cache_share) if prompt_tokens >= opts.cache_min_tokens else 0
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def _reply(self, model: str, choices: list[dict[str, Any]], usage: dict[str, Any]) -> web.Response:
+        self._stats.add_usage(model, usage)
+        return _json(self._envelope(model, choices, usage))
+
+    def _generate(
+        self, body: dict[str, Any], texts: list[str], messages: list[dict[str, Any]], fault: FaultKind | None
+    ) -> tuple[web.Response, int]:
+        n = body.get("n") or 1
+        seed = body.get("seed")
+        temperature = body.get("temperature")
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        last_user = next(
+            (t for m, t in zip(reversed(messages), reversed(texts), strict=True) if m.get("role") == "user"),
+            texts[-1],
+        )
+        prefer, avoid = marker_slots(last_user, seed, n) if self.options.mark_choices else (None, None)
+        lines = (self.options.sample_lines[0], self.options.sample_lines[1])
+        choices = []
+        completion_tokens = 0
+        for i in range(n):
+            text = sample_text(last_user, seed, i, temperature, lines)
+            if i == prefer or i == avoid:  # after the first speaker, where truncation does not reach
+                text = text.replace("] ", f"] {PREFER_MARKER if i == prefer else AVOID_MARKER} ", 1)
+            text, cut = truncate(text, limit)
+            completion_tokens += estimate_tokens(len(text))
+            choices.append(_choice(i, text, "length" if cut else "stop"))
+        choices, completion_tokens = _distort(choices, fault, completion_tokens, limit)
+        usage = self._usage(sum(map(len, texts)), completion_tokens, 0)
+        return self._reply(body["model"], choices, usage), 200
+
+    def _judge(
+        self, body: dict[str, Any], prompt_text: str, prompt_chars: int, fault: FaultKind | None
+    ) -> tuple[web.Response, int]:
+        blocks = find_blocks(self._pattern, prompt_text)
+        if not blocks:
+            return error_response(
+                400,
+                "test server judge: no completion blocks in the prompt; it looks for the regex "
+                f'{self._pattern.pattern!r}, e.g. <completion id="A">text</completion>',
+            ), 400
+        verdict = judge(blocks)
+        ranking = list(verdict.ranking)
+        if fault is FaultKind.NON_PERMUTATION:
+            ranking = ranking[:-1] + [ranking[0]] if len(ranking) > 1 else ranking * 2
+        content = orjson.dumps(
+            {"ranking": ranking, "confidence": verdict.confidence, "reason": verdict.reason}
+        ).decode()
+        if fault is FaultKind.BAD_CONTENT:
+            content = content[: len(content) // 2]
+        is_reasoning = body["model"] in self.options.reasoning_models
+        reasoning = REASONING_TOKENS[body.get("reasoning_effort") or "medium"] if is_reasoning else 0
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        content_tokens = estimate_tokens(len(content))
+        finish = "stop"
+        if limit is not None and reasoning + content_tokens > limit:  # the budget went to reasoning
+            content, finish, content_tokens, reasoning = "", "length", max(0, limit - reasoning), min(reasoning, limit)
+        n = body.get("n") or 1
+        choices = [_choice(i, content, finish) for i in range(n)]
+        choices, content_tokens = _distort(choices, fault, content_tokens * n, limit)
+        usage = self._usage(prompt_chars, content_tokens + reasoning * n, reasoning * n)
+        return self._reply(body["model"], choices, usage), 200
+
+
+def _choice(index: int, content: str | None, finish: str, refusal: str | None = None) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": content, "refusal": refusal, "annotations": []},
+        "logprobs": None,
+        "finish_reason": finish,
+    }
+
+
+def _distort(
+    choices: list[dict[str, Any]], fault: FaultKind | None, content_tokens: int, limit: int | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Apply a content fault (fewer_choices, empty, refusal, length_empty) to well-formed choices.
+
+    Returns the choices and the content tokens they stand for (reasoning tokens are counted apart).
+    """
+    n = len(choices)
+    if fault is FaultKind.FEWER_CHOICES:
+        return (choices[:1] if n > 1 else []), content_tokens
+    if fault is FaultKind.EMPTY:
+        return [_choice(i, "" if i % 2 == 0 else " \n ", "stop") for i in range(n)], n
+    if fault is FaultKind.REFUSAL:
+        refusal = "I'm sorry, but I can't help with that request."
+        return [_choice(i, None, "stop", refusal) for i in range(n)], estimate_tokens(len(refusal)) * n
+    if fault is FaultKind.LENGTH_EMPTY:
+        return [_choice(i, "", "length") for i in range(n)], (limit if limit is not None else 256) * n
+    return choices, content_tokens

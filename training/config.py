@@ -1,0 +1,198 @@
+"""`DPOTrainConfig`: every setting of a DPO run, with the plan's values as defaults.
+
+Plain dataclass (no torch import) so the CLI, the Modal app and the ZenML step can build and validate it
+cheaply. Each field has a `help` text; `__post_init__` rejects bad values with the rule, the value received
+and the fix. `DPOTrainConfig.cpu_test(...)` gives the settings for a tiny CPU run with the same code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.names import NAMES
+
+# vLLM 0.33 accepts only these values for --max-lora-rank.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# Loss types of TRL 1.16's DPOTrainer.
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
+REPORT_TO = ("auto", "wandb", "none")
+TRAIN_FILE, VAL_FILE = "train.jsonl", "val.jsonl"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the rule, the value and the fix."""
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - `help` mirrors TRL's field metadata key
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DPOTrainConfig:
+    """Settings of one DPO run (defaults: the plan, QLoRA on a CUDA GPU)."""
+
+    # Inputs and outputs
+    data_dir: str = _f(NAMES.data_root, f"folder holding {TRAIN_FILE} (training) and {VAL_FILE} (evaluation)")
+    base_model: str = _f(NAMES.base_model, "base model: hub id or local model folder")
+    sft_adapter: str = _f(NAMES.sft_adapter, "folder of the SFT LoRA adapter; DPO starts from it")
+    output_dir: str = _f(NAMES.checkpoints, "where checkpoint-* folders go; a rerun resumes from the newest")
+    adapter_out: str = _f(NAMES.dpo_adapter, "where the trained policy adapter (and its metrics) is saved")
+    # DPO
+    beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference")
+    loss_type: str = _f("sigmoid", f"DPO loss, one of {', '.join(DPO_LOSS_TYPES)}")
+    learning_rate: float = _f(5e-6, "peak learning rate")
+    num_train_epochs: float = _f(1.0, "passes over the training set (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "stop after this many optimizer steps; -1 runs num_train_epochs")
+    per_device_train_batch_size: int = _f(4, "preference pairs per device per forward pass (training)")
+    per_device_eval_batch_size: int = _f(2, "preference pairs per device per forward pass (evaluation)")
+    gradient_accumulation_steps: int = _f(4, "forward passes per optimizer step")
+    max_length: int = _f(2048, "tokens per prompt+completion sequence; longer ones are truncated")
+    lr_scheduler_type: str = _f("cosine", "learning-rate schedule (transformers SchedulerType name)")
+    warmup_steps: int = _f(20, "linear warm-up steps")
+    logging_steps: int = _f(10, "log metrics every N steps")
+    eval_steps: int = _f(25, "evaluate on the validation set every N steps")
+    save_steps: int = _f(25, "save a resumable checkpoint every N steps")
+    save_total_limit: int | None = _f(3, "keep at most N checkpoints (None keeps all)")
+    seed: int = _f(42, "random seed")
+    # Hardware
+    bf16: bool = _f(True, "bf16 mixed precision (needs a GPU that supports it; False on CPU)")
+    load_in_4bit: bool = _f(True, "QLoRA: load the base in 4-bit NF4 with bf16 compute (needs CUDA)")
+    gradient_checkpointing: bool = _f(True, "recompute activations in the backward pass to save memory")
+    use_cpu: bool = _f(False, "train on the CPU (tiny models and tests only)")
+    # Checks and reporting
+    max_lora_rank: int = _f(32, "the serving limit (vLLM --max-lora-rank); a larger adapter rank is refused")
+    check_base_model: bool = _f(True, "refuse an SFT adapter whose adapter_config.json names another base")
+    resume: bool = _f(
+        True, "continue from the newest complete checkpoint-* in output_dir; False deletes them and starts over"
+    )
+    report_to: str = _f("auto", "auto: W&B when WANDB_API_KEY is set, else none; or wandb; or none")
+    wandb_project: str = _f("nothing-gpt-dpo", "W&B project name")
+    run_name: str | None = _f(None, "run name shown in W&B (default: generated)")
+    disable_tqdm: bool = _f(False, "hide the progress bar")
+
+    def __post_init__(self) -> None:
+        positive = {
+            "beta": self.beta,
+            "learning_rate": self.learning_rate,
+            "num_train_epochs": self.num_train_epochs,
+            "per_device_train_batch_size": self.per_device_train_batch_size,
+            "per_device_eval_batch_size": self.per_device_eval_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "logging_steps": self.logging_steps,
+            "eval_steps": self.eval_steps,
+            "save_steps": self.save_steps,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0; got {value!r}. Set a positive value.")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(
+                f"max_steps must be a positive step count or -1 (run num_train_epochs); got {self.max_steps}."
+            )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0; got {self.warmup_steps}.")
+        if self.max_length < 32:
+            raise ConfigError(
+                f"max_length must be >= 32 tokens to hold a prompt and a completion; got {self.max_length}."
+            )
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ConfigError(f"save_total_limit must be >= 1 or None (keep all); got {self.save_total_limit}.")
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ConfigError(
+                f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}; got {self.loss_type!r}."
+            )
+        if self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ConfigError(
+                f"max_lora_rank must be a value vLLM accepts for --max-lora-rank {VLLM_LORA_RANKS}; "
+                f"got {self.max_lora_rank}."
+            )
+        if self.report_to not in REPORT_TO:
+            raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}; got {self.report_to!r}.")
+        if self.use_cpu and self.load_in_4bit:
+            raise ConfigError(
+                "load_in_4bit (QLoRA via bitsandbytes) needs a CUDA GPU; got use_cpu=True with load_in_4bit=True. "
+                "Set load_in_4bit=False for a CPU run (or use DPOTrainConfig.cpu_test())."
+            )
+        if self.use_cpu and self.bf16:
+            raise ConfigError(
+                "bf16 mixed precision is for the GPU run; got use_cpu=True with bf16=True. "
+                "Set bf16=False for a CPU run (or use DPOTrainConfig.cpu_test())."
+            )
+        for name in ("data_dir", "base_model", "sft_adapter", "output_dir", "adapter_out"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(f"{name} must name a path; got an empty string.")
+        if Path(self.adapter_out).resolve() == Path(self.sft_adapter).resolve():
+            raise ConfigError(
+                f"adapter_out must differ from sft_adapter, or the SFT adapter is overwritten; both are "
+                f"{self.adapter_out!r}. Choose another adapter_out."
+            )
+
+    # Derived values
+
+    @property
+    def train_path(self) -> Path:
+        return Path(self.data_dir) / TRAIN_FILE
+
+    @property
+    def val_path(self) -> Path:
+        return Path(self.data_dir) / VAL_FILE
+
+    def resolved_report_to(self) -> str:
+        """`wandb` or `none`: auto picks W&B only when WANDB_API_KEY is set (never a login prompt)."""
+        if self.report_to == "auto":
+            return "wandb" if os.environ.get("WANDB_API_KEY") else "none"
+        return self.report_to
+
+    # Construction
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, Any] | None = None, **base: Any) -> DPOTrainConfig:
+        """Defaults, then `base`, then `overrides`; unknown keys are rejected with the list of valid ones."""
+        merged = {**base, **(overrides or {})}
+        unknown = sorted(set(merged) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown DPOTrainConfig setting(s) {unknown}; valid settings: {', '.join(cls.field_names())}."
+            )
+        return cls(**merged)
+
+    @classmethod
+    def cpu_test(cls, **overrides: Any) -> DPOTrainConfig:
+        """A tiny CPU run on the same code path: fp32, no 4-bit, a couple of steps, frequent logs and saves."""
+        settings: dict[str, Any] = {
+            "use_cpu": True,
+            "bf16": False,
+            "load_in_4bit": False,
+            "gradient_checkpointing": False,  # nothing to save at this size
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "per_device_eval_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "max_length": 512,
+            "learning_rate": 1e-3,  # gradients are tiny on a random 64-wide model: move the weights visibly
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0,
+            "logging_steps": 1,
+            "eval_steps": 2,
+            "save_steps": 2,
+            "report_to": "none",
+            "disable_tqdm": True,
+        }
+        return cls.from_overrides(overrides, **settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def help_text(self) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(self)}

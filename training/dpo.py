@@ -1,0 +1,302 @@
+"""`train_dpo`: DPO on top of the SFT LoRA adapter with one base model and two adapters.
+
+The base is loaded once (4-bit NF4 with bf16 compute on CUDA; fp32 on CPU). The SFT adapter is loaded
+trainable under PEFT's default name `default` (the policy) and given to TRL's DPOTrainer without a
+`ref_model`: TRL 1.16 then adds a frozen adapter `ref`, a copy of `default`, and computes the reference
+log-probs with `ref` active. One base, two adapters, no second model copy. Only `default` is saved.
+
+All inputs are checked (data files, SFT adapter, its base, servability) before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.adapters import ADAPTER_CONFIG, adapter_sha256, check_servable, check_sft_adapter
+from training.config import DPOTrainConfig
+from training.data import RowFormat, load_preference_rows
+from training.errors import TrainingInputError
+from training.resume import checkpoint_to_resume
+
+logger = logging.getLogger(__name__)
+
+POLICY_ADAPTER = "default"  # the only trainable name TRL 1.16 accepts; `ref` is the frozen copy it adds
+REF_ADAPTER = "ref"
+METRICS_FILE = "training_metrics.json"
+# Keys of the final metrics: the last training log and the final evaluation.
+_TRAIN_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+
+ProgressHook = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    adapter_dir: Path  # the saved policy adapter, servable by vLLM
+    metrics: dict[str, Any]  # also written to metrics_path
+    metrics_path: Path
+    adapter_sha256: str  # content hash of adapter_config.json + weights
+    steps: int  # optimizer steps in total (including those before a resume)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    train_rows: list[dict]
+    val_rows: list[dict]
+    row_format: RowFormat
+
+
+def check_inputs(config: DPOTrainConfig) -> _Inputs:
+    """Every check that needs no model: data files, SFT adapter (exists, base, servable), W&B choice."""
+    train_rows, train_format = load_preference_rows(config.train_path)
+    val_rows, val_format = load_preference_rows(config.val_path)
+    if train_format != val_format:
+        raise TrainingInputError(
+            f"{config.train_path} is {train_format} but {config.val_path} is {val_format}; use one format."
+        )
+    check_sft_adapter(Path(config.sft_adapter), config.base_model, config.max_lora_rank, config.check_base_model)
+    if config.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
+        raise TrainingInputError(
+            "report_to='wandb' but WANDB_API_KEY is not set (a login prompt would block the run). "
+            "Set WANDB_API_KEY or use report_to='auto' or 'none'."
+        )
+    return _Inputs(train_rows, val_rows, train_format)
+
+
+def train_dpo(
+    config: DPOTrainConfig,
+    progress: ProgressHook | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Train the DPO policy adapter; resume from the newest checkpoint in `config.output_dir` if any.
+
+    `progress` receives every logged metrics dict (with `step`); `callbacks` are extra transformers
+    `TrainerCallback`s (e.g. one that commits a Modal volume on save).
+    """
+    inputs = check_inputs(config)
+    _check_device(config)
+    resume_from = checkpoint_to_resume(config)
+    tokenizer = _load_tokenizer(config)
+    if inputs.row_format == "conversational" and not tokenizer.chat_template:
+        raise TrainingInputError(
+            f"conversational preference rows need a chat template, and the tokenizer of {config.base_model} "
+            "has none. Use an instruct model's tokenizer or string rows."
+        )
+    if inputs.row_format == "string" and tokenizer.eos_token is None:
+        raise TrainingInputError(f"string preference rows need an eos_token; {config.base_model} has none.")
+
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    report_to = config.resolved_report_to()
+    if report_to == "wandb":
+        os.environ.setdefault("WANDB_PROJECT", config.wandb_project)
+    model = _load_policy(config)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,  # TRL adds the frozen `ref` adapter: no second model copy
+        args=_dpo_args(config, report_to),
+        train_dataset=Dataset.from_list(inputs.train_rows),
+        eval_dataset=Dataset.from_list(inputs.val_rows),
+        processing_class=tokenizer,
+        callbacks=[*([_progress_callback(progress)] if progress else []), *callbacks],
+    )
+    if len(trainer.train_dataset) == 0:
+        raise TrainingInputError(
+            f"no training pair of {config.train_path} fits: every prompt alone fills max_length="
+            f"{config.max_length} tokens. Raise max_length or shorten the prompts."
+        )
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    started = time.monotonic()
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    eval_metrics = _last_eval(trainer.state) or trainer.evaluate()
+    adapter_dir = save_policy_adapter(trainer.model, Path(config.adapter_out), config.max_lora_rank)
+
+    metrics = _final_metrics(trainer.state, train_output.metrics, eval_metrics)
+    metrics.update(
+        wall_seconds=round(time.monotonic() - started, 2),
+        resumed_from=str(resume_from) if resume_from else None,
+        train_rows=len(inputs.train_rows),
+        eval_rows=len(inputs.val_rows),
+    )
+    sha = adapter_sha256(adapter_dir)
+    metrics_path = adapter_dir / METRICS_FILE
+    record = {"metrics": metrics, "adapter_sha256": sha, "config": config.to_dict()}
+    metrics_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    logger.info("DPO adapter saved to %s (%d steps, sha256 %s)", adapter_dir, metrics["steps"], sha[:12])
+    return TrainResult(adapter_dir, metrics, metrics_path, sha, int(metrics["steps"]))
+
+
+def save_policy_adapter(model: Any, adapter_dir: Path, max_lora_rank: int) -> Path:
+    """Save only the policy adapter, its files at the folder root, and check that vLLM can serve it.
+
+    Written to a sibling temp folder first and swapped in, so a crash never leaves a half adapter behind.
+    """
+    tmp = adapter_dir.with_name(adapter_dir.name + ".saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), selected_adapters=[POLICY_ADAPTER])
+    nested = tmp / POLICY_ADAPTER
+    if not (tmp / ADAPTER_CONFIG).is_file() and (nested / ADAPTER_CONFIG).is_file():
+        for item in nested.iterdir():  # older PEFT put named adapters in a subfolder
+            item.rename(tmp / item.name)
+        nested.rmdir()
+    leftover = sorted(p.name for p in tmp.iterdir() if p.is_dir())
+    if leftover:
+        raise RuntimeError(f"only the policy adapter should be saved, found sub-adapters {leftover} in {tmp}")
+    check_servable(tmp, max_lora_rank)
+    old = adapter_dir.with_name(adapter_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if adapter_dir.exists():
+        adapter_dir.rename(old)
+    tmp.rename(adapter_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return adapter_dir
+
+
+def _check_device(config: DPOTrainConfig) -> None:
+    if config.use_cpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TrainingInputError(
+            "no CUDA GPU found, and the config is for a GPU run (use_cpu=False). Run on Modal "
+            "(`train --remote`) or, for a tiny model, use DPOTrainConfig.cpu_test()."
+        )
+    if config.load_in_4bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise TrainingInputError(
+                "load_in_4bit=True needs the bitsandbytes package; pip install bitsandbytes."
+            ) from e
+
+
+def _load_tokenizer(config: DPOTrainConfig) -> Any:
+    """The SFT adapter's tokenizer when it saved one (the chat template it was trained with), else the base's."""
+    from transformers import AutoTokenizer
+
+    source = config.sft_adapter if (Path(config.sft_adapter) / "tokenizer_config.json").is_file() else None
+    tokenizer = AutoTokenizer.from_pretrained(source or config.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_policy(config: DPOTrainConfig) -> Any:
+    """Base model (4-bit NF4 on CUDA, fp32 on CPU) + the SFT adapter, trainable, named `default`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if config.load_in_4bit:
+        kwargs: dict[str, Any] = {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_use_double_quant=True,
+            ),
+            "dtype": torch.bfloat16,
+            "device_map": {"": torch.cuda.current_device()},
+        }
+    elif config.use_cpu:
+        kwargs = {"dtype": torch.float32}
+    else:
+        kwargs = {"dtype": torch.bfloat16 if config.bf16 else torch.float32}
+    base = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    base.config.use_cache = False  # incompatible with gradient checkpointing, useless in training
+    model = PeftModel.from_pretrained(base, config.sft_adapter, adapter_name=POLICY_ADAPTER, is_trainable=True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise RuntimeError(f"the SFT adapter {config.sft_adapter} loaded without trainable parameters")
+    logger.info("policy adapter %r: %d trainable parameters", POLICY_ADAPTER, trainable)
+    return model
+
+
+def _dpo_args(config: DPOTrainConfig, report_to: str) -> Any:
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=config.output_dir,
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        bf16=config.bf16,
+        use_cpu=config.use_cpu,
+        # transformers 5 name (`gradient_checkpointing` is its deprecated alias); TRL reads either.
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        seed=config.seed,
+        report_to=report_to,
+        run_name=config.run_name,
+        disable_tqdm=config.disable_tqdm,
+    )
+
+
+def _last_eval(state: Any) -> dict[str, float] | None:
+    """The evaluation logged at the final step, if the schedule already ran one there (saves a second pass)."""
+    for log in reversed(state.log_history):
+        if "eval_loss" in log:
+            return log if log.get("step") == state.global_step else None
+    return None
+
+
+def _final_metrics(state: Any, train_metrics: dict, eval_metrics: dict) -> dict[str, Any]:
+    last_train = next((log for log in reversed(state.log_history) if "loss" in log), {})
+    metrics: dict[str, Any] = {f"train_{k}": _num(last_train.get(k)) for k in _TRAIN_KEYS}
+    metrics["train_loss_mean"] = _num(train_metrics.get("train_loss"))
+    metrics["train_runtime"] = _num(train_metrics.get("train_runtime"))
+    for k in _TRAIN_KEYS:
+        metrics[f"eval_{k}"] = _num(eval_metrics.get(f"eval_{k}"))
+    metrics["eval_runtime"] = _num(eval_metrics.get("eval_runtime"))
+    metrics["steps"] = int(state.global_step)
+    metrics["epoch"] = _num(state.epoch)
+    return metrics
+
+
+def _num(value: Any) -> float | None:
+    """A JSON-safe number: None when missing or not finite (a NaN loss is logged, not hidden)."""
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        logger.warning("non-finite metric value %r", value)
+        return None
+    return value
+
+
+def _progress_callback(hook: ProgressHook) -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                hook({"step": state.global_step, **logs})
+
+    return ProgressCallback()

@@ -1,0 +1,100 @@
+"""Modal app: DPO training of the Seinfeld SFT adapter on one L4 (QLoRA, one base + two adapters).
+
+    modal run -m training.modal_app --data-path /data/dpo/<hash> --max-steps 5   # smoke run
+    python -m pipelines.dpo train --remote --data /data/dpo/<hash>               # the real run
+
+Upload a split first (`python -m pipelines.dpo upload`, or training.upload.upload_dataset): it lands in the
+volume under /data/dpo/<hash>/, i.e. /vol/data/dpo/<hash>/ in the container. Checkpoints go to
+/vol/checkpoints/dpo-r32 and the volume is committed after every save, so a preempted run (retried by Modal)
+resumes from the newest checkpoint. The policy adapter and its metrics land in /vol/adapters/nothing-gpt-dpo.
+"""
+
+from __future__ import annotations
+
+import modal
+
+from infra.names import NAMES
+
+MINUTES = 60
+HOURS = 60 * MINUTES
+HF_CACHE = "/root/.cache/huggingface"
+
+# Pinned image: the same library versions the project is tested with on CPU, plus bitsandbytes for 4-bit.
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .uv_pip_install(
+        "torch==2.13.0",  # the default PyPI wheel for Linux is the CUDA build
+        "transformers==5.24.0",
+        "trl==1.16.0",  # the dual-adapter DPO this code relies on (see training/dpo.py)
+        "peft==0.21.2",
+        "bitsandbytes==0.50.2",  # 4-bit NF4 base (QLoRA)
+        "datasets==5.2.0",
+        "accelerate==1.15.0",
+        "wandb==0.31.0",
+    )
+    .env({"HF_HOME": HF_CACHE, "TOKENIZERS_PARALLELISM": "false"})
+    .add_local_python_source("training", "infra")  # our code, added at container start (last layer)
+)
+
+# Adapters, data, checkpoints and metrics; the base model's weights are cached in their own volume.
+volume = modal.Volume.from_name(NAMES.volume, create_if_missing=True)
+hf_cache = modal.Volume.from_name(NAMES.hf_cache_volume, create_if_missing=True)
+
+app = modal.App(NAMES.train_app, image=image)
+
+
+@app.function(
+    gpu=NAMES.gpu,  # L4, 24 GB: a 3B base in 4-bit plus two r=32 adapters at batch 4 x 2048 tokens
+    volumes={NAMES.mount: volume, HF_CACHE: hf_cache},
+    secrets=[
+        modal.Secret.from_name(NAMES.hf_secret),  # HF_TOKEN: the Llama 3.2 base is gated
+        modal.Secret.from_name(NAMES.wandb_secret),  # WANDB_API_KEY: W&B logging (report_to=auto)
+    ],
+    timeout=12 * HOURS,  # one attempt; a retry resumes from the last committed checkpoint
+    retries=modal.Retries(max_retries=3, backoff_coefficient=1.0, initial_delay=30.0),  # preemption
+)
+def train(data_path: str, overrides: dict | None = None) -> dict:
+    """Run `train_dpo` on /vol data; return the metrics plus adapter_dir, adapter_sha256 and metrics_path."""
+    import logging
+
+    from transformers import TrainerCallback
+
+    from training.config import DPOTrainConfig
+    from training.dpo import train_dpo
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    class CommitOnSave(TrainerCallback):
+        """Persist each checkpoint at once: a preempted attempt resumes from it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            volume.commit()
+
+    config = DPOTrainConfig.from_overrides(overrides, data_dir=data_path)
+    result = train_dpo(config, callbacks=[CommitOnSave()])
+    volume.commit()  # the adapter and its metrics
+    return {
+        **result.metrics,
+        "adapter_dir": str(result.adapter_dir),
+        "adapter_sha256": result.adapter_sha256,
+        "metrics_path": str(result.metrics_path),
+    }
+
+
+@app.local_entrypoint()
+def main(data_path: str, max_steps: int = 5):
+    """Smoke run: a few steps on an uploaded split, checkpoints and adapter in scratch folders."""
+    metrics = train.remote(
+        data_path,
+        {
+            "max_steps": max_steps,
+            "eval_steps": max_steps,
+            "save_steps": max_steps,
+            "logging_steps": 1,
+            "warmup_steps": 0,
+            "output_dir": "/vol/checkpoints/dpo-smoke",
+            "adapter_out": "/vol/adapters/nothing-gpt-dpo-smoke",
+            "resume": False,
+        },
+    )
+    print(metrics)
