@@ -207,3 +207,14 @@ def test_scan_handles_lines_longer_than_its_buffer(tmp_path, monkeypatch):
     found: set[str] = set()
     checkpoint.scan_ids(path, found)
     assert found == set(ids)
+
+
+def test_status_line_shows_progress_rate_eta_failures_retries_tokens_and_cost():
+    from engine.progress import status_line
+    from engine.summary import Counters
+
+    c = Counters(total=100, succeeded=40, failed=2, retries=7, tokens_in=1500, tokens_out=2500, cost_usd=1.234)
+    line = status_line("judge", c, elapsed=21.0, in_flight=5)
+    assert line.startswith("judge 42/100  42%")
+    for part in ("2.00 rows/s", "ETA 29s", "in flight 5", "failed 2", "retries 7", "tokens 4.0k", "$1.23"):
+        assert part in line

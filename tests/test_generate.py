@@ -201,3 +201,45 @@ def test_changed_settings_are_refused_unless_fresh(server, tmp_path):
     fresh = run_cli(*gen_args(server, prompts, out, "--temperature", "0.5", "--fresh"))
     assert fresh.returncode == 0
     assert list((out / "previous").glob("completions-*/completions.jsonl"))
+
+
+def test_a_second_sigint_exits_at_once(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 20)
+    out = tmp_path / "gen"
+    with start_server(latency=0.05) as server:
+        proc = start_cli(*gen_args(server, prompts, out, "--concurrency", "2", "--grace", "60"))
+        wait_for_lines(out / "completions.jsonl", 2, proc)
+        server.control(latency=30)  # in-flight rows would now take 30 s to finish
+        import time
+
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+        assert time.monotonic() - t0 < 5
+    assert proc.returncode == 130 and "exiting now" in stderr
+    raw = (out / "completions.jsonl").read_bytes()
+    assert raw.endswith(b"\n") and all(orjson.loads(line) for line in raw.splitlines())
+
+
+def test_generate_starts_without_zenml_modal_or_torch(server, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 2)
+    code = (
+        "import sys\n"
+        "for name in ('zenml', 'modal', 'torch', 'transformers', 'trl'):\n"
+        "    sys.modules[name] = None  # importing any of them now raises ImportError\n"
+        "from pipelines.dpo import main\n"
+        f"sys.exit(main({gen_args(server, prompts, tmp_path / 'out')!r}))\n"
+    )
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(read_jsonl(tmp_path / "out" / "completions.jsonl")) == 2
