@@ -51,11 +51,29 @@ def init_zenml() -> Path:
     """Set the home, import ZenML, pin the source root and make sure the local store exists."""
     home = use_project_home()
     first_run = not (home / STORE_FILE).exists()
+    level = logging.getLogger().level
     from zenml.client import Client
     from zenml.utils import source_utils
+
+    _one_console_handler(level)
 
     source_utils.set_custom_source_root(str(REPO_ROOT))
     Client().active_stack_model  # noqa: B018 - touching the stack creates the store and default stack
     if first_run:
         logger.info("created the ZenML store in %s (analytics off)", home)
     return home
+
+
+def _one_console_handler(level: int) -> None:
+    """Importing ZenML adds its own console handler (on stdout) and resets the root level: when the CLI has
+    configured logging already, keep the CLI's handler (stderr) and level, and drop ZenML's duplicate.
+    ZenML's handler that stores each step's logs in the artifact store stays."""
+    from zenml.logger import ZenMLConsoleHandler
+
+    root = logging.getLogger()
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        return
+    for handler in root.handlers[:]:
+        if isinstance(handler, ZenMLConsoleHandler):
+            root.removeHandler(handler)
+    root.setLevel(level)

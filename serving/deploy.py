@@ -130,6 +130,8 @@ def deploy_modal(
     `deploy_timeout_s` bounds `app.deploy()` (a first image build takes minutes); `timeout_s` bounds
     the wait for the endpoint afterwards (cold start + model load). `options` overrides the latter.
     """
+    if not expected:
+        raise ValueError("expected must name at least one adapter to check; got none")
     problem = modal_credentials_problem()
     if problem:
         raise DeployError("credentials", problem)

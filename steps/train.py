@@ -65,7 +65,7 @@ def _train_local(data_path: str, workdir: str, overrides: dict[str, Any], model_
         output_dir=str(folder / "checkpoints"),
         adapter_out=str(folder / NAMES.dpo_model_name),
     )
-    result = train_dpo(config, progress=_log_progress)
+    result = train_dpo(config)  # the trainer logs each step itself
     return AdapterRef(name=NAMES.dpo_model_name, path=str(result.adapter_dir), sha256=result.adapter_sha256,
                       base_model=str(kit.base_dir), steps=result.steps, metrics=dict(result.metrics),
                       location="local")
@@ -81,11 +81,6 @@ def _train_modal(data_path: str, overrides: dict[str, Any]) -> AdapterRef:
     return AdapterRef(name=NAMES.dpo_model_name, path=str(result["adapter_dir"]),
                       sha256=str(result["adapter_sha256"]), base_model=config.base_model,
                       steps=int(result.get("steps") or 0), metrics=metrics, location="modal-volume")
-
-
-def _log_progress(logs: dict[str, float]) -> None:
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
-    logger.info("train %s", shown)
 
 
 def _loggable(value: Any) -> bool:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from testserver.faults import STATUS_FAULTS, FaultKind, FaultPicker
 from testserver.options import ServerOptions
+from testserver.replies import choice, distort, error_response, json_response, status_fault
 from testserver.responders import (
     AVOID_MARKER,
     PREFER_MARKER,
@@ -33,43 +34,6 @@ logger = logging.getLogger(__name__)
 
 _JUDGE_FORMATS = frozenset({"json_schema", "json_object"})
 _MAX_N = 128
-
-# (error type, code, message) per status fault, as OpenAI words them.
-_ERRORS: dict[FaultKind, tuple[str, str | None, str]] = {
-    FaultKind.RATE_LIMIT: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
-    FaultKind.QUOTA: (
-        "insufficient_quota",
-        "insufficient_quota",
-        "You exceeded your current quota, please check your plan and billing details.",
-    ),
-    FaultKind.SERVER_ERROR: ("server_error", None, "The server had an error while processing your request."),
-    FaultKind.BAD_GATEWAY: ("server_error", None, "Bad gateway."),
-    FaultKind.UNAVAILABLE: ("server_error", None, "The engine is currently overloaded, please try again later."),
-    FaultKind.GATEWAY_TIMEOUT: ("server_error", None, "Gateway timeout."),
-    FaultKind.BAD_REQUEST: ("invalid_request_error", None, "Invalid request (injected fault)."),
-    FaultKind.UNAUTHORIZED: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
-    FaultKind.FORBIDDEN: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
-    FaultKind.NOT_FOUND: ("invalid_request_error", "model_not_found", "The model does not exist."),
-    FaultKind.UNPROCESSABLE: ("invalid_request_error", None, "Unprocessable entity (injected fault)."),
-}
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
-
-
-def error_response(
-    status: int,
-    message: str,
-    *,
-    type_: str = "invalid_request_error",
-    code: str | None = None,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    """An OpenAI-style error body: {"error": {"message", "type", "param", "code"}}."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return _json(body, status, headers)
 
 
 def _text_of(content: Any) -> str:
@@ -182,12 +146,12 @@ class FakeOpenAIServer:
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
-        return _json({"ok": True})
+        return json_response({"ok": True})
 
     async def _list_models(self, request: web.Request) -> web.Response:
         created = int(self._stats.started_wall)
         data = [{"id": m, "object": "model", "created": created, "owned_by": "testserver"} for m in self.options.models]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         q = request.query
@@ -196,23 +160,23 @@ class FakeOpenAIServer:
             limit = int(q["limit"]) if "limit" in q else None
         except ValueError:
             return error_response(400, "since and limit must be integers")
-        return _json(self.stats(log=q.get("log", "1") not in ("0", "false"), since=since, limit=limit))
+        return json_response(self.stats(log=q.get("log", "1") not in ("0", "false"), since=since, limit=limit))
 
     async def _get_control(self, request: web.Request) -> web.Response:
-        return _json(self.describe())
+        return json_response(self.describe())
 
     async def _post_control(self, request: web.Request) -> web.Response:
         try:
             values = orjson.loads(await request.read() or b"{}")
             if not isinstance(values, dict):
                 raise ValueError(f"the body must be a JSON object of options, got {values!r}")
-            return _json(self.control(**values))
+            return json_response(self.control(**values))
         except (ValueError, TypeError) as e:  # orjson.JSONDecodeError is a ValueError
             return error_response(400, str(e))
 
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()
-        return _json(self.describe())
+        return json_response(self.describe())
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -244,7 +208,7 @@ class FakeOpenAIServer:
                 if opts.error_latency:
                     await asyncio.sleep(opts.error_latency)
                 status = STATUS_FAULTS[fault]  # type: ignore[index]
-                return self._status_fault(fault)  # type: ignore[arg-type]
+                return status_fault(fault, opts.retry_after)  # type: ignore[arg-type]
             if fault is FaultKind.DROP:
                 if opts.error_latency:
                     await asyncio.sleep(opts.error_latency)
@@ -268,7 +232,7 @@ class FakeOpenAIServer:
                 status = 200
                 envelope = self._envelope(model, [], self._usage(sum(map(len, texts)), 0, 0))
                 del envelope["choices"]
-                return _json(envelope)
+                return json_response(envelope)
             if is_judge:
                 resp, status = self._judge(body, prompt_text, sum(map(len, texts)), fault)
             else:
@@ -335,14 +299,6 @@ class FakeOpenAIServer:
             )
         return None
 
-    def _status_fault(self, fault: FaultKind) -> web.Response:
-        type_, code, message = _ERRORS[fault]
-        headers = None
-        if fault is FaultKind.RATE_LIMIT and self.options.retry_after is not None:
-            ra = self.options.retry_after
-            headers = {"retry-after": str(int(ra)) if float(ra).is_integer() else str(ra)}
-        return error_response(STATUS_FAULTS[fault], message, type_=type_, code=code, headers=headers)
-
     def _envelope(self, model: str, choices: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
         self._counter += 1
         return {
@@ -374,7 +330,7 @@ class FakeOpenAIServer:
 
     def _reply(self, model: str, choices: list[dict[str, Any]], usage: dict[str, Any]) -> web.Response:
         self._stats.add_usage(model, usage)
-        return _json(self._envelope(model, choices, usage))
+        return json_response(self._envelope(model, choices, usage))
 
     def _generate(
         self, body: dict[str, Any], texts: list[str], messages: list[dict[str, Any]], fault: FaultKind | None
@@ -397,8 +353,8 @@ class FakeOpenAIServer:
                 text = text.replace("] ", f"] {PREFER_MARKER if i == prefer else AVOID_MARKER} ", 1)
             text, cut = truncate(text, limit)
             completion_tokens += estimate_tokens(len(text))
-            choices.append(_choice(i, text, "length" if cut else "stop"))
-        choices, completion_tokens = _distort(choices, fault, completion_tokens, limit)
+            choices.append(choice(i, text, "length" if cut else "stop"))
+        choices, completion_tokens = distort(choices, fault, completion_tokens, limit)
         usage = self._usage(sum(map(len, texts)), completion_tokens, 0)
         return self._reply(body["model"], choices, usage), 200
 
@@ -429,36 +385,7 @@ class FakeOpenAIServer:
         if limit is not None and reasoning + content_tokens > limit:  # the budget went to reasoning
             content, finish, content_tokens, reasoning = "", "length", max(0, limit - reasoning), min(reasoning, limit)
         n = body.get("n") or 1
-        choices = [_choice(i, content, finish) for i in range(n)]
-        choices, content_tokens = _distort(choices, fault, content_tokens * n, limit)
+        choices = [choice(i, content, finish) for i in range(n)]
+        choices, content_tokens = distort(choices, fault, content_tokens * n, limit)
         usage = self._usage(prompt_chars, content_tokens + reasoning * n, reasoning * n)
         return self._reply(body["model"], choices, usage), 200
-
-
-def _choice(index: int, content: str | None, finish: str, refusal: str | None = None) -> dict[str, Any]:
-    return {
-        "index": index,
-        "message": {"role": "assistant", "content": content, "refusal": refusal, "annotations": []},
-        "logprobs": None,
-        "finish_reason": finish,
-    }
-
-
-def _distort(
-    choices: list[dict[str, Any]], fault: FaultKind | None, content_tokens: int, limit: int | None
-) -> tuple[list[dict[str, Any]], int]:
-    """Apply a content fault (fewer_choices, empty, refusal, length_empty) to well-formed choices.
-
-    Returns the choices and the content tokens they stand for (reasoning tokens are counted apart).
-    """
-    n = len(choices)
-    if fault is FaultKind.FEWER_CHOICES:
-        return (choices[:1] if n > 1 else []), content_tokens
-    if fault is FaultKind.EMPTY:
-        return [_choice(i, "" if i % 2 == 0 else " \n ", "stop") for i in range(n)], n
-    if fault is FaultKind.REFUSAL:
-        refusal = "I'm sorry, but I can't help with that request."
-        return [_choice(i, None, "stop", refusal) for i in range(n)], estimate_tokens(len(refusal)) * n
-    if fault is FaultKind.LENGTH_EMPTY:
-        return [_choice(i, "", "length") for i in range(n)], (limit if limit is not None else 256) * n
-    return choices, content_tokens

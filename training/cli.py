@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -12,6 +13,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 TINY_RUN_DIR = Path("data/runs/dpo-tiny")  # where --tiny puts checkpoints and the adapter by default
+PROGRESS_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
+                 "eval_rewards/margins", "learning_rate", "epoch")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,6 +112,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_progress(logs: dict[str, float]) -> None:
+    shown = {k: round(v, 4) for k, v in logs.items() if k in PROGRESS_KEYS and isinstance(v, float | int)}
+    logger.info("step %s: %s", logs.get("step"), shown)
+
+
 def _train_local(data: str, overrides: dict[str, Any], tiny: bool) -> dict[str, Any]:
     from training.config import DPOTrainConfig
     from training.dpo import train_dpo
@@ -126,7 +134,9 @@ def _train_local(data: str, overrides: dict[str, Any], tiny: bool) -> dict[str, 
         config = DPOTrainConfig.cpu_test(**{**defaults, **overrides, "data_dir": data})
     else:
         config = DPOTrainConfig.from_overrides(overrides, data_dir=data)
-    result = train_dpo(config, progress=lambda logs: logger.info("step %s: %s", logs.get("step"), logs))
+    # transformers prints its log lines to stdout: send them to stderr so stdout is just the result JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = train_dpo(config, progress=_log_progress)
     return {
         **result.metrics,
         "adapter_dir": str(result.adapter_dir),

@@ -54,13 +54,17 @@ app = modal.App(NAMES.train_app, image=image)
     retries=modal.Retries(max_retries=3, backoff_coefficient=1.0, initial_delay=30.0),  # preemption
 )
 def train(data_path: str, overrides: dict | None = None) -> dict:
-    """Run `train_dpo` on /vol data; return the metrics plus adapter_dir, adapter_sha256 and metrics_path."""
+    """Run `train_dpo` on an uploaded split (/data/dpo/<hash> or /vol/data/dpo/<hash>).
+
+    Returns the metrics plus adapter_dir, adapter_sha256 and metrics_path.
+    """
     import logging
 
     from transformers import TrainerCallback
 
     from training.config import DPOTrainConfig
     from training.dpo import train_dpo
+    from training.upload import container_path
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -70,7 +74,7 @@ def train(data_path: str, overrides: dict | None = None) -> dict:
         def on_save(self, args, state, control, **kwargs):
             volume.commit()
 
-    config = DPOTrainConfig.from_overrides(overrides, data_dir=data_path)
+    config = DPOTrainConfig.from_overrides(overrides, data_dir=container_path(data_path))
     result = train_dpo(config, callbacks=[CommitOnSave()])
     volume.commit()  # the adapter and its metrics
     return {

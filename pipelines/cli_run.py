@@ -1,0 +1,146 @@
+"""`run` (the whole pipeline under ZenML) and `dashboard` (ZenML's local dashboard on the project's store).
+
+    python -m pipelines.dpo run [--profile local|modal] [--config FILE] [--limit N] [--workdir DIR] [--no-cache]
+    python -m pipelines.dpo dashboard [--port 8237]
+
+ZenML is imported inside the handlers, after `pipelines.zenml_home` has pointed it at `<repo>/.zenml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DASHBOARD_PORT = 8237
+LOCAL_BANNER = """\
+Local profile: the tiny CPU model served locally, the offline reference judge, CPU DPO training and a
+local redeploy. No account, no network, no cost; the numbers it produces only prove the plumbing.
+To go to production (vLLM on Modal, GPT-5 judge, L4 training):
+  export SERVE_URL=https://...modal.run/v1 OPENAI_API_KEY=sk-...   # and `modal token new` once
+  python -m pipelines.dpo run --profile modal          # settings: configs/modal.yaml
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="the whole pipeline under ZenML: generate, judge, split, upload, train, deploy",
+        description="Run every stage as a ZenML pipeline. Finished steps are reused from ZenML's cache and "
+        "interrupted stages resume from their checkpoints, so rerunning the same command continues.",
+    )
+    run.add_argument("--profile", choices=("local", "modal"), default=None,
+                     help="local (default): offline, tiny model; modal: production (needs credentials)")
+    run.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/<profile>.yaml)")
+    run.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    run.add_argument("--workdir", type=Path, default=None,
+                     help="working folder for checkpoints (default: data/dpo/<profile>)")
+    run.add_argument("--no-cache", action="store_true", help="run every step even if ZenML has its result")
+    run.add_argument("--skip-online-checks", action="store_true",
+                     help="modal: check credentials are configured but make no call to prove they work")
+    run.set_defaults(func=cmd_run)
+
+    dash = subparsers.add_parser(
+        "dashboard",
+        help="start ZenML's dashboard on the project's store (.zenml) and print its URL",
+        description="Serve ZenML's local dashboard in the foreground (Ctrl-C stops it).",
+    )
+    dash.add_argument("--port", type=int, default=DASHBOARD_PORT, help="port to listen on")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    dash.set_defaults(func=cmd_dashboard)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.config import PipelineConfigError, load_config
+
+    try:
+        cfg = load_config(profile=args.profile, config_file=args.config, limit=args.limit,
+                          workdir=args.workdir, no_cache=args.no_cache)
+    except PipelineConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.is_local:
+        print(LOCAL_BANNER, file=sys.stderr)
+    else:
+        problems = _preflight(cfg, online=not args.skip_online_checks)
+        if problems:
+            print("error: the modal profile cannot start; fix these first (nothing was run or paid for):",
+                  file=sys.stderr)
+            for problem in problems:
+                print(f"  - {problem}", file=sys.stderr)
+            return 2
+    limit = cfg.limit if cfg.limit is not None else "all"
+    print(f"profile {cfg.profile} ({cfg.source}); prompts {cfg.prompts} (limit {limit}); working folder "
+          f"{cfg.workdir}; cache {'on' if cfg.enable_cache else 'off'}", file=sys.stderr)
+
+    from pipelines.zenml_home import init_zenml
+
+    home = init_zenml()
+    from pipelines.pipeline import run_pipeline
+
+    try:
+        run = run_pipeline(cfg)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished rows are kept in the checkpoints under "
+              f"{cfg.workdir}; run the same command again to continue.", file=sys.stderr)
+        return 130
+    except Exception as e:  # ZenML raises RuntimeError naming the failed step; the step's log says why
+        print(f"\nerror: {e}\nFinished rows and steps are kept: fix the cause, then run the same command again "
+              "to continue where it stopped.", file=sys.stderr)
+        return 1
+    print(render_run(run.id, home))
+    return 0
+
+
+def _preflight(cfg: Any, *, online: bool) -> list[str]:
+    from pipelines.preflight import offline_problems, online_problems
+
+    problems = offline_problems(cfg)
+    if not problems and online:
+        print("checking the endpoints and credentials (free calls) ...", file=sys.stderr)
+        problems = online_problems(cfg)
+    return problems
+
+
+def render_run(run_id: Any, home: Path) -> str:
+    """The run's status, each step's status, every artifact's version and the deployed URL."""
+    from zenml.client import Client
+
+    from steps.names import Artifact
+
+    run = Client().get_pipeline_run(run_id)
+    lines = [f"run {run.name}: {run.status.value}"]
+    versions: dict[str, Any] = {}
+    for name, step_run in run.steps.items():
+        lines.append(f"  step {name}: {step_run.status.value}")
+        for output_name, artifacts in step_run.outputs.items():
+            for artifact in artifacts:
+                versions[output_name] = artifact
+    for name in Artifact:
+        artifact = versions.get(name)
+        if artifact is not None:
+            lines.append(f"  artifact {name}: version {artifact.version}")
+    deployment = versions.get(Artifact.DEPLOYMENT)
+    if deployment is not None:
+        record = deployment.load()
+        lines.append(f"deployed: {record.get('base_url')} serving {', '.join(record.get('models', []))}")
+    lines.append(f"ZenML store: {home}; browse it with `python -m pipelines.dpo dashboard`")
+    return "\n".join(lines)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pipelines.zenml_home import init_zenml
+
+    home = init_zenml()
+    url = f"http://{args.host}:{args.port}"
+    print(f"ZenML dashboard for {home} at {url} (Ctrl-C stops it)", flush=True)
+    import ipaddress
+
+    from zenml.cli.login import start_local_server
+
+    start_local_server(blocking=True, port=args.port, ip_address=ipaddress.ip_address(args.host))
+    return 0

@@ -1,0 +1,94 @@
+"""The ZenML pipeline: prompts -> completions -> preferences -> train/val -> uploaded data -> adapter -> deployment.
+
+Import this module only after `pipelines.zenml_home.init_zenml()` (it imports ZenML); the CLI does so.
+Every step gets only parameters that define its output (settings, content hashes, the model's key), so
+ZenML's cache is right to skip a step whose parameters and inputs are unchanged; secrets never appear.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zenml import pipeline
+
+from engine.generate import GenerateSettings
+from engine.judge_settings import JudgeSettings
+from engine.options import RunOptions
+from pipelines.config import PipelineConfig
+from steps import (
+    deploy_adapters,
+    generate_completions,
+    judge_preferences,
+    select_prompts,
+    split_dataset,
+    train_adapter,
+    upload_dataset,
+)
+from steps.names import PIPELINE_NAME
+from steps.prompts import file_sha256
+
+
+@pipeline(name=PIPELINE_NAME)
+def dpo_pipeline(
+    profile: str,
+    prompts_file: str,
+    prompts_sha256: str,
+    limit: int | None,
+    workdir: str,
+    generate: GenerateSettings,
+    generate_run: RunOptions,
+    judge: JudgeSettings,
+    judge_run: RunOptions,
+    val_fraction: float,
+    train: dict[str, Any],
+    deploy_state_dir: str,
+    deploy_timeout_s: float,
+    deploy_port: int,
+    model_key: str,
+) -> None:
+    """Sample, judge, split, upload, train and redeploy; `profile` picks local (tiny kit, CPU) or modal."""
+    local = profile == "local"
+    prompts = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256, limit=limit)
+    completions = generate_completions(prompts, workdir=workdir, settings=generate, options=generate_run,
+                                       serve_tiny_kit=local, model_key=model_key)
+    preferences, _report = judge_preferences(completions, workdir=workdir, settings=judge, options=judge_run)
+    train_set, val_set = split_dataset(preferences, val_fraction=val_fraction)
+    data_path = upload_dataset(train_set, val_set, target=profile, workdir=workdir)
+    adapter = train_adapter(data_path, target=profile, workdir=workdir, overrides=train, model_key=model_key)
+    deploy_adapters(adapter, target=profile, state_dir=deploy_state_dir, timeout_s=deploy_timeout_s,
+                    port=deploy_port)
+
+
+def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
+    """The pipeline's parameters for `cfg`; the prompt file's hash is taken now, at launch."""
+    model_key = ""  # modal: the endpoint's model is known only by its name, already in the settings
+    if cfg.is_local:
+        from training.tiny import kit_key
+
+        model_key = f"tiny-kit:{kit_key()}"  # a rebuilt kit is a new model: new samples, new adapter
+    return {
+        "profile": cfg.profile,
+        "prompts_file": str(cfg.prompts),
+        "prompts_sha256": file_sha256(cfg.prompts),
+        "limit": cfg.limit,
+        "workdir": str(cfg.workdir),
+        "generate": cfg.generate,
+        "generate_run": cfg.generate_run,
+        "judge": cfg.judge,
+        "judge_run": cfg.judge_run,
+        "val_fraction": cfg.split.val_fraction,
+        "train": cfg.train,
+        "deploy_state_dir": str(cfg.state_dir),
+        "deploy_timeout_s": cfg.deploy.timeout_s,
+        "deploy_port": cfg.deploy.port,
+        "model_key": model_key,
+    }
+
+
+def run_pipeline(cfg: PipelineConfig) -> Any:
+    """Run the pipeline for `cfg`; returns ZenML's PipelineRunResponse (raises when a step fails)."""
+    configured = dpo_pipeline.with_options(
+        enable_cache=cfg.enable_cache,
+        run_name=f"{PIPELINE_NAME}-{cfg.profile}-{{date}}-{{time}}",
+    )
+    return configured(**pipeline_parameters(cfg))
