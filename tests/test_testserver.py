@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -285,6 +288,18 @@ def test_subprocess_server_ready_line_control_stats_and_stop():
             start_server(port=srv.port)
         c.close()
     assert srv.proc.poll() is not None
+
+
+def test_server_exits_when_its_parent_dies_without_stop(tmp_path):
+    script = "import os; from testserver import start_server; print(start_server().pid, flush=True); os._exit(0)"
+    parent = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=Path(__file__).parents[1]
+    )
+    pid = int(parent.stdout.strip())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 def test_options_round_trip_and_validation():

@@ -75,25 +75,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mark-choices", action="store_true", default=None)
     p.add_argument("--log-size", type=int)
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--exit-on-stdin-eof", action="store_true", help="stop when stdin closes (no orphan if the parent dies)"
+    )
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> ServerOptions:
     values: dict[str, Any] = dict(args.config)
     for key, value in vars(args).items():
-        if key in ("config", "log_level") or value is None:
+        if key in ("config", "log_level", "exit_on_stdin_eof") or value is None:
             continue
         values[key] = None if key == "retry_after" and value < 0 else value
     return ServerOptions.from_mapping(values)
 
 
-async def serve(options: ServerOptions) -> None:
+async def serve(options: ServerOptions, *, exit_on_stdin_eof: bool = False) -> None:
     server = FakeOpenAIServer(options)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if exit_on_stdin_eof:
+        fd = sys.stdin.fileno()
+
+        def on_stdin() -> None:
+            if not os.read(fd, 4096):  # EOF: the parent closed the pipe or died
+                loop.remove_reader(fd)
+                stop.set()
+
+        loop.add_reader(fd, on_stdin)
     sys.stdout.write(json.dumps({"url": server.url, "port": server.port, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
     try:
@@ -115,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop  # optional: about a third less CPU per request
     except ImportError:
-        asyncio.run(serve(options))
+        asyncio.run(serve(options, exit_on_stdin_eof=args.exit_on_stdin_eof))
     else:
-        uvloop.run(serve(options))
+        uvloop.run(serve(options, exit_on_stdin_eof=args.exit_on_stdin_eof))
     return 0
 
 

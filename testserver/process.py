@@ -95,8 +95,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         Path(self._stderr_path).unlink(missing_ok=True)
 
     def __enter__(self) -> ServerProcess:
@@ -116,9 +117,10 @@ def start_server(*, ready_timeout: float = 20.0, python: str | None = None, **op
     fd, stderr_path = tempfile.mkstemp(prefix="testserver-", suffix=".stderr")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
-    cmd = [python or sys.executable, "-m", "testserver", "--config", json.dumps(config)]
+    # The server stops when its stdin closes: no orphan server if this process dies without stop().
+    cmd = [python or sys.executable, "-m", "testserver", "--exit-on-stdin-eof", "--config", json.dumps(config)]
     with os.fdopen(fd, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + ready_timeout
     line = b""
@@ -141,6 +143,8 @@ def start_server(*, ready_timeout: float = 20.0, python: str | None = None, **op
             proc.kill()
             proc.wait()
         proc.stdout.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
         stderr = Path(stderr_path).read_text(errors="replace")[-4000:]
         Path(stderr_path).unlink(missing_ok=True)
         state = "was killed" if alive else f"exited with code {proc.returncode}"
