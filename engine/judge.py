@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import openai
 
 from engine.client import make_client
 from engine.errors import ConfigError, FatalError, SkipRow
-from engine.judge_answer import CUT_BY_LENGTH, read_answer
+from engine.judge_answer import Verdict, read_answer
 from engine.judge_cost import RowUsage, usage_of
 from engine.judge_estimate import Estimate, estimate
 from engine.judge_prompt import (
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 RUN_FATAL_STATUS = frozenset({401, 403, 404})
 PRIOR_WEIGHT_ROWS = 2.0  # the --max-cost forecast counts the pre-run estimate as this many observed rows
 PRIOR_SAMPLE_ROWS = 200  # rows of the input the pre-run estimate reads
+_WAIT = object()  # the budget cannot tell yet: wait for a row in flight to finish
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,14 @@ class JudgeStage:
     name = "judge"
     output_name = "preferences"
 
-    def __init__(self, settings: JudgeSettings, client: openai.AsyncOpenAI | None, *, prior_row_cost: float = 0.0):
+    def __init__(
+        self,
+        settings: JudgeSettings,
+        client: openai.AsyncOpenAI | None,
+        *,
+        prior_row_cost: float = 0.0,
+        secret: str | None = None,
+    ):
         if settings.backend == "openai" and client is None:
             raise ConfigError("the openai judge backend needs a client")
         self.s = settings
@@ -91,6 +100,7 @@ class JudgeStage:
         self._finished_cost = 0.0
         self._row_done = asyncio.Event()
         self._fatal: str | None = None
+        self._secret = secret if secret and len(secret) >= 8 else None  # never echoed into an error record
 
     # -- the Stage protocol -----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -99,27 +109,38 @@ class JudgeStage:
     def validate(self, obj: dict[str, Any]) -> dict[str, Any]:
         return validate_completions_row(obj)
 
-    async def stop_reason(self, counters: Counters) -> str | None:
-        """Stop on a run-wide refusal (key, model, quota); with --max-cost, admit a row only while the
-        spend so far plus the forecast for the rows in flight and this one stays within the cap. When it
-        would not, wait for rows in flight to finish (their real cost replaces the forecast) and decide again.
+    def stop_reason(self, counters: Counters) -> str | None | Coroutine[Any, Any, str | None]:
+        """Stop on a run-wide refusal (key, model, quota). With --max-cost, admit a row only while the spend
+        so far plus the forecast for the rows in flight and this one stays within the cap; when it would not,
+        return a coroutine that waits for rows in flight to finish (their real cost replaces the forecast)
+        and decides again. Stops only when nothing is in flight, so no paid request is cut off.
         """
+        verdict = self._budget_verdict(counters)
+        return self._wait_for_budget(counters) if verdict is _WAIT else verdict
+
+    def _budget_verdict(self, counters: Counters) -> str | None | object:
+        if self._fatal:
+            return self._fatal
         cap = self.s.max_cost_usd
+        if cap is None:
+            return None
+        outstanding = self._admitted - counters.finished
+        per_row = self.row_cost_forecast()
+        if counters.cost_usd + (outstanding + 1) * per_row <= cap:
+            self._admitted += 1
+            return None
+        if outstanding > 0:
+            return _WAIT
+        return (
+            f"max cost reached: ${counters.cost_usd:.4f} spent this run and the next row would cost about "
+            f"${per_row:.4f}, passing --max-cost ${cap:.2f}; rerun to continue (the cap is per run)"
+        )
+
+    async def _wait_for_budget(self, counters: Counters) -> str | None:
         while True:
-            if self._fatal:
-                return self._fatal
-            if cap is None:
-                return None
-            outstanding = self._admitted - counters.finished
-            per_row = self.row_cost_forecast()
-            if counters.cost_usd + (outstanding + 1) * per_row <= cap:
-                self._admitted += 1
-                return None
-            if outstanding <= 0:
-                return (
-                    f"max cost reached: ${counters.cost_usd:.4f} spent this run and the next row would cost about "
-                    f"${per_row:.4f}, passing --max-cost ${cap:.2f}; rerun to continue (the cap is per run)"
-                )
+            verdict = self._budget_verdict(counters)  # no await between this check and clear(): no lost wake-up
+            if verdict is not _WAIT:
+                return verdict  # type: ignore[return-value]
             self._row_done.clear()
             await self._row_done.wait()
 
@@ -183,7 +204,9 @@ class JudgeStage:
         ranking = [order[ids.index(x)] for x in verdict.ranking]
         return Judgement(order, ranking, verdict.ranking, verdict.confidence, verdict.reason, model_version)
 
-    async def _ask(self, row: Row, ctx: RowContext, shown: list[str], ids: list[str], usage: RowUsage):  # noqa: ANN202
+    async def _ask(
+        self, row: Row, ctx: RowContext, shown: list[str], ids: list[str], usage: RowUsage
+    ) -> tuple[Verdict, str | None]:
         s = self.s
         assert self.client is not None
         client = self.client
@@ -208,8 +231,11 @@ class JudgeStage:
                 response, answer = await ctx.request(call)
             except FatalError as e:
                 self._note_run_fatal(e)
+                if self._secret and self._secret in e.reason:  # a proxy echoed the key: keep it out of the files
+                    raise FatalError(e.reason.replace(self._secret, "<OPENAI_API_KEY>"), attempts=e.attempts,
+                                     status=e.status) from None
                 raise
-            if answer is not CUT_BY_LENGTH:
+            if isinstance(answer, Verdict):
                 return answer, getattr(response, "model", None)
             if budget >= s.max_completion_tokens_cap:
                 raise FatalError(
@@ -238,10 +264,11 @@ class JudgeStage:
 
     def _note_run_fatal(self, e: FatalError) -> None:
         if e.status in RUN_FATAL_STATUS or "quota" in e.reason.lower():
+            reason = e.reason.replace(self._secret, "<OPENAI_API_KEY>") if self._secret else e.reason
             if self._fatal is None:
-                log.error("the judge endpoint refused the run: %s", e.reason)
+                log.error("the judge endpoint refused the run: %s", reason)
             self._fatal = (
-                f"the judge endpoint refused the run ({e.reason}); fix the API key, model name or billing, then rerun"
+                f"the judge endpoint refused the run ({reason}); fix the API key, model name or billing, then rerun"
             )
 
     # -- the output row ---------------------------------------------------------------------------
@@ -334,6 +361,7 @@ async def run_judge(
 ) -> StageSummary:
     """Judge out_dir/preferences.jsonl from a completions file (resumable); writes report.json and report.md."""
     client = None
+    key = None
     if settings.backend == "openai":
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key and settings.judge_url is None:
@@ -348,7 +376,7 @@ async def run_judge(
             forecast = await asyncio.to_thread(estimate, completions, settings, PRIOR_SAMPLE_ROWS)
             prior = forecast.cost_per_row_usd
             log.info("max cost $%.2f per run; forecast before any answer: $%.4f per row", settings.max_cost_usd, prior)
-        stage = JudgeStage(settings, client, prior_row_cost=prior)
+        stage = JudgeStage(settings, client, prior_row_cost=prior, secret=key if client is not None else None)
         summary = await run_stage(stage, completions, out_dir, options, resume_command=resume_command)
     finally:
         if client is not None:

@@ -111,6 +111,7 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
     rejected = [_text(r["rejected"]) for r in kept]
     n = len(kept)
     longer = sum(len(c) > len(r) for c, r in zip(chosen, rejected, strict=True))
+    shorter = sum(len(c) < len(r) for c, r in zip(chosen, rejected, strict=True))
     tags_chosen, tags_rejected = _tags(chosen), _tags(rejected)
     others = [t for t, _ in (tags_chosen + tags_rejected).most_common() if t not in MAIN_CHARACTERS][:8]
 
@@ -119,6 +120,7 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
     usage_keys = ("requests", "tokens_in", "tokens_cached", "tokens_out", "tokens_reasoning", "cost_usd")
     usage = {k: sum(j.get("usage", {}).get(k, 0) for j in judged) for k in usage_keys}
     usage["cost_usd"] = round(usage["cost_usd"], 6)
+    usage["tokens_out_per_request"] = round(usage["tokens_out"] / usage["requests"]) if usage["requests"] else None
     error_reasons = Counter(str(e.get("error", "unknown"))[:160] for e in errors)
 
     report: dict[str, Any] = {
@@ -141,7 +143,9 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
         "length_bias": {
             "pairs": n,
             "chosen_longer": longer,
-            "chosen_longer_share": round(longer / n, 4) if n else None,
+            "chosen_shorter": shorter,
+            "same_length": n - longer - shorter,
+            "chosen_longer_share": round(longer / (longer + shorter), 4) if longer + shorter else None,
             "mean_chars_chosen": round(sum(map(len, chosen)) / n, 1) if n else None,
             "mean_chars_rejected": round(sum(map(len, rejected)) / n, 1) if n else None,
         },
@@ -174,8 +178,9 @@ def _warnings(r: dict[str, Any]) -> list[str]:
     lb = r["length_bias"]
     share = lb["chosen_longer_share"]
     if share is not None and lb["pairs"] >= 20 and (share > LENGTH_SHARE_ALARM or share < 1 - LENGTH_SHARE_ALARM):
-        out.append(f"Length bias: chosen is longer than rejected in {100 * share:.0f}% of pairs; DPO will learn "
-                   "length as much as style.")
+        out.append(f"Length bias: chosen is {'longer' if share > 0.5 else 'shorter'} than rejected in "
+                   f"{100 * max(share, 1 - share):.0f}% of the pairs that differ in length; DPO will learn length "
+                   "as much as style.")
     swap = r["swap"]
     if swap and swap["checked"] >= 20 and swap["agreement"] < SWAP_AGREEMENT_ALARM:
         out.append(f"Swap agreement is only {100 * swap['agreement']:.0f}%: the judge's best/worst depend on "
@@ -215,10 +220,12 @@ def render_markdown(r: dict[str, Any]) -> str:
                   "| worst | " + " | ".join(map(str, pos["rejected_by_position"])) + " |", ""]
     lb = r["length_bias"]
     if lb["pairs"]:
+        share = "" if lb["chosen_longer_share"] is None else (
+            f" (longer in {100 * lb['chosen_longer_share']:.0f}% of the pairs that differ)")
         lines += ["## Length bias", "",
-                  f"Chosen is longer than rejected in {lb['chosen_longer']} of {lb['pairs']} pairs "
-                  f"({100 * lb['chosen_longer_share']:.0f}%); mean length chosen {lb['mean_chars_chosen']:,.0f} "
-                  f"chars, rejected {lb['mean_chars_rejected']:,.0f} chars.", ""]
+                  f"Of {lb['pairs']} pairs, chosen is longer than rejected in {lb['chosen_longer']} and shorter in "
+                  f"{lb['chosen_shorter']}{share}; the same length in {lb['same_length']}. Mean length: chosen "
+                  f"{lb['mean_chars_chosen']:,.0f} chars, rejected {lb['mean_chars_rejected']:,.0f} chars.", ""]
     tags = r["character_tags"]
     lines += ["## Character tags (lines per speaker)", "", "| tag | chosen | rejected |", "|---|---:|---:|"]
     lines += [f"| {t} | {tags['chosen'][t]} | {tags['rejected'][t]} |" for t in tags["chosen"]]
@@ -235,6 +242,9 @@ def render_markdown(r: dict[str, Any]) -> str:
               f"Rows with a judgement (kept and filtered), all runs: {u['requests']} requests, "
               f"{u['tokens_in']:,} input tokens ({u['tokens_cached']:,} cached), {u['tokens_out']:,} output "
               f"({u['tokens_reasoning']:,} reasoning), ${u['cost_usd']:.4f}."]
+    if u["tokens_out_per_request"]:
+        lines.append(f"Output per request: {u['tokens_out_per_request']:,} tokens; forecast a full run with "
+                     f"`estimate --expected-output-tokens {u['tokens_out_per_request']}`.")
     run = r["latest_run"]
     if run:
         lines.append(f"Latest run: {run.get('requests', 0)} requests, ${run.get('cost_usd', 0):.4f} "

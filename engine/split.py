@@ -111,7 +111,7 @@ def split_preferences(preferences: Path, out_dir: Path, val_fraction: float = 0.
         "train_sha256": hashlib.sha256(train).hexdigest(),
         "val_sha256": hashlib.sha256(val).hexdigest(),
     }, option=orjson.OPT_INDENT_2))
-    log.info("split %s: %d train, %d val", preferences, result.n_train, result.n_val)
+    log.debug("split %s: %d train, %d val", preferences, result.n_train, result.n_val)
     return result
 
 

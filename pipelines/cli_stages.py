@@ -7,9 +7,13 @@ import asyncio
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 from engine.options import RunOptions
+
+if TYPE_CHECKING:
+    from engine.judge_settings import JudgeSettings
 
 
 def _engine_flags(p: argparse.ArgumentParser, concurrency: int) -> None:
@@ -73,11 +77,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return _run(run_generate(args.prompts, args.out, settings, options, resume_command=resume_command()))
 
 
-def _judge_settings(args: argparse.Namespace):  # noqa: ANN202 - JudgeSettings (imported lazily)
+def _judge_settings(args: argparse.Namespace) -> JudgeSettings:
     from engine.judge_cost import Prices
     from engine.judge_settings import JudgeSettings
 
-    kwargs = {}
+    kwargs: dict = {}
     if args.judge_model:
         kwargs["judge_model"] = args.judge_model
     if args.judge_url:
@@ -111,10 +115,24 @@ def cmd_judge(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     code = _run(run_judge(args.completions, args.out, settings, options, resume_command=resume_command()))
-    report = args.out / "report.md"
-    if report.exists():
-        print(f"  quality report: {report}", file=sys.stderr)
+    if code != 2 and (args.out / "report.json").exists():
+        print(_report_highlights(args.out), file=sys.stderr)
     return code
+
+
+def _report_highlights(out: Path) -> str:
+    import orjson
+
+    r = orjson.loads((out / "report.json").read_bytes())
+    rows = r["rows"]
+    filtered = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in rows["filtered"].items() if n) or "none"
+    skipped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in rows["skipped"].items()) or "none"
+    lines = [f"  pairs: {rows['pairs']} kept; filtered: {filtered}; skipped: {skipped}"]
+    if r["swap"]:
+        lines.append(f"  swap agreement: {r['swap']['agreed']}/{r['swap']['checked']}")
+    lines += [f"  warning: {w}" for w in r["warnings"]]
+    lines.append(f"  quality report: {out / 'report.md'}")
+    return "\n".join(lines)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

@@ -180,7 +180,8 @@ def test_estimate_counts_requests_tokens_and_dollars(tmp_path):
     path.write_bytes(path.read_bytes() + b"{broken\n")
     s = JudgeSettings(judge_model="gpt-5", expected_output_tokens=500)
     e = estimate(path, s)
-    assert (e.rows, e.rows_to_judge, e.skipped, e.invalid, e.requests) == (11, 10, {"fewer_than_two_distinct": 1}, 1, 10)
+    assert (e.rows, e.rows_to_judge, e.invalid, e.requests) == (11, 10, 1, 10)
+    assert e.skipped == {"fewer_than_two_distinct": 1}
     assert e.tokens_out == 5000 and e.tokens_out_max == 10 * 4096
     assert e.shared_prefix_tokens >= 1024 and e.tokens_cached == 9 * (e.shared_prefix_tokens // 128 * 128)
     assert e.cost_usd == pytest.approx(s.price.cost(e.tokens_in, e.tokens_cached, e.tokens_out))
@@ -202,3 +203,26 @@ def test_chi_square_tail_matches_the_tables():
     assert chi2_sf(7.815, 3) == pytest.approx(0.05, abs=1e-3)
     assert chi2_sf(9.488, 4) == pytest.approx(0.05, abs=1e-3)
     assert chi2_sf(0.0, 2) == 1.0
+
+
+async def test_an_api_key_echoed_by_a_proxy_is_scrubbed_from_error_records_and_the_stop_reason():
+    from engine.errors import FatalError
+    from engine.judge import JudgeStage
+    from engine.rows import Row
+    from engine.summary import Counters
+
+    secret = "sk-test-ECHOED-1234567890"
+
+    class Ctx:
+        counters = Counters()
+
+        async def request(self, call):
+            raise FatalError(f"HTTP 401: Incorrect API key provided: {secret}", status=401)
+
+    stage = JudgeStage(JudgeSettings(judge_model="gpt-5"), client=object(), secret=secret)
+    row = Row(prompt_id("p"), 1, {"prompt": "p", "completions": ["a", "b"]})
+    with pytest.raises(FatalError) as e:
+        await stage.process(row, Ctx())
+    assert secret not in e.value.reason and "<OPENAI_API_KEY>" in e.value.reason and e.value.status == 401
+    reason = stage.stop_reason(Counters())
+    assert "refused the run" in reason and secret not in reason
