@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\ninterrupted: finished rows are kept in the checkpoints under "
               f"{cfg.workdir}; run the same command again to continue.", file=sys.stderr)
         return 130
-    except Exception as e:  # ZenML raises RuntimeError naming the failed step; the step's log says why
+    except RuntimeError as e:  # ZenML's "Pipeline run has failed due to failure in step(s): ..."; logged above
         print(f"\nerror: {e}\nFinished rows and steps are kept: fix the cause, then run the same command again "
               "to continue where it stopped.", file=sys.stderr)
         return 1
@@ -133,14 +133,46 @@ def render_run(run_id: Any, home: Path) -> str:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        if sock.connect_ex((args.host, args.port)) == 0:
+            print(f"error: {args.host}:{args.port} is already in use (a dashboard already running?); open "
+                  f"http://{args.host}:{args.port} or pass --port", file=sys.stderr)
+            return 2
     from pipelines.zenml_home import init_zenml
 
     home = init_zenml()
+    from zenml.client import Client
+
+    _skip_onboarding(Client())
     url = f"http://{args.host}:{args.port}"
     print(f"ZenML dashboard for {home} at {url} (Ctrl-C stops it)", flush=True)
+    latest = _latest_run_id(Client())
+    if latest:
+        print(f"latest run: {url}/projects/default/runs/{latest}", flush=True)
     import ipaddress
 
     from zenml.cli.login import start_local_server
 
     start_local_server(blocking=True, port=args.port, ip_address=ipaddress.ip_address(args.host))
     return 0
+
+
+def _skip_onboarding(client: Any) -> None:
+    """The local store's only user is `default` (no login); mark its sign-up survey as done, with no email and
+    no newsletter, so the dashboard opens on the runs instead of a form asking for an email address."""
+    user = client.active_user
+    if user.email_opted_in is None or not (user.user_metadata or {}).get("finished_onboarding_survey"):
+        client.update_user(user.id, updated_email_opt_in=False,
+                           updated_metadata={**(user.user_metadata or {}), "finished_onboarding_survey": True})
+
+
+def _latest_run_id(client: Any) -> str | None:
+    from steps.names import PIPELINE_NAME
+
+    try:
+        runs = client.list_pipeline_runs(pipeline_name=PIPELINE_NAME, sort_by="desc:created", size=1)
+    except KeyError:  # no such pipeline yet
+        return None
+    return str(runs.items[0].id) if runs.items else None

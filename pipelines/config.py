@@ -31,7 +31,8 @@ LOCAL_SERVE_URL = "http://127.0.0.1:0/v1"
 PIPELINE_RUN_OPTIONS = {
     "limit": "use the top-level `limit` (or --limit): it picks the prompt subset",
     "fresh": "the pipeline keeps one working folder per input and settings; delete it to start over",
-    "handle_signals": "the pipeline process owns the signals",
+    "handle_signals": "always on in the pipeline: Ctrl-C stops scheduling, lets rows in flight finish, and the "
+    "step fails with the finished rows kept (a second Ctrl-C exits at once)",
 }
 # Training settings the pipeline fills in from earlier steps (both profiles) or the tiny kit (local).
 TRAIN_FROM_PIPELINE = {"data_dir": "the upload step's output"}
@@ -167,10 +168,10 @@ def load_config(
     generate, generate_run = _settings_and_options(GenerateSettings, sections["generate"], "generate")
     judge_settings_cls = _judge_settings_class()
     judge, judge_run = _settings_and_options(judge_settings_cls, sections["judge"], "judge")
-    if chosen == "local" and judge.backend != "reference":
+    if chosen == "local" and judge.backend != "reference" and judge.judge_url is None:
         raise PipelineConfigError(
-            f"the local profile runs offline, so judge.backend must be 'reference', got {judge.backend!r}; "
-            "use --profile modal for the GPT-5 judge"
+            f"the local profile never calls api.openai.com, so judge.backend {judge.backend!r} needs a judge_url "
+            "(a local OpenAI-compatible server); use backend 'reference', or --profile modal for GPT-5"
         )
     return PipelineConfig(
         profile=chosen,
@@ -214,6 +215,7 @@ def _settings_and_options(cls: type, values: Mapping[str, Any], where: str) -> t
         from engine.judge_cost import Prices
 
         settings["prices"] = build(Prices, settings["prices"], f"{where}.prices")
+    options["handle_signals"] = True  # see PIPELINE_RUN_OPTIONS
     return build(cls, settings, where), build(RunOptions, options, where)
 
 

@@ -52,27 +52,43 @@ def init_zenml() -> Path:
     home = use_project_home()
     first_run = not (home / STORE_FILE).exists()
     level = logging.getLogger().level
+    raw_stderr = _RawStream(sys.stderr)  # before ZenML wraps sys.stderr.write to capture step logs
     from zenml.client import Client
     from zenml.utils import source_utils
 
-    _one_console_handler(level)
-
+    _one_console_handler(level, raw_stderr)
     source_utils.set_custom_source_root(str(REPO_ROOT))
     Client().active_stack_model  # noqa: B018 - touching the stack creates the store and default stack
+    if first_run and os.environ["ZENML_ANALYTICS_OPT_IN"].lower() in ("false", "0", "no"):
+        from zenml.config.global_config import GlobalConfiguration
+
+        GlobalConfiguration().analytics_opt_in = False  # also in the store's config.yaml, for the plain `zenml` CLI
     if first_run:
         logger.info("created the ZenML store in %s (analytics off)", home)
     return home
 
 
-def _one_console_handler(level: int) -> None:
-    """Importing ZenML adds its own console handler (on stdout) and resets the root level: when the CLI has
-    configured logging already, keep the CLI's handler (stderr) and level, and drop ZenML's duplicate.
-    ZenML's handler that stores each step's logs in the artifact store stays."""
+class _RawStream:
+    """sys.stderr as it was before ZenML wrapped its `write`: log lines written here are shown once and not
+    copied again into the step logs (ZenML's own handler stores them)."""
+
+    def __init__(self, stream) -> None:  # noqa: ANN001 - a text stream
+        self.write = stream.write
+        self.flush = stream.flush
+
+
+def _one_console_handler(level: int, raw_stderr: _RawStream) -> None:
+    """Importing ZenML adds its own console handler (on stdout) and resets the root level. When the CLI has
+    configured logging already, keep the CLI's stderr handler and level, writing to the unwrapped stderr,
+    and drop ZenML's duplicate. ZenML's handler that stores each step's logs in the artifact store stays."""
     from zenml.logger import ZenMLConsoleHandler
 
     root = logging.getLogger()
-    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+    ours = [h for h in root.handlers if type(h) is logging.StreamHandler and h.stream is sys.stderr]
+    if not ours:
         return
+    for handler in ours:
+        handler.setStream(raw_stderr)
     for handler in root.handlers[:]:
         if isinstance(handler, ZenMLConsoleHandler):
             root.removeHandler(handler)

@@ -67,13 +67,18 @@ def summary_metadata(summary: Any) -> dict[str, Any]:
 
 def fail_if_incomplete(summary: Any) -> None:
     """Fail the step (after its metadata is logged) when rows failed or were left: a rerun retries them."""
-    if summary.failed or summary.unfinished or summary.interrupted:
+    if not (summary.failed or summary.unfinished or summary.interrupted):
+        return
+    kept = summary.succeeded + summary.skipped + summary.counters.done_before
+    if summary.interrupted:
+        what = f"interrupted ({summary.stopped_reason or 'signal'}); {summary.unfinished} row(s) not reached"
+    else:
         errors = Path(summary.output).with_suffix(".errors.jsonl")
-        raise StageIncomplete(
-            f"{summary.stage}: {summary.failed} row(s) failed and {summary.unfinished} were not reached "
-            f"(errors in {errors}); the {summary.succeeded + summary.counters.done_before} finished row(s) are "
-            "kept in the checkpoint: rerun the same command to retry only the rest"
-        )
+        what = f"{summary.failed} row(s) failed (see {errors}) and {summary.unfinished} were not reached"
+    raise StageIncomplete(
+        f"{summary.stage}: {what}; the {kept} finished row(s) are kept in {Path(summary.output).parent}: "
+        "rerun the same command to do only the rest"
+    )
 
 
 def log_summary(summary: Any) -> None:

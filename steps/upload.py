@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 TARGETS = ("local", "modal")
 
 
-@step
+@step(enable_cache=False)  # cheap and idempotent; see the docstring
 def upload_dataset(
     train: JsonlFile,
     val: JsonlFile,
@@ -28,10 +28,13 @@ def upload_dataset(
     `<workdir>/volume/data/dpo/<content hash>/` (`"local"`, the same layout on disk). Returns that path.
 
     The folder is named by the content of both files, so re-uploading the same split is a no-op and a
-    new split never overwrites an older one that an adapter was trained on.
+    new split never overwrites an older one that an adapter was trained on. The step always runs (never
+    from ZenML's cache) because its output is a place, not data: it makes sure the files are there now.
+    The path it returns is unchanged, so the training step downstream is still served from the cache.
     """
     from training.config import TRAIN_FILE, VAL_FILE
-    from training.upload import dataset_hash, upload_dataset as upload_to_modal, volume_data_dir
+    from training.upload import dataset_hash, volume_data_dir
+    from training.upload import upload_dataset as upload_to_modal
 
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
