@@ -6,11 +6,11 @@ description and the local server, so all three judge an adapter folder the same 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-ADAPTER_CONFIG = "adapter_config.json"
+from infra.adapter_hash import ADAPTER_CONFIG, adapter_sha256
+
 # The ranks vLLM accepts for --max-lora-rank (vLLM 0.33 LoRAConfig).
 VALID_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -44,16 +44,8 @@ def adapter_problem(path: str | Path, *, max_lora_rank: int | None = None) -> st
 
 
 def hash_adapter_dir(path: str | Path) -> str:
-    """sha256 over the folder's files (relative path and content, in sorted order), as 'sha256:<hex>'."""
-    folder = Path(path)
-    h = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(file.relative_to(folder).as_posix().encode() + b"\0")
-        with file.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return "sha256:" + h.hexdigest()
+    """'sha256:<hex>' of the adapter's config and weights: the same hash training records (infra.adapter_hash)."""
+    return "sha256:" + adapter_sha256(path)
 
 
 def describe_adapter(path: str | Path, *, max_lora_rank: int | None = None) -> dict:

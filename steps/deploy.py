@@ -49,6 +49,7 @@ def deploy_adapters(
     elif target == "modal":
         reused = False
         record = deploy_modal(expected=expected, state_dir=Path(state_dir), timeout_s=timeout_s)
+        _check_live_adapter(record, adapter)
     else:
         raise ValueError(f"target must be 'local' or 'modal', got {target!r}")
     data = record.to_dict()
@@ -74,6 +75,20 @@ def _check_local_adapter(adapter: AdapterRef) -> None:
         raise RuntimeError(
             f"the adapter at {path} changed since it was trained (sha256 {adapter.sha256[:12]}… then, "
             f"{actual[:12]}… now); rerun with --no-cache to train it again"
+        )
+
+
+def _check_live_adapter(record: Any, adapter: AdapterRef) -> None:
+    """The DPO adapter the server loaded must be the one this run trained (same content hash)."""
+    live = {a.name: a.sha256 for a in record.adapters}.get(NAMES.dpo_model_name)
+    if live is None:
+        logger.warning("the deployment record has no content hash for %s; cannot verify it", NAMES.dpo_model_name)
+        return
+    if live != "sha256:" + adapter.sha256:
+        raise RuntimeError(
+            f"{NAMES.dpo_model_name} is live with adapter files {live[:19]}…, not the ones this run trained "
+            f"(sha256:{adapter.sha256[:12]}…); another training run may have overwritten the volume path: "
+            "rerun the pipeline with --no-cache"
         )
 
 

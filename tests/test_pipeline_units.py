@@ -129,3 +129,21 @@ def test_jsonl_file_counts_rows_and_hashes_content(tmp_path):
     assert record.rows == 2
     path.write_text('{"a": 1}\n{"a": 3}\n')
     assert JsonlFile.of(path).sha256 != record.sha256
+
+
+def test_modal_deploy_refuses_a_live_dpo_adapter_that_is_not_the_trained_one():
+    from serving.deploy import AdapterRecord
+    from steps.deploy import _check_live_adapter
+    from steps.records import AdapterRef
+
+    trained = AdapterRef(name="seinfeld-dpo", path="/vol/adapters/nothing-gpt-dpo", sha256="ab" * 32,
+                         base_model="base", steps=4)
+
+    class Record:
+        def __init__(self, sha: str | None):
+            self.adapters = [AdapterRecord("seinfeld", "/vol/a", "base", "sha256:" + "cd" * 32),
+                             AdapterRecord("seinfeld-dpo", "/vol/b", "base", sha)]
+
+    _check_live_adapter(Record("sha256:" + "ab" * 32), trained)  # the same files: fine
+    with pytest.raises(RuntimeError, match="not the ones this run trained"):
+        _check_live_adapter(Record("sha256:" + "ef" * 32), trained)

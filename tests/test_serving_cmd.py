@@ -157,3 +157,12 @@ def test_modal_credentials_detection(tmp_path):
     toml.write_text('[default]\ntoken_id = "ak-1"\n[work]\nactive = true\ntoken_id = "ak-2"\ntoken_secret = "as-2"\n')
     assert modal_credentials_problem({"MODAL_CONFIG_PATH": str(toml)}) is None  # the active profile
     assert "token secret" in modal_credentials_problem({"MODAL_CONFIG_PATH": str(toml), "MODAL_PROFILE": "default"})
+
+
+def test_serving_and_training_hash_an_adapter_the_same_way(tmp_path):
+    from training.adapters import adapter_sha256
+
+    a = make_adapter(tmp_path / "a")
+    assert hash_adapter_dir(a) == "sha256:" + adapter_sha256(a)
+    (a / "training_metrics.json").write_text("{}")  # files beside the adapter do not change its identity
+    assert hash_adapter_dir(a) == "sha256:" + adapter_sha256(a)

@@ -5,14 +5,13 @@ No torch import: these run before any model is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from infra.adapter_hash import ADAPTER_CONFIG, WEIGHT_FILES, adapter_sha256
 from training.errors import TrainingInputError
 
-ADAPTER_CONFIG = "adapter_config.json"
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+__all__ = ["ADAPTER_CONFIG", "WEIGHT_FILES", "adapter_sha256"]
 
 
 def read_adapter_config(adapter_dir: Path, what: str = "adapter") -> dict:
@@ -92,12 +91,3 @@ def check_servable(adapter_dir: Path, max_lora_rank: int) -> None:
         raise RuntimeError(f"saved adapter {adapter_dir} cannot be served by vLLM: {'; '.join(problems)}.")
 
 
-def adapter_sha256(adapter_dir: Path) -> str:
-    """Content hash of the files vLLM reads (config + weights), by name and bytes: same files, same hash."""
-    h = hashlib.sha256()
-    for name in (ADAPTER_CONFIG, *WEIGHT_FILES):
-        path = Path(adapter_dir) / name
-        if path.is_file():
-            h.update(name.encode() + b"\0")
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
