@@ -185,6 +185,7 @@ class _Run:
         self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=options.concurrency)
         self.stop = asyncio.Event()
         self.stopped_reason: str | None = None
+        self.producer_error: Exception | None = None
         self.signals = 0
         self.pacer = Pacer(options.rps)
         self.backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, options.max_retry_after_s)
@@ -238,9 +239,12 @@ class _Run:
                     self.request_stop(reason)
                     break
                 await self.queue.put(item)
-        finally:
-            for _ in range(self.options.concurrency):
-                await self.queue.put(None)
+        except Exception as e:
+            self.producer_error = e  # run() re-raises it; the workers are cancelled, so no end markers
+            raise
+        # End markers only on a normal end: when cancelled, no worker is left to make room in the queue.
+        for _ in range(self.options.concurrency):
+            await self.queue.put(None)
 
     async def _unless_stopped(self, pending: Awaitable[str | None]) -> str | None:
         task = asyncio.ensure_future(pending)
@@ -330,7 +334,13 @@ class _Run:
         all_workers = asyncio.gather(*workers)
         stop_wait = asyncio.create_task(self.stop.wait())
         try:
-            await asyncio.wait({all_workers, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            waiting = {all_workers, stop_wait, producer}
+            while not all_workers.done() and not self.stop.is_set():
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if producer in done:
+                    waiting.discard(producer)
+                    if self.producer_error is not None:
+                        raise self.producer_error  # e.g. the input file became unreadable
             if not all_workers.done():  # a stop was requested: give in-flight rows the grace period
                 try:
                     await asyncio.wait_for(asyncio.shield(all_workers), self.options.grace_s)

@@ -218,3 +218,73 @@ def test_status_line_shows_progress_rate_eta_failures_retries_tokens_and_cost():
     assert line.startswith("judge 42/100  42%")
     for part in ("2.00 rows/s", "ETA 29s", "in flight 5", "failed 2", "retries 7", "tokens 4.0k", "$1.23"):
         assert part in line
+
+
+class _SlowStage:
+    name = "slow"
+    output_name = "out"
+
+    def settings(self):
+        return {}
+
+    def validate(self, obj):
+        return validate_prompt_row(obj)
+
+    def stop_reason(self, counters):
+        return None
+
+    async def process(self, row, ctx):
+        await ctx.request(lambda: asyncio.sleep(0.05))
+        return {"prompt": row.data["prompt"]}
+
+
+def _prompt_file(path, n):
+    path.write_bytes(b"".join(orjson.dumps({"prompt": f"scene {i}"}) + b"\n" for i in range(n)))
+    return path
+
+
+def test_cancelling_a_run_from_outside_ends_it_promptly_and_keeps_what_was_written(tmp_path):
+    from engine.runner import run_stage
+
+    prompts = _prompt_file(tmp_path / "p.jsonl", 500)
+
+    async def main():
+        task = asyncio.create_task(run_stage(_SlowStage(), prompts, tmp_path / "out", RunOptions(concurrency=2,
+                                                                                             progress=False)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)  # a hang here was a bug: the producer blocked on a full queue
+
+    asyncio.run(main())
+    written = (tmp_path / "out" / "out.jsonl").read_bytes().splitlines()
+    assert 0 < len(written) < 500 and all(orjson.loads(line)["id"] for line in written)
+    # the lock was released: a rerun resumes and finishes
+    from engine.runner import run_stage as again
+
+    summary = asyncio.run(again(_SlowStage(), prompts, tmp_path / "out", RunOptions(concurrency=50, progress=False)))
+    assert summary.counters.done_before == len(written) and summary.succeeded == 500 - len(written)
+
+
+def test_an_input_read_error_fails_the_run_instead_of_hanging(tmp_path, monkeypatch):
+    import engine.runner as runner
+
+    prompts = _prompt_file(tmp_path / "p.jsonl", 50)
+    real = runner.iter_rows
+
+    async def broken(path, validate):
+        n = 0
+        async for item in real(path, validate):
+            n += 1
+            if n == 10:
+                raise OSError("disk went away")
+            yield item
+
+    monkeypatch.setattr(runner, "iter_rows", broken)
+
+    async def main():
+        return await asyncio.wait_for(
+            runner.run_stage(_SlowStage(), prompts, tmp_path / "out", RunOptions(concurrency=4, progress=False)), 10)
+
+    with pytest.raises(OSError, match="disk went away"):
+        asyncio.run(main())
