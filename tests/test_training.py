@@ -130,7 +130,8 @@ def test_metrics_present_finite_and_written(first_run):
     assert [log["step"] for log in store["logs"] if "loss" in log] == [1, 2]  # the progress hook
 
 
-def test_resume_continues_from_checkpoint(first_run, tiny_kit, data_dir):
+def test_resume_continues_from_checkpoint(first_run, tiny_kit, data_dir, capfd, caplog):
+    caplog.set_level("INFO", logger="training.dpo")
     _, _, config, work = first_run
     assert (work / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     store: dict = {"logs": []}
@@ -139,6 +140,8 @@ def test_resume_continues_from_checkpoint(first_run, tiny_kit, data_dir):
     assert result.steps == 4
     assert result.metrics["resumed_from"].endswith("checkpoint-2")
     assert [log["step"] for log in store["logs"] if "loss" in log] == [3, 4]  # steps 1-2 not redone
+    assert "'loss'" not in capfd.readouterr().out  # metrics are logged, not print()ed over the CLI's stdout
+    assert any(r.message.startswith("step 3/4: loss=") for r in caplog.records)
     sft = load_adapter_file(tiny_kit.sft_adapter_dir)
     assert all(store["ref"][name].equal(t) for name, t in sft.items())  # still the SFT adapter
 

@@ -109,8 +109,11 @@ def train_dpo(
         train_dataset=Dataset.from_list(inputs.train_rows),
         eval_dataset=Dataset.from_list(inputs.val_rows),
         processing_class=tokenizer,
-        callbacks=[*([_progress_callback(progress)] if progress else []), *callbacks],
+        callbacks=[_log_callback(), *([_progress_callback(progress)] if progress else []), *callbacks],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it print()s every metrics dict to stdout; we log them instead
     if len(trainer.train_dataset) == 0:
         raise TrainingInputError(
             f"no training pair of {config.train_path} fits: every prompt alone fills max_length="
@@ -289,6 +292,18 @@ def _num(value: Any) -> float | None:
         logger.warning("non-finite metric value %r", value)
         return None
     return value
+
+
+def _log_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+                logger.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+    return LogCallback()
 
 
 def _progress_callback(hook: ProgressHook) -> Any:
