@@ -23,6 +23,7 @@ class ModalNames:
     volume: str = field(default_factory=lambda: _env("NGPT_VOLUME", "nothing-gpt-vol"))
     hf_cache_volume: str = field(default_factory=lambda: _env("NGPT_HF_CACHE_VOLUME", "nothing-gpt-hf-cache"))
     hf_secret: str = field(default_factory=lambda: _env("NGPT_HF_SECRET", "huggingface-secret"))
+    # "" (NGPT_WANDB_SECRET=) means: train without W&B and mount no W&B secret.
     wandb_secret: str = field(default_factory=lambda: _env("NGPT_WANDB_SECRET", "wandb-secret"))
     gpu: str = field(default_factory=lambda: _env("NGPT_GPU", "L4"))
     base_model: str = field(

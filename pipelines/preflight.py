@@ -82,7 +82,7 @@ def _modal_problems() -> list[str]:
     import modal.exception
 
     problems = []
-    for secret in (NAMES.hf_secret, NAMES.wandb_secret):
+    for secret in (s for s in (NAMES.hf_secret, NAMES.wandb_secret) if s):  # "" = not used
         try:
             modal.Secret.from_name(secret).hydrate()
         except modal.exception.AuthError as e:

@@ -45,6 +45,16 @@ def test_app_imports_without_credentials_and_asks_for_an_l4(no_modal_credentials
     assert len(spec.secrets) == 2
 
 
+def test_training_without_wandb_mounts_only_the_hf_secret(no_modal_credentials):
+    code = (
+        "from training import modal_app\n"
+        "print(len(modal_app.train._spec_.secrets))\n"
+    )
+    env = {**os.environ, "NGPT_WANDB_SECRET": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
 def test_dataset_hash_is_content_addressed(split, tmp_path):
     train, val = split
     digest = upload.dataset_hash(train, val)

@@ -48,7 +48,8 @@ app = modal.App(NAMES.train_app, image=image)
     volumes={NAMES.mount: volume, HF_CACHE: hf_cache},
     secrets=[
         modal.Secret.from_name(NAMES.hf_secret),  # HF_TOKEN: the Llama 3.2 base is gated
-        modal.Secret.from_name(NAMES.wandb_secret),  # WANDB_API_KEY: W&B logging (report_to=auto)
+        # WANDB_API_KEY: W&B logging when set; NGPT_WANDB_SECRET="" trains without W&B (no secret needed)
+        *([modal.Secret.from_name(NAMES.wandb_secret)] if NAMES.wandb_secret else []),
     ],
     timeout=12 * HOURS,  # one attempt; a retry resumes from the last committed checkpoint
     retries=modal.Retries(max_retries=3, backoff_coefficient=1.0, initial_delay=30.0),  # preemption
