@@ -38,10 +38,11 @@ class Pacer:
         self.cool_down = CoolDown()
         self._throttler: Throttler | None = None
         if rps is not None:
-            # asyncio-throttle counts starts in a sliding window; a window of at least 1 s keeps the
-            # count an integer (0.5 rps -> 1 per 2 s; 2.5 rps -> 2 per 1 s).
-            window = max(1.0, 1.0 / rps)
-            self._throttler = Throttler(rate_limit=max(1, math.floor(rps * window)), period=window)
+            # Starts are spread evenly (asyncio-throttle with a window of one start, or a few when it would
+            # be shorter than the throttler's 10 ms poll): a full-second window would let R requests out
+            # in a burst, and a server measuring any one-second window could then see up to 2R.
+            burst = max(1, math.ceil(rps / 100))
+            self._throttler = Throttler(rate_limit=burst, period=burst / rps)
         # Only one waiter polls the throttler at a time: 256 workers polling every 10 ms would burn a core.
         self._gate = asyncio.Lock()
 

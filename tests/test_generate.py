@@ -243,3 +243,21 @@ def test_generate_starts_without_zenml_modal_or_torch(server, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert len(read_jsonl(tmp_path / "out" / "completions.jsonl")) == 2
+
+
+def test_rps_caps_request_starts_per_second(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    ids = write_prompts(prompts, 25)
+    out = tmp_path / "gen"
+    with start_server() as server:  # no latency: without a cap, 8 workers would send all 25 at once
+        result = run_cli(*gen_args(server, prompts, out, "--concurrency", "8", "--rps", "10"))
+        arrivals = sorted(e["t"] for e in server.stats()["log"])
+    assert result.returncode == 0, result.stderr
+    assert_complete(out, ids)
+    assert len(arrivals) == 25
+    # starts are spread ~0.1 s apart: any one-second window at the server holds 10, or 11 when network
+    # jitter brings two arrivals closer together; 25 requests take more than 2 s
+    assert max(sum(1 for t in arrivals if a <= t < a + 1.0) for a in arrivals) <= 11
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert sorted(gaps)[len(gaps) // 2] > 0.08  # the median gap is the 0.1 s spacing, not a burst
+    assert arrivals[-1] - arrivals[0] > 2.0
