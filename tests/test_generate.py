@@ -261,3 +261,37 @@ def test_rps_caps_request_starts_per_second(tmp_path):
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert sorted(gaps)[len(gaps) // 2] > 0.08  # the median gap is the 0.1 s spacing, not a burst
     assert arrivals[-1] - arrivals[0] > 2.0
+
+
+def test_a_live_progress_bar_on_a_terminal(tmp_path):
+    import os
+    import pty
+    import subprocess
+
+    from tests.helpers import ROOT, cli, env
+
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 12)
+    with start_server(latency=0.3) as server:
+        primary, secondary = pty.openpty()
+        args = ["generate", "--prompts", str(prompts), "--out", str(tmp_path / "gen"), "--serve-url", server.url,
+                "--concurrency", "2"]
+        proc = subprocess.Popen(cli(*args), cwd=ROOT, env=env(), stdin=secondary, stdout=secondary,
+                                stderr=secondary)
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 4096)
+            except OSError:  # the terminal closed: the process is gone
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=60)
+        os.close(primary)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen
+    frames = [f for f in screen.split("\r\x1b[2K") if f.startswith("generate ")]
+    assert len(frames) >= 3  # redrawn in place while running
+    assert "generate 12/12 100%" in frames[-1] and "ETA" in frames[0] and "retries 0" in frames[-1]
