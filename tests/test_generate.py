@@ -271,8 +271,8 @@ def test_a_live_progress_bar_on_a_terminal(tmp_path):
     from tests.helpers import ROOT, cli, env
 
     prompts = tmp_path / "p.jsonl"
-    write_prompts(prompts, 12)
-    with start_server(latency=0.3) as server:
+    write_prompts(prompts, 20)
+    with start_server(latency=0.3) as server:  # ~3 s of work: the bar (0.5 s period) redraws several times
         primary, secondary = pty.openpty()
         args = ["generate", "--prompts", str(prompts), "--out", str(tmp_path / "gen"), "--serve-url", server.url,
                 "--concurrency", "2"]
@@ -294,4 +294,4 @@ def test_a_live_progress_bar_on_a_terminal(tmp_path):
     assert proc.returncode == 0, screen
     frames = [f for f in screen.split("\r\x1b[2K") if f.startswith("generate ")]
     assert len(frames) >= 3  # redrawn in place while running
-    assert "generate 12/12 100%" in frames[-1] and "ETA" in frames[0] and "retries 0" in frames[-1]
+    assert "generate 20/20 100%" in frames[-1] and "ETA" in frames[0] and "retries 0" in frames[-1]
