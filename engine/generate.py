@@ -107,8 +107,8 @@ class GenerateStage:
                 payload["seed"] = seed
             data = await ctx.request(lambda payload=payload: chat_completion(self.client, payload))
             requests += 1
-            tokens_in, tokens_out, cached = usage_of(data)
-            ctx.counters.add_usage(tokens_in, tokens_out, cached)
+            u = usage_of(data)
+            ctx.counters.add_usage(u.tokens_in, u.tokens_out, u.tokens_cached)
             for choice in data["choices"][:want]:
                 text = choice["message"].get("content")
                 if not isinstance(text, str) or not text.strip():

@@ -19,10 +19,11 @@ from typing import Any
 
 import openai
 
+from engine.chat import post_chat, usage_of
 from engine.client import make_client
 from engine.errors import ConfigError, FatalError, SkipRow
 from engine.judge_answer import Verdict, read_answer
-from engine.judge_cost import RowUsage, usage_of
+from engine.judge_cost import RowUsage
 from engine.judge_estimate import Estimate, estimate
 from engine.judge_prompt import (
     PROMPT_VERSION,
@@ -215,17 +216,17 @@ class JudgeStage:
         budget = s.max_completion_tokens
         while True:
 
-            async def call(budget: int = budget) -> tuple[Any, Any]:
+            async def call(budget: int = budget) -> tuple[dict[str, Any], Any]:
                 usage.requests += 1
-                response = await client.chat.completions.create(
-                    model=s.judge_model,
-                    messages=messages,  # type: ignore[arg-type]
-                    response_format=fmt,  # type: ignore[arg-type]
-                    reasoning_effort=s.reasoning_effort,  # type: ignore[arg-type]
-                    max_completion_tokens=budget,
-                )
-                self._account(ctx.counters, usage, response)  # billed even when the answer is unusable
-                return response, read_answer(response, ids)
+                data = await post_chat(client, {
+                    "model": s.judge_model,
+                    "messages": messages,
+                    "response_format": fmt,
+                    "reasoning_effort": s.reasoning_effort,
+                    "max_completion_tokens": budget,
+                })
+                self._account(ctx.counters, usage, data)  # billed even when the answer is unusable
+                return data, read_answer(data, ids)
 
             try:
                 response, answer = await ctx.request(call)
@@ -236,7 +237,7 @@ class JudgeStage:
                                      status=e.status) from None
                 raise
             if isinstance(answer, Verdict):
-                return answer, getattr(response, "model", None)
+                return answer, response.get("model")
             if budget >= s.max_completion_tokens_cap:
                 raise FatalError(
                     f"the answer was cut by the token budget (finish_reason 'length') even at the cap of "
@@ -250,8 +251,8 @@ class JudgeStage:
             ctx.counters.retries += 1
             _bump(ctx.counters, "length_retries")
 
-    def _account(self, counters: Counters, usage: RowUsage, response: Any) -> None:
-        u = usage_of(response)
+    def _account(self, counters: Counters, usage: RowUsage, data: dict[str, Any]) -> None:
+        u = usage_of(data)
         cost = self.s.price.cost(u.tokens_in, u.tokens_cached, u.tokens_out)
         usage.tokens_in += u.tokens_in
         usage.tokens_cached += u.tokens_cached

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import orjson
 
+from engine.chat import choices_of
 from engine.errors import MalformedResponse
 
 MAX_REASON_CHARS = 600
@@ -32,18 +33,17 @@ class _CutByLength:
 CUT_BY_LENGTH: Final = _CutByLength()
 
 
-def read_answer(response: Any, ids: list[str]) -> Verdict | _CutByLength:
+def read_answer(data: dict[str, Any], ids: list[str]) -> Verdict | _CutByLength:
     """The verdict in a chat completion, `CUT_BY_LENGTH`, or MalformedResponse saying what was wrong."""
-    choices = getattr(response, "choices", None)
-    if not choices:
-        raise MalformedResponse("no choices in the response")
-    choice = choices[0]
-    message = choice.message
-    finish = choice.finish_reason
-    refusal = getattr(message, "refusal", None) if message is not None else None
+    choice = choices_of(data)[0]
+    message = choice["message"]
+    finish = choice.get("finish_reason")
+    refusal = message.get("refusal")
     if refusal:
         raise MalformedResponse(f"the judge refused: {str(refusal)[:200]}")
-    content = (message.content if message is not None else None) or ""
+    content = message.get("content") or ""
+    if not isinstance(content, str):
+        raise MalformedResponse(f"the answer's content is not text: {type(content).__name__}")
     if finish == "content_filter":
         raise MalformedResponse("the answer was withheld by the provider's content filter")
     if not content.strip():

@@ -62,26 +62,3 @@ class RowUsage:
         d = asdict(self)
         d["cost_usd"] = round(self.cost_usd, 8)
         return d
-
-
-@dataclass(frozen=True)
-class ResponseUsage:
-    tokens_in: int
-    tokens_cached: int
-    tokens_out: int
-    tokens_reasoning: int
-
-
-def usage_of(response: Any) -> ResponseUsage:
-    """Usage from a chat completion (zeros when the server sent none)."""
-    u = getattr(response, "usage", None)
-    if u is None:
-        return ResponseUsage(0, 0, 0, 0)
-    prompt_details = getattr(u, "prompt_tokens_details", None)
-    completion_details = getattr(u, "completion_tokens_details", None)
-    return ResponseUsage(
-        tokens_in=u.prompt_tokens or 0,
-        tokens_cached=(getattr(prompt_details, "cached_tokens", None) or 0) if prompt_details else 0,
-        tokens_out=u.completion_tokens or 0,
-        tokens_reasoning=(getattr(completion_details, "reasoning_tokens", None) or 0) if completion_details else 0,
-    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -106,8 +105,7 @@ def test_good_answer_and_a_fenced_one_parse():
 
 
 def _response(content, finish="stop", refusal=None):
-    message = SimpleNamespace(content=content, refusal=refusal)
-    return SimpleNamespace(choices=[SimpleNamespace(message=message, finish_reason=finish)])
+    return {"choices": [{"message": {"content": content, "refusal": refusal}, "finish_reason": finish}]}
 
 
 def test_refusal_empty_and_length_answers():
@@ -120,7 +118,7 @@ def test_refusal_empty_and_length_answers():
     assert read_answer(_response("", finish="length"), ["A", "B"]) is CUT_BY_LENGTH
     assert read_answer(_response('{"ranking": ["A"', finish="length"), ["A", "B"]) is CUT_BY_LENGTH
     with pytest.raises(MalformedResponse, match="no choices"):
-        read_answer(SimpleNamespace(choices=[]), ["A", "B"])
+        read_answer({"choices": []}, ["A", "B"])
 
 
 def test_prices_and_settings_validation(monkeypatch):
