@@ -352,6 +352,8 @@ class _Run:
             for task in (producer, stop_wait, *workers, *helpers):
                 task.cancel()
             await asyncio.gather(producer, stop_wait, *workers, *helpers, return_exceptions=True)
+            if all_workers.done() and not all_workers.cancelled():
+                all_workers.exception()  # mark it retrieved: after an early exit it holds the workers' cancellation
             loop = asyncio.get_running_loop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
