@@ -50,7 +50,7 @@ def dpo_pipeline(
     local = profile == "local"
     prompts = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256, limit=limit)
     completions = generate_completions(prompts, workdir=workdir, settings=generate, options=generate_run,
-                                       serve_tiny_kit=local, model_key=model_key)
+                                       serve_tiny_kit=local, model_key=model_key, state_dir=deploy_state_dir)
     preferences, _report = judge_preferences(completions, workdir=workdir, settings=judge, options=judge_run)
     train_set, val_set = split_dataset(preferences, val_fraction=val_fraction)
     data_path = upload_dataset(train_set, val_set, target=profile, workdir=workdir)

@@ -1,5 +1,5 @@
-"""Serving the SFT and DPO adapters side by side: vLLM on Modal, or a small CPU server locally.
+"""Serving the SFT and DPO adapters side by side: vLLM on Modal (GPU), or vLLM's CPU build locally.
 
-vllm_cmd (command line), modal_app (the Modal app), readiness (the shared HTTP check), deploy (redeploy
-and record), local_engine / local_server / local_process (the local OpenAI-compatible server), cli.
+vllm_cmd (the one command builder), modal_app (the Modal app), local_vllm (start/stop the local vLLM),
+readiness (the shared HTTP check), deploy (redeploy, record, stop), cli.
 """

@@ -11,37 +11,55 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def parse_adapter(text: str) -> tuple[str, Path]:
+    """`NAME=DIR` -> (NAME, Path(DIR)); argparse type for --adapter."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--adapter wants NAME=DIR (e.g. seinfeld=/path/to/adapter); got {text!r}")
+    return name, Path(path)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from infra.names import NAMES
-    from serving.local_args import add_server_arguments, parse_adapter
 
     deploy = subparsers.add_parser(
         "deploy",
-        help="redeploy the adapters (Modal vLLM, or --local) and check each one answers",
+        help="redeploy the adapters (Modal vLLM, or --local vLLM on the CPU) and check each one answers",
         description="Deploy the serving app, wait until /v1/models lists every adapter, send one chat request "
-        "to each, and write a record of what is live. Exit code 1 names the part that failed.",
+        "to each, and write a record of what is live. Exit code 1 names the part that failed. "
+        "`deploy --local --stop` stops the local server a run left running.",
     )
-    deploy.add_argument("--local", action="store_true", help="restart the local CPU server instead of Modal")
-    deploy.add_argument("--state-dir", type=Path, default=Path("data/runs/serving"),
-                        help="where deploy records and the local server's pid file live")
+    deploy.add_argument("--local", action="store_true", help="restart the local vLLM (CPU build) instead of Modal")
+    deploy.add_argument("--stop", action="store_true", help="with --local: stop the local server and exit")
     deploy.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for the endpoint (default: 1200 Modal, 180 local)")
     deploy.add_argument("--expect", action="append", default=None, metavar="NAME",
                         help=f"Modal: adapter that must be live (repeatable; default {NAMES.sft_model_name} "
                         f"and {NAMES.dpo_model_name})")
-    deploy.add_argument("--base", type=Path, default=None, help="local: base model folder (default: tiny kit)")
-    deploy.add_argument("--adapter", type=parse_adapter, action="append", default=[], metavar="NAME=DIR",
-                        help=f"local: adapter to serve (repeatable; default {NAMES.sft_model_name}=<tiny kit SFT>)")
-    deploy.add_argument("--port", type=int, default=0, help="local: port (0 = a free one)")
+    _add_local_arguments(deploy)
     deploy.set_defaults(func=_deploy)
 
     serve = subparsers.add_parser(
         "serve-local",
-        help="run the OpenAI-compatible local server (tiny base + adapters) in the foreground",
-        description="Serve a local base model and LoRA adapters under the served names, as vLLM would.",
+        help="run the local vLLM (CPU build: tiny base + adapters) in the foreground until Ctrl-C",
+        description="Serve a local base model and LoRA adapters under the served names with vLLM's CPU build, "
+        "through the same lifecycle as `deploy --local`; Ctrl-C stops it. The API key is $SERVE_API_KEY, "
+        "else a random one kept in <state-dir>/local_server.json.",
     )
-    add_server_arguments(serve, base_required=False)
+    _add_local_arguments(serve)
     serve.set_defaults(func=_serve_local)
+
+
+def _add_local_arguments(parser: argparse.ArgumentParser) -> None:
+    from infra.names import NAMES
+
+    parser.add_argument("--state-dir", type=Path, default=Path("data/runs/serving"),
+                        help="where deploy records and the local server's pid file live")
+    parser.add_argument("--base", type=Path, default=None, help="local: base model folder (default: tiny kit)")
+    parser.add_argument("--adapter", type=parse_adapter, action="append", default=[], metavar="NAME=DIR",
+                        help=f"local: adapter to serve (repeatable; default {NAMES.sft_model_name}=<tiny kit SFT> "
+                        f"and {NAMES.dpo_model_name}=<tiny kit DPO>)")
+    parser.add_argument("--port", type=int, default=0, help="local: port (0 = a free one)")
 
 
 def _local_defaults(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
@@ -52,13 +70,21 @@ def _local_defaults(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
     from training.tiny import ensure_tiny_kit
 
     kit = ensure_tiny_kit()
-    return args.base or kit.base_dir, adapters or {NAMES.sft_model_name: kit.sft_adapter_dir}
+    default = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: kit.dpo_adapter_dir}
+    return args.base or kit.base_dir, adapters or default
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from serving.deploy import deploy_local, deploy_modal
+    from serving.deploy import deploy_local, deploy_modal, stop_local
     from serving.errors import DeployError
 
+    if args.stop:
+        if not args.local:
+            print("error: --stop works with --local (stop a Modal app with `modal app stop`)", file=sys.stderr)
+            return 2
+        stopped = stop_local(args.state_dir)
+        print("stopped the local server" if stopped else f"no local server was running ({args.state_dir})")
+        return 0
     try:
         if args.local:
             base, adapters = _local_defaults(args)
@@ -72,12 +98,33 @@ def _deploy(args: argparse.Namespace) -> int:
         return 1
     json.dump(record.to_dict(), sys.stdout, indent=2)
     sys.stdout.write("\n")
+    if args.local:
+        print(f"running in the background (pid {record.pid}); stop it with "
+              f"`python -m pipelines.dpo deploy --local --stop --state-dir {args.state_dir}`", file=sys.stderr)
     return 0
 
 
 def _serve_local(args: argparse.Namespace) -> int:
-    from serving.local_server import run
+    import signal
+    import time
 
-    args.base, adapters = _local_defaults(args)
-    args.adapter = list(adapters.items())
-    return run(args)
+    from serving.deploy import deploy_local, stop_local
+    from serving.errors import DeployError
+
+    base, adapters = _local_defaults(args)
+    try:
+        record = deploy_local(base, adapters, state_dir=args.state_dir, port=args.port)
+    except DeployError as e:
+        logger.error("the local server did not start (%r): %s", e.part, e.detail)
+        return 1
+    print(json.dumps({"url": record.url, "base_url": record.base_url, "models": record.models,
+                      "pid": record.pid, "api_key_in": str(args.state_dir / "local_server.json")}), flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_local(args.state_dir)
+    return 0

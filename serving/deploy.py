@@ -1,4 +1,4 @@
-"""Redeploy the adapters and prove they are live: Modal (vLLM on a GPU) or the local CPU server.
+"""Redeploy the adapters and prove they are live: Modal (vLLM on a GPU) or the local vLLM (CPU build).
 
 Both paths end with the same readiness check (serving/readiness.py) and return the same
 DeployRecord, which is written atomically to `<state_dir>/<target>_deployment.json` only when
@@ -39,6 +39,7 @@ class AdapterRecord:
     path: str
     parent: str | None
     sha256: str | None
+    root: str | None = None  # the folder the live server says it loaded the adapter from (vLLM's `root`)
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,9 @@ def _deploy_modal_app() -> ModalDeployment:
                            adapters=adapters)
 
 
+LOCAL_STATE = "local_server.json"  # pid, URL, port and API key of the running local server (mode 0600)
+
+
 def deploy_local(
     base_dir: Path,
     adapters: Mapping[str, Path],
@@ -216,51 +220,94 @@ def deploy_local(
     port: int = 0,
     served_model_name: str | None = None,
 ) -> DeployRecord:
-    """(Re)start the local server with `adapters` and check it as the Modal path does.
+    """(Re)start the local vLLM with `adapters` and check it as the Modal path does.
 
     The new server starts before the old one stops (unless both want the same fixed port), so a
     failed deploy leaves the previous server and its record in place.
     """
     from serving.adapters import adapter_problem, hash_adapter_dir
-    from serving.local_process import start_local_server, stop_pid
+    from serving.local_vllm import start_local_vllm, stop_pid
 
     problems = {n: adapter_problem(p) for n, p in adapters.items()}
     if any(problems.values()):
         raise DeployError("adapter missing", "; ".join(f"{n}: {why}" for n, why in problems.items() if why))
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    pid_file = state_dir / "local_server.json"
-    old = json.loads(pid_file.read_text()) if pid_file.is_file() else None
+    old = _local_state(state_dir)
     if old and port and old.get("port") == port:
         stop_pid(int(old["pid"]))  # the port must be free before the new server binds it
         old = None
     started = datetime.now(UTC)
-    try:
-        handle = start_local_server(base_dir, adapters, port, served_model_name=served_model_name,
-                                    ready_timeout_s=timeout_s, log_path=state_dir / "local_server.log",
-                                    detach=True)
-    except RuntimeError as e:
-        raise DeployError("startup", str(e)) from e
-    base_name = served_model_name or str(base_dir)
-    try:
-        ready = check_ready(handle.base_url, list(adapters), ReadinessOptions(timeout_s=timeout_s))
-    except BaseException:
-        handle.stop()  # the new server failed its check: the old one (if any) keeps serving
-        raise
+    server = start_local_vllm(base_dir, adapters, port=port, served_model_name=served_model_name,
+                              timeout_s=timeout_s, log_path=state_dir / "local_server.log")
+    ready = server.readiness
+    wrong = {n: ready.roots.get(n) for n, p in adapters.items() if ready.roots.get(n) != str(p)}
+    if wrong:  # vLLM lists the folder it loaded each adapter from
+        server.stop()
+        raise DeployError("adapter missing", f"the new server loaded {wrong}, not {dict(adapters)}")
     if old:
         stop_pid(int(old["pid"]))
-    _write_json(pid_file, {"pid": handle.pid, "url": handle.url, "port": handle.port,
-                           "started_at": started.isoformat(), "log": str(handle.log_path)})
-    record = _record("local", handle.url, base_name, ready, started,
-                     {n: (str(p), hash_adapter_dir(p)) for n, p in adapters.items()}, pid=handle.pid)
+    _write_json(state_dir / LOCAL_STATE, {"pid": server.pid, "url": server.url, "port": server.port,
+                                          "started_at": started.isoformat(), "log": str(server.log_path),
+                                          "api_key": server.api_key}, private=True)
+    record = _record("local", server.url, served_model_name or str(base_dir), ready, started,
+                     {n: (str(p), hash_adapter_dir(p)) for n, p in adapters.items()}, pid=server.pid)
     _write_record(state_dir, record)
     return record
+
+
+def local_api_key(state_dir: Path = DEFAULT_STATE_DIR) -> str | None:
+    """The API key of the local server recorded in `state_dir` (None when there is none)."""
+    state = _local_state(Path(state_dir))
+    return state.get("api_key") if state else None
+
+
+def stop_local(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
+    """Stop the local server recorded in `state_dir`; False when none was running. Its records go too."""
+    from serving.local_vllm import stop_pid
+
+    state_dir = Path(state_dir)
+    state = _local_state(state_dir)
+    stopped = bool(state) and stop_pid(int(state["pid"]))
+    for path in (state_dir / LOCAL_STATE, record_path(state_dir, "local")):
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def live_local(state_dir: Path, adapters: Mapping[str, Path], *, exact: bool = True,
+               timeout_s: float = 20.0) -> DeployRecord | None:
+    """The last local deploy's record when that server still answers serving these adapter files.
+
+    `exact`: it serves exactly `adapters`; else at least them (it may serve more). None otherwise.
+    """
+    from serving.adapters import hash_adapter_dir
+
+    record = load_record(state_dir, "local")
+    key = local_api_key(state_dir)
+    if record is None or key is None:
+        return None
+    served = {a.name: (a.path, a.sha256) for a in record.adapters}
+    wanted = {name: (str(path), hash_adapter_dir(path)) for name, path in adapters.items()}
+    if served != wanted if exact else any(served.get(n) != v for n, v in wanted.items()):
+        return None
+    try:
+        check_ready(record.base_url, list(adapters), ReadinessOptions(timeout_s=timeout_s, max_delay_s=2.0,
+                                                                       api_key=key))
+    except (DeployError, OSError) as e:
+        logger.info("the last local server at %s does not answer (%s)", record.base_url, e)
+        return None
+    return record
+
+
+def _local_state(state_dir: Path) -> dict | None:
+    path = state_dir / LOCAL_STATE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _record(target: str, url: str, base_model: str, ready, started: datetime,
             adapter_files: Mapping[str, tuple[str, str | None]], **extra) -> DeployRecord:
     served = [
-        AdapterRecord(name=n, path=path, parent=ready.models.get(n), sha256=sha)
+        AdapterRecord(name=n, path=path, parent=ready.models.get(n), sha256=sha, root=ready.roots.get(n))
         for n, (path, sha) in adapter_files.items()
         if n in ready.models
     ]
@@ -284,9 +331,13 @@ def _write_record(state_dir: Path, record: DeployRecord) -> None:
     logger.info("deployed %s at %s; record %s", [a.name for a in record.adapters], record.url, path)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Write atomically: a temp file in the same folder, then rename over the old one."""
+def _write_json(path: Path, data: dict, *, private: bool = False) -> None:
+    """Write atomically: a temp file in the same folder, then rename over the old one.
+
+    `private`: readable by the owner only (the file holds a key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)

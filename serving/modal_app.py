@@ -15,13 +15,14 @@ Every name (app, volumes, secret, GPU, base model, adapter paths) comes from inf
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 
 import modal
 
 from infra.names import NAMES
 from serving.adapters import describe_adapter
-from serving.vllm_cmd import VllmSettings, build_vllm_command
+from serving.vllm_cmd import VllmSettings, build_vllm_command, build_vllm_env
 
 # ## Constants
 
@@ -106,7 +107,7 @@ def serve() -> None:
     logging.basicConfig(level=logging.INFO)  # the container's log shows which adapters were left out
     cmd = build_vllm_command(SETTINGS, ADAPTERS)
     logging.getLogger(__name__).info("starting: %s", cmd)
-    subprocess.Popen(cmd)  # an argument list: no shell
+    subprocess.Popen(cmd, env={**os.environ, **build_vllm_env(SETTINGS)})  # an argument list: no shell
 
 
 @app.function(image=tools_image, volumes={NAMES.mount: adapters_volume}, timeout=2 * MINUTES)

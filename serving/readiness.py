@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from serving.errors import DeployError
 
@@ -50,11 +50,14 @@ class ReadinessOptions:
 
 @dataclass(frozen=True)
 class Readiness:
-    """What the check saw: the models listed (id -> parent) and each expected model's answer."""
+    """What the check saw: the models listed (id -> parent, id -> root) and each expected model's answer.
+
+    vLLM lists an adapter's `root` as the folder it loaded the adapter from."""
 
     models: dict[str, str | None]
     answers: dict[str, str]
     ready_seconds: float
+    roots: dict[str, str | None] = field(default_factory=dict)
 
 
 async def wait_until_ready(
@@ -70,13 +73,14 @@ async def wait_until_ready(
     deadline = start + opts.timeout_s
     # Retries are ours (bounded by the deadline), so the SDK's own are off.
     async with AsyncOpenAI(base_url=base_url, api_key=opts.api_key, max_retries=0) as client:
-        listed = await _wait_for_models(client, base_url, expected, deadline, opts)
+        cards = await _wait_for_models(client, base_url, expected, deadline, opts)
         answers = {}
         for name in expected:
             answers[name] = await _probe(client, name, deadline, opts)
     elapsed = time.monotonic() - start
     logger.info("%s is ready after %.1f s: %s", base_url, elapsed, ", ".join(expected))
-    return Readiness(models=listed, answers=answers, ready_seconds=round(elapsed, 3))
+    return Readiness(models={i: getattr(c, "parent", None) for i, c in cards.items()}, answers=answers,
+                     ready_seconds=round(elapsed, 3), roots={i: getattr(c, "root", None) for i, c in cards.items()})
 
 
 def check_ready(base_url: str, expected: Sequence[str], options: ReadinessOptions | None = None) -> Readiness:
@@ -107,11 +111,11 @@ def run_sync(coro: Awaitable[T]) -> T:
 
 
 async def _wait_for_models(client, base_url: str, expected: Sequence[str], deadline: float,
-                           opts: ReadinessOptions) -> dict[str, str | None]:
+                           opts: ReadinessOptions) -> dict[str, Any]:
     import openai
 
     delay = opts.first_delay_s
-    listed: dict[str, str | None] | None = None
+    listed: dict[str, Any] | None = None  # model id -> its card
     last_error = "no request finished"
     while True:
         remaining = deadline - time.monotonic()
@@ -125,7 +129,7 @@ async def _wait_for_models(client, base_url: str, expected: Sequence[str], deadl
             last_error = f"{type(e).__name__}: {_short(e)}"
             logger.debug("models list at %s not ready: %s", base_url, last_error)
         else:
-            listed = {m.id: getattr(m, "parent", None) for m in page.data}
+            listed = {m.id: m for m in page.data}
             missing = [name for name in expected if name not in listed]
             if not missing:
                 return listed

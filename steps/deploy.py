@@ -19,8 +19,6 @@ from steps.records import AdapterRef
 
 logger = logging.getLogger(__name__)
 
-REUSE_CHECK_S = 20.0  # how long a still-running server may take to answer before we redeploy
-
 
 @step(enable_cache=False)
 def deploy_adapters(
@@ -30,10 +28,10 @@ def deploy_adapters(
     timeout_s: float = 180.0,
     port: int = 0,
 ) -> Annotated[dict[str, Any], ArtifactConfig(name=Artifact.DEPLOYMENT)]:
-    """local: (re)start the CPU server with the tiny kit's base, its SFT adapter and `adapter`.
+    """local: (re)start the local vLLM (CPU build) with the tiny kit's base, its SFT adapter and `adapter`.
     modal: deploy the vLLM app (it serves the adapters on the volume) and wait until both answer.
     Returns the deployment record (URL, models, adapter paths and hashes, readiness time)."""
-    from serving.deploy import deploy_local, deploy_modal
+    from serving.deploy import deploy_local, deploy_modal, live_local
 
     expected = (NAMES.sft_model_name, NAMES.dpo_model_name)
     if target == "local":
@@ -42,7 +40,7 @@ def deploy_adapters(
         _check_local_adapter(adapter)
         kit = ensure_tiny_kit()
         adapters = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: Path(adapter.path)}
-        record = _still_live(Path(state_dir), adapters)
+        record = live_local(Path(state_dir), adapters)  # the same adapter files answering: no restart
         reused = record is not None
         if record is None:
             record = deploy_local(kit.base_dir, adapters, state_dir=Path(state_dir), timeout_s=timeout_s, port=port)
@@ -90,25 +88,3 @@ def _check_live_adapter(record: Any, adapter: AdapterRef) -> None:
             f"(sha256:{adapter.sha256[:12]}…); another training run may have overwritten the volume path: "
             "rerun the pipeline with --no-cache"
         )
-
-
-def _still_live(state_dir: Path, adapters: dict[str, Path]):  # -> DeployRecord | None
-    """The last local deploy's record if that server still serves exactly these adapter files and answers."""
-    from serving.adapters import hash_adapter_dir
-    from serving.deploy import load_record
-    from serving.errors import DeployError
-    from serving.readiness import ReadinessOptions, check_ready
-
-    record = load_record(state_dir, "local")
-    if record is None:
-        return None
-    served = {a.name: (a.path, a.sha256) for a in record.adapters}
-    wanted = {name: (str(path), hash_adapter_dir(path)) for name, path in adapters.items()}
-    if served != wanted:
-        return None
-    try:
-        check_ready(record.base_url, list(adapters), ReadinessOptions(timeout_s=REUSE_CHECK_S, max_delay_s=2.0))
-    except (DeployError, OSError) as e:
-        logger.info("the last local server at %s does not answer (%s); redeploying", record.base_url, e)
-        return None
-    return record

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from zenml import ArtifactConfig, log_metadata, step
@@ -28,19 +27,22 @@ async def generate_completions(
     options: RunOptions,
     serve_tiny_kit: bool = False,
     model_key: str = "",
+    state_dir: str = "data/runs/serving",
 ) -> Annotated[JsonlFile, ArtifactConfig(name=Artifact.COMPLETIONS)]:
     """Sample `settings.n` completions per prompt into `<workdir>/generate/<key>/completions.jsonl`.
 
-    `serve_tiny_kit` (local profile): serve the tiny kit's SFT adapter on a free local port for the
-    duration of the step instead of calling `settings.serve_url`. `model_key` names the served model's
-    version (the tiny kit's key), so a new model gets a new checkpoint folder and cache entry.
+    `serve_tiny_kit` (local profile): sample from the local vLLM serving the tiny kit's SFT adapter,
+    instead of `settings.serve_url`: the one `deploy --local` left running in `state_dir` when it
+    serves that adapter, else one deployed now (it stays up; the deploy step redeploys it with the
+    DPO adapter). `model_key` names the served model's version (the tiny kit's key), so a new model
+    gets a new checkpoint folder and cache entry.
     """
     out_dir = stage_dir(workdir, "generate", settings=settings.fingerprinted(), input=prompts.sha256,
                         model=model_key)
     from engine.generate import run_generate
 
-    async with _endpoint(settings, serve_tiny_kit) as live:
-        summary = await run_generate(prompts.path, out_dir, live, options)
+    live, api_key = (await _local_endpoint(settings, Path(state_dir))) if serve_tiny_kit else (settings, None)
+    summary = await run_generate(prompts.path, out_dir, live, options, api_key=api_key)
     log_summary(summary)
     log_metadata(metadata={**summary_metadata(summary), "model": settings.model, "n": settings.n,
                            "serve_url": live.serve_url})
@@ -48,18 +50,16 @@ async def generate_completions(
     return JsonlFile.of(summary.output)
 
 
-@contextlib.asynccontextmanager
-async def _endpoint(settings: GenerateSettings, serve_tiny_kit: bool) -> AsyncIterator[GenerateSettings]:
-    """The settings to call: as given, or pointing at a local server of the tiny kit started for this step."""
-    if not serve_tiny_kit:
-        yield settings
-        return
-    from serving.local_process import start_local_server
+async def _local_endpoint(settings: GenerateSettings, state_dir: Path) -> tuple[GenerateSettings, str | None]:
+    """Settings pointing at a local vLLM that serves the tiny kit's SFT adapter as `settings.model`, and its key."""
+    from serving.deploy import deploy_local, live_local, local_api_key
     from training.tiny import ensure_tiny_kit
 
     kit = await asyncio.to_thread(ensure_tiny_kit)
-    handle = await asyncio.to_thread(start_local_server, kit.base_dir, {settings.model: kit.sft_adapter_dir})
-    try:
-        yield dataclasses.replace(settings, serve_url=handle.base_url)
-    finally:
-        await asyncio.to_thread(handle.stop)
+    adapters = {settings.model: kit.sft_adapter_dir}
+    record = await asyncio.to_thread(live_local, state_dir, adapters, exact=False)
+    if record is None:
+        record = await asyncio.to_thread(deploy_local, kit.base_dir, adapters, state_dir=state_dir)
+    else:
+        logger.info("sampling from the local server already running at %s", record.base_url)
+    return dataclasses.replace(settings, serve_url=record.base_url), local_api_key(state_dir)

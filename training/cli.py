@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tiny", action="store_true",
         help="CPU run on the tiny local model kit (a smoke test of the whole path, not a real model)",
     )
+    tr.add_argument("--fp32", action="store_true",
+                    help="with --tiny: load the base unquantized in fp32 instead of 4-bit NF4 (debugging only)")
     tr.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     tr.add_argument("--output-dir", help="checkpoint folder (resumed from when it holds checkpoints)")
     tr.add_argument("--adapter-out", help="where the DPO adapter is saved")
@@ -104,7 +106,9 @@ def _train(args: argparse.Namespace) -> int:
 
             metrics = train_remote(args.data, overrides)
         else:
-            metrics = _train_local(args.data, overrides, tiny=args.tiny)
+            if args.fp32 and not args.tiny:
+                raise ConfigError("--fp32 is for --tiny CPU runs; the real run is QLoRA on the 4-bit base")
+            metrics = _train_local(args.data, overrides, tiny=args.tiny, fp32=args.fp32)
     except (ConfigError, TrainingInputError, ModalCredentialsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,7 +121,7 @@ def _log_progress(logs: dict[str, float]) -> None:
     logger.info("step %s: %s", logs.get("step"), shown)
 
 
-def _train_local(data: str, overrides: dict[str, Any], tiny: bool) -> dict[str, Any]:
+def _train_local(data: str, overrides: dict[str, Any], tiny: bool, fp32: bool = False) -> dict[str, Any]:
     from training.config import DPOTrainConfig
     from training.dpo import train_dpo
 
@@ -131,7 +135,7 @@ def _train_local(data: str, overrides: dict[str, Any], tiny: bool) -> dict[str, 
             "output_dir": str(TINY_RUN_DIR / "checkpoints"),
             "adapter_out": str(TINY_RUN_DIR / "adapter"),
         }
-        config = DPOTrainConfig.cpu_test(**{**defaults, **overrides, "data_dir": data})
+        config = DPOTrainConfig.cpu_test(fp32=fp32, **{**defaults, **overrides, "data_dir": data})
     else:
         config = DPOTrainConfig.from_overrides(overrides, data_dir=data)
     # transformers prints its log lines to stdout: send them to stderr so stdout is just the result JSON.

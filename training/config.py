@@ -62,8 +62,10 @@ class DPOTrainConfig:
     save_total_limit: int | None = _f(3, "keep at most N checkpoints (None keeps all)")
     seed: int = _f(42, "random seed")
     # Hardware
-    bf16: bool = _f(True, "bf16 mixed precision (needs a GPU that supports it; False on CPU)")
-    load_in_4bit: bool = _f(True, "QLoRA: load the base in 4-bit NF4 with bf16 compute (needs CUDA)")
+    bf16: bool = _f(True, "bf16 mixed precision (GPU, or CPU autocast); required by load_in_4bit")
+    load_in_4bit: bool = _f(
+        True, "QLoRA: load the base in 4-bit NF4 with bf16 compute (bitsandbytes; CUDA or CPU alike)"
+    )
     gradient_checkpointing: bool = _f(True, "recompute activations in the backward pass to save memory")
     use_cpu: bool = _f(False, "train on the CPU (tiny models and tests only)")
     # Checks and reporting
@@ -115,15 +117,10 @@ class DPOTrainConfig:
             )
         if self.report_to not in REPORT_TO:
             raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}; got {self.report_to!r}.")
-        if self.use_cpu and self.load_in_4bit:
+        if self.load_in_4bit and not self.bf16:
             raise ConfigError(
-                "load_in_4bit (QLoRA via bitsandbytes) needs a CUDA GPU; got use_cpu=True with load_in_4bit=True. "
-                "Set load_in_4bit=False for a CPU run (or use DPOTrainConfig.cpu_test())."
-            )
-        if self.use_cpu and self.bf16:
-            raise ConfigError(
-                "bf16 mixed precision is for the GPU run; got use_cpu=True with bf16=True. "
-                "Set bf16=False for a CPU run (or use DPOTrainConfig.cpu_test())."
+                "load_in_4bit (QLoRA) computes in bf16, so it needs bf16=True; got load_in_4bit=True with "
+                "bf16=False. Set bf16=True, or load_in_4bit=False too for an fp32 debugging run."
             )
         for name in ("data_dir", "base_model", "sft_adapter", "output_dir", "adapter_out"):
             if not str(getattr(self, name)).strip():
@@ -168,19 +165,20 @@ class DPOTrainConfig:
         return cls(**merged)
 
     @classmethod
-    def cpu_test(cls, **overrides: Any) -> DPOTrainConfig:
-        """A tiny CPU run on the same code path: fp32, no 4-bit, a couple of steps, frequent logs and saves."""
+    def cpu_test(cls, *, fp32: bool = False, **overrides: Any) -> DPOTrainConfig:
+        """A tiny CPU run on the L4 run's code path: the 4-bit NF4 base with bf16 compute (QLoRA), a couple of
+        steps, frequent logs and saves. `fp32=True` loads the base unquantized in fp32: for debugging only."""
         settings: dict[str, Any] = {
             "use_cpu": True,
-            "bf16": False,
-            "load_in_4bit": False,
+            "bf16": not fp32,
+            "load_in_4bit": not fp32,
             "gradient_checkpointing": False,  # nothing to save at this size
             "max_steps": 2,
             "per_device_train_batch_size": 2,
             "per_device_eval_batch_size": 2,
             "gradient_accumulation_steps": 1,
             "max_length": 512,
-            "learning_rate": 1e-3,  # gradients are tiny on a random 64-wide model: move the weights visibly
+            "learning_rate": 1e-3,  # gradients are tiny on a random 128-wide model: move the weights visibly
             "lr_scheduler_type": "constant",
             "warmup_steps": 0,
             "logging_steps": 1,

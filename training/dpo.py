@@ -102,6 +102,7 @@ def train_dpo(
     if report_to == "wandb":
         os.environ.setdefault("WANDB_PROJECT", config.wandb_project)
     model = _load_policy(config)
+    policy_fp32 = _trainable_snapshot(model)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # TRL adds the frozen `ref` adapter: no second model copy
@@ -111,6 +112,7 @@ def train_dpo(
         processing_class=tokenizer,
         callbacks=[_log_callback(), *([_progress_callback(progress)] if progress else []), *callbacks],
     )
+    _restore_trainable(trainer.model, policy_fp32)  # before train() builds the optimizer over them
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it print()s every metrics dict to stdout; we log them instead
@@ -167,16 +169,39 @@ def save_policy_adapter(model: Any, adapter_dir: Path, max_lora_rank: int) -> Pa
     return adapter_dir
 
 
-def _check_device(config: DPOTrainConfig) -> None:
-    if config.use_cpu:
-        return
-    import torch
+def _trainable_snapshot(model: Any) -> dict[str, Any]:
+    """An fp32 copy of every trainable parameter (the policy adapter as loaded from the SFT adapter)."""
+    return {name: p.detach().float().clone() for name, p in model.named_parameters() if p.requires_grad}
 
-    if not torch.cuda.is_available():
-        raise TrainingInputError(
-            "no CUDA GPU found, and the config is for a GPU run (use_cpu=False). Run on Modal "
-            "(`train --remote`) or, for a tiny model, use DPOTrainConfig.cpu_test()."
-        )
+
+def _restore_trainable(model: Any, snapshot: dict[str, Any]) -> None:
+    """Undo TRL 1.16's QLoRA cast of the trainable adapter to bf16: put back the exact fp32 values.
+
+    Under a quantized base, `DPOTrainer.__init__` casts every trainable parameter to bf16 and keeps no fp32
+    copy, while its frozen `ref` copy stays fp32. At lr 5e-6 most AdamW updates are smaller than bf16's
+    spacing and round away (measured: 94% of entries frozen after 3 steps), and the policy starts off the
+    reference. Restoring the snapshot makes policy == reference at step 0 and lets every update land.
+    """
+    params = dict(model.named_parameters())
+    missing = sorted(set(snapshot) - set(params))
+    if missing:
+        raise RuntimeError(f"trainable parameters vanished while building the trainer: {missing[:5]}")
+    for name, value in snapshot.items():
+        param = params[name]
+        if not param.requires_grad:
+            raise RuntimeError(f"{name} was trainable before DPOTrainer and is frozen after it")
+        param.data = value.to(param.device)
+
+
+def _check_device(config: DPOTrainConfig) -> None:
+    if not config.use_cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise TrainingInputError(
+                "no CUDA GPU found, and the config is for a GPU run (use_cpu=False). Run on Modal "
+                "(`train --remote`) or, for a tiny model, use DPOTrainConfig.cpu_test()."
+            )
     if config.load_in_4bit:
         try:
             import bitsandbytes  # noqa: F401
@@ -198,7 +223,8 @@ def _load_tokenizer(config: DPOTrainConfig) -> Any:
 
 
 def _load_policy(config: DPOTrainConfig) -> Any:
-    """Base model (4-bit NF4 on CUDA, fp32 on CPU) + the SFT adapter, trainable, named `default`."""
+    """Base model (4-bit NF4 with bf16 compute, on CUDA or CPU; fp32 when debugging) + the SFT adapter,
+    trainable, named `default`."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -212,7 +238,7 @@ def _load_policy(config: DPOTrainConfig) -> Any:
                 bnb_4bit_use_double_quant=True,
             ),
             "dtype": torch.bfloat16,
-            "device_map": {"": torch.cuda.current_device()},
+            "device_map": {"": "cpu" if config.use_cpu else torch.cuda.current_device()},
         }
     elif config.use_cpu:
         kwargs = {"dtype": torch.float32}
@@ -252,9 +278,9 @@ def _dpo_args(config: DPOTrainConfig, report_to: str) -> Any:
         save_total_limit=config.save_total_limit,
         bf16=config.bf16,
         use_cpu=config.use_cpu,
-        # transformers 5 name (`gradient_checkpointing` is its deprecated alias); TRL reads either.
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        # The name every transformers 5 release knows (5.2x also calls it `activation_checkpointing`).
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         seed=config.seed,
         report_to=report_to,
         run_name=config.run_name,

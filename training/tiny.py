@@ -1,12 +1,12 @@
 """A tiny Llama-architecture model kit for CPU tests and local runs: no hub, no network.
 
 `ensure_tiny_kit()` returns a folder holding
-- `base/`: a randomly initialised `LlamaForCausalLM` (hidden 64, 2 layers) saved with `save_pretrained`, and a
-  byte-level BPE tokenizer trained on `data/sample/prompts.jsonl` with a Llama-3-style chat template,
+- `base/`: a randomly initialised `LlamaForCausalLM` (hidden 128, 2 heads of 64, 2 layers: a shape vLLM's CPU
+  attention accepts) saved with `save_pretrained`, and a byte-level BPE tokenizer trained on `data/sample/prompts.jsonl` with a Llama-3-style chat template,
   eos (`<|eot_id|>`) and pad tokens. `AutoModelForCausalLM`, `AutoTokenizer` and PEFT load it like any model.
 - `sft-adapter/`: a LoRA adapter (r=8, q/k/v/o, bias none) from a short real TRL `SFTTrainer` run on the
   sample data: the stand-in for the Seinfeld SFT adapter (served as "seinfeld").
-- `dpo-adapter/`: two CPU steps of `train_dpo` from that adapter on pairs made from the sample data
+- `dpo-adapter/`: two CPU steps of `train_dpo` (4-bit NF4 base, as on the L4) from that adapter on pairs made from the sample data
   (the gold completion chosen, another scene's completion rejected): the stand-in for "seinfeld-dpo".
 
 The kit is built once into a cache folder keyed by a hash of the recipe, the sample data and the library
@@ -50,15 +50,15 @@ CHAT_TEMPLATE = (
 
 # Everything that shapes the kit. Change anything here and the cache key changes with it.
 RECIPE: dict = {
-    "version": 2,
+    "version": 3,
     "seed": 0,
     "vocab_size": 1024,
-    "model": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
+    "model": {  # head_dim 64 (128 / 2 heads): the smallest head vLLM's CPU attention kernels accept
+        "hidden_size": 128,
+        "intermediate_size": 256,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
         "max_position_embeddings": 4096,
         "tie_word_embeddings": True,  # as Llama 3.2 3B
     },
