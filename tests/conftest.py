@@ -1,8 +1,19 @@
-"""Shared fixtures. `tiny_kit`: the tiny Llama base, SFT and DPO adapters (built once, cached in .cache/tiny-kit)."""
+"""Shared fixtures.
+
+- `tiny_kit`: the tiny Llama base, SFT and DPO adapters (built once, cached in .cache/tiny-kit).
+- `trained_dpo`: a DPO adapter trained now by `train_dpo` on the 4-bit path with the local profile's settings.
+- `local_vllm`: one vLLM (CPU build) for the whole session serving the kit's SFT adapter as "seinfeld" and
+  `trained_dpo` as "seinfeld-dpo"; tests that only need a server share it (a start costs ~20-40 s).
+Nothing the suite starts outlives it: a session guard fails the run if a vLLM server it started is still up.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +22,67 @@ def tiny_kit():
     from training.tiny import ensure_tiny_kit
 
     return ensure_tiny_kit()
+
+
+@pytest.fixture(scope="session")
+def trained_dpo(tiny_kit, tmp_path_factory):
+    """train_dpo's result (TrainResult) for the local profile's train settings, on sample pairs."""
+    import yaml
+
+    from training.config import DPOTrainConfig
+    from training.dpo import train_dpo
+    from training.tiny import write_sample_preferences
+
+    work = tmp_path_factory.mktemp("trained-dpo")
+    local_train = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["train"]
+    config = DPOTrainConfig.cpu_test(
+        **local_train,
+        data_dir=str(write_sample_preferences(work / "pairs")),
+        base_model=str(tiny_kit.base_dir),
+        sft_adapter=str(tiny_kit.sft_adapter_dir),
+        output_dir=str(work / "checkpoints"),
+        adapter_out=str(work / "seinfeld-dpo"),
+    )
+    return train_dpo(config)
+
+
+@pytest.fixture(scope="session")
+def local_vllm(tiny_kit, trained_dpo, tmp_path_factory):
+    """serving.local_vllm.LocalServer: base served as "tiny-base", "seinfeld" (SFT), "seinfeld-dpo" (trained)."""
+    from serving.local_vllm import start_local_vllm
+
+    adapters = {"seinfeld": tiny_kit.sft_adapter_dir, "seinfeld-dpo": trained_dpo.adapter_dir}
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with start_local_vllm(tiny_kit.base_dir, adapters, served_model_name="tiny-base", timeout_s=300,
+                          log_path=log) as server:
+        yield server
+
+
+def _vllm_servers() -> set[int]:
+    from serving.vllm_cmd import API_SERVER_MODULE
+
+    pids = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if API_SERVER_MODULE.encode() in cmdline.read_bytes():
+                pids.add(int(cmdline.parent.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_suite():
+    """Fail the session if a vLLM server started during it is still running at the end (and stop it)."""
+    if not Path("/proc").is_dir():
+        yield
+        return
+    before = _vllm_servers()
+    yield
+    left = _vllm_servers() - before
+    if left:
+        from serving.local_vllm import stop_pid
+
+        for pid in left:
+            stop_pid(pid)
+        pytest.fail(f"vLLM servers started by the tests were still running at the end: pids {sorted(left)}")

@@ -157,11 +157,9 @@ def probe() -> None:
 
 
 def _stop_local_server(state_dir: Path) -> None:
-    pid_file = state_dir / "local_server.json"
-    if pid_file.is_file():
-        from serving.local_process import stop_pid
+    from serving.deploy import stop_local
 
-        stop_pid(int(json.loads(pid_file.read_text())["pid"]))
+    stop_local(state_dir)
 
 
 def test_resume_after_kill_loses_and_repeats_no_pair(chain):
@@ -212,6 +210,9 @@ def test_smoke_run_succeeds_with_versioned_artifacts_and_lineage(chain):
     deployment = run["values"][Artifact.DEPLOYMENT]
     served = {a["name"]: a["path"] for a in deployment["adapters"]}
     assert served["seinfeld-dpo"] == adapter["path"]
+    # The live vLLM says which folder it loaded "seinfeld-dpo" from: the trained adapter's.
+    assert {a["name"]: a["root"] for a in deployment["adapters"]}["seinfeld-dpo"] == adapter["path"]
+    assert deployment["adapters"][0]["sha256"] and "api_key" not in json.dumps(deployment)
     assert {"seinfeld", "seinfeld-dpo"} <= set(deployment["models"])
     # Metadata a dashboard reader wants, on each stage.
     assert steps["judge_preferences"]["metadata"]["tokens_in"] > 0

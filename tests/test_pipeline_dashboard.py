@@ -74,11 +74,9 @@ def dashboard(tmp_path_factory):
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
-        pid_file = base / "serving" / "local_server.json"
-        if pid_file.is_file():
-            from serving.local_process import stop_pid
+        from serving.deploy import stop_local
 
-            stop_pid(int(json.loads(pid_file.read_text())["pid"]))
+        stop_local(base / "serving")
 
 
 def _wait_for_run_url(log: Path, server: subprocess.Popen, port: int) -> str:

@@ -1,139 +1,169 @@
-"""The local OpenAI-compatible server end to end: a subprocess serving the tiny base with two adapters."""
+"""The local server is vLLM itself (CPU build), started from the Modal app's command builder.
+
+The session's `local_vllm` serves the tiny kit's SFT adapter as "seinfeld" and an adapter `train_dpo` just
+trained on the 4-bit path as "seinfeld-dpo". The lifecycle test starts servers of its own (deploy, redeploy,
+reuse, a failed deploy, stop).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
+import os
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
 
-from serving.local_process import _alive, start_local_server
+from serving.local_vllm import _group_alive
 
+ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234
 MESSAGES = [
     {"role": "system", "content": "You write scenes for Seinfeld."},
     {"role": "user", "content": "Jerry and Kramer argue about a parking space."},
 ]
 
-
-def perturbed_copy(adapter: Path, out: Path) -> Path:
-    """A stand-in "DPO" adapter: the SFT adapter with its LoRA B weights moved by seeded noise."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(adapter, out)
-    weights = load_file(out / "adapter_model.safetensors")
-    gen = torch.Generator().manual_seed(0)
-    for name, tensor in weights.items():
-        if "lora_B" in name:
-            # 0.5: large next to the tiny SFT adapter's B (~0.005), so sampled tokens change visibly
-            weights[name] = tensor + 0.5 * torch.randn(tensor.shape, generator=gen)
-    save_file(weights, out / "adapter_model.safetensors")
-    return out
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_kit, tmp_path_factory) -> dict[str, Path]:
-    dpo = perturbed_copy(tiny_kit.sft_adapter_dir, tmp_path_factory.mktemp("dpo") / "adapter")
-    return {"seinfeld": tiny_kit.sft_adapter_dir, "seinfeld-dpo": dpo}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_kit, adapters):
-    with start_local_server(tiny_kit.base_dir, adapters, served_model_name="tiny-base") as handle:
-        yield handle
-    assert handle.process.poll() is not None  # stopped on exit
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
+def client(local_vllm):
+    return openai.OpenAI(base_url=local_vllm.base_url, api_key=local_vllm.api_key, max_retries=0, timeout=120)
 
 
-def sample(client, model: str, **kwargs) -> list[str]:
-    params = {"n": 3, "temperature": 1.0, "max_tokens": 12, "seed": SEED, **kwargs}
-    response = client.chat.completions.create(model=model, messages=MESSAGES, **params)
-    assert [c.index for c in response.choices] == list(range(params["n"]))
-    return [c.message.content for c in response.choices]
+def token_logprobs(client, model: str, seed: int = SEED) -> list[tuple[str, float]]:
+    response = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=8, temperature=0.0,
+                                              seed=seed, logprobs=True)
+    return [(t.token, t.logprob) for t in response.choices[0].logprobs.content]
 
 
-def test_models_list_the_adapters_with_their_parent(client, server):
+def test_models_list_each_adapter_with_its_parent_and_folder(client, local_vllm, tiny_kit, trained_dpo):
     cards = {m.id: m for m in client.models.list().data}
     assert set(cards) == {"tiny-base", "seinfeld", "seinfeld-dpo"}
     assert cards["seinfeld"].parent == cards["seinfeld-dpo"].parent == "tiny-base"
-    assert cards["tiny-base"].parent is None
-    assert server.models == ["tiny-base", "seinfeld", "seinfeld-dpo"]
+    # vLLM's `root` is the folder it loaded: the trained adapter is what "seinfeld-dpo" serves.
+    assert cards["seinfeld-dpo"].root == str(trained_dpo.adapter_dir)
+    assert cards["seinfeld"].root == str(tiny_kit.sft_adapter_dir)
+    assert local_vllm.readiness.roots["seinfeld-dpo"] == str(trained_dpo.adapter_dir)
 
 
-def test_seeded_samples_are_reproducible_distinct_and_differ_by_adapter(client):
-    sft = sample(client, "seinfeld")
-    assert len(sft) == 3 and all(isinstance(t, str) and t for t in sft)
-    assert len(set(sft)) == 3  # n samples of one request differ from each other
-    assert sample(client, "seinfeld") == sft  # same request, same seed: same three texts
-    dpo = sample(client, "seinfeld-dpo")
-    assert sample(client, "seinfeld-dpo") == dpo
-    assert dpo != sft  # the adapter is applied per request
-    assert sample(client, "seinfeld", seed=SEED + 1) != sft
+def test_the_served_dpo_adapter_is_not_the_sft_one(client):
+    """Same prompt, same seed, greedy: the trained adapter changes the token log-probabilities."""
+    sft, dpo = token_logprobs(client, "seinfeld"), token_logprobs(client, "seinfeld-dpo")
+    assert token_logprobs(client, "seinfeld") == sft  # the comparison is not noise
+    assert sft and dpo
+    assert max(abs(a[1] - b[1]) for a, b in zip(sft, dpo, strict=False)) > 1e-3, (sft, dpo)
 
 
-def test_token_limits_and_greedy(client):
-    response = client.chat.completions.create(model="seinfeld", messages=MESSAGES, n=2, max_tokens=4)
-    assert response.usage.completion_tokens <= 2 * 4
-    assert all(c.finish_reason in ("length", "stop") for c in response.choices)
-    response = client.chat.completions.create(model="seinfeld", messages=MESSAGES, max_completion_tokens=3)
-    assert response.usage.completion_tokens <= 3
-    greedy = sample(client, "seinfeld-dpo", temperature=0.0, seed=None)
-    assert len(set(greedy)) == 1  # no sampling: the same answer n times
+def test_every_route_wants_the_api_key(local_vllm):
+    anonymous = openai.OpenAI(base_url=local_vllm.base_url, api_key="wrong-key", max_retries=0, timeout=30)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
+    with urllib.request.urlopen(f"{local_vllm.url}/health", timeout=10) as response:  # open, for probes
+        assert response.status == 200
 
 
-def test_unknown_model_is_an_openai_404(client):
-    with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="seinfeld-ppo", messages=MESSAGES)
-    assert err.value.status_code == 404
-    assert err.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="seinfeld", messages=MESSAGES, n=0)
+def test_seeded_samples_n3_are_reproducible_and_distinct(client):
+    def sample(seed: int) -> list[str]:
+        r = client.chat.completions.create(model="seinfeld", messages=MESSAGES, n=3, temperature=0.9,
+                                           max_tokens=12, seed=seed)
+        return [c.message.content for c in r.choices]
+
+    first = sample(SEED)
+    assert len(first) == 3 and len(set(first)) == 3
+    assert sample(SEED) == first
+    assert sample(SEED + 1) != first
 
 
-async def test_concurrent_requests_as_the_generate_stage_sends_them(server):
-    """AsyncOpenAI, several requests in flight: each gets its own adapter's seeded samples."""
-    async with openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0) as aclient:
-
-        async def one(model: str) -> list[str]:
-            r = await aclient.chat.completions.create(model=model, messages=MESSAGES, n=3, temperature=1.0,
-                                                      max_tokens=12, seed=SEED)
-            return [c.message.content for c in r.choices]
-
-        results = await asyncio.gather(*(one(m) for m in ["seinfeld", "seinfeld-dpo"] * 2))
-    assert results[0] == results[2] and results[1] == results[3]
-    assert results[0] != results[1]
+def test_unknown_model_is_a_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="seinfeld-ppo", messages=MESSAGES, max_tokens=4)
 
 
-def test_local_deploy_restarts_the_server_and_records_it(tiny_kit, adapters, tmp_path):
-    from serving.deploy import deploy_local, load_record
+async def test_generate_stage_samples_three_per_prompt(local_vllm, tmp_path):
+    """The generate stage's engine against the real server: n=3 per prompt, every prompt done."""
+    from engine.generate import GenerateSettings, run_generate
+    from engine.options import RunOptions
+
+    prompts = tmp_path / "prompts.jsonl"
+    lines = (ROOT / "data" / "sample" / "prompts.jsonl").read_text().splitlines()[:5]
+    prompts.write_text("\n".join(lines) + "\n")
+    settings = GenerateSettings(serve_url=local_vllm.base_url, model="seinfeld", n=3, max_tokens=16, seed=0)
+    summary = await run_generate(prompts, tmp_path / "out", settings, RunOptions(concurrency=4, progress=False),
+                                 api_key=local_vllm.api_key)
+    rows = [json.loads(line) for line in summary.output.read_text().splitlines()]
+    assert len(rows) == 5 and all(len(r["completions"]) == 3 for r in rows)
+
+
+def test_deploy_redeploy_reuse_and_stop_one_lifecycle(tiny_kit, trained_dpo, tmp_path):
+    from serving.deploy import deploy_local, live_local, load_record
     from serving.errors import DeployError
 
     state = tmp_path / "state"
-    first = deploy_local(tiny_kit.base_dir, {"seinfeld": adapters["seinfeld"]}, state_dir=state, timeout_s=120)
+    sft = {"seinfeld": tiny_kit.sft_adapter_dir}
+    both = {**sft, "seinfeld-dpo": trained_dpo.adapter_dir}
+    first = deploy_local(tiny_kit.base_dir, sft, state_dir=state, timeout_s=300)
+    pids = [first.pid]
     try:
         assert [a.name for a in first.adapters] == ["seinfeld"]
-        second = deploy_local(tiny_kit.base_dir, adapters, state_dir=state, timeout_s=120)
-        assert second.pid != first.pid and not _alive(first.pid)  # the old server was stopped
-        assert _alive(second.pid)
-        assert [(a.name, a.parent) for a in second.adapters] == [
-            ("seinfeld", str(tiny_kit.base_dir)), ("seinfeld-dpo", str(tiny_kit.base_dir))]
-        assert second.adapters[1].sha256 and second.adapters[1].sha256 != second.adapters[0].sha256
+        assert live_local(state, sft) == first  # still answering with the same files: reused
+        assert live_local(state, both) is None  # not serving the DPO adapter yet
+        assert (state / "local_server.json").stat().st_mode & 0o077 == 0  # the key file is private
+        assert "api_key" not in json.dumps(first.to_dict())  # never in the record (a ZenML artifact)
+
+        second = deploy_local(tiny_kit.base_dir, both, state_dir=state, timeout_s=300)
+        pids.append(second.pid)
+        assert not _group_alive(first.pid), "the old server (and its engine process) was not stopped"
+        dpo = {a.name: a for a in second.adapters}["seinfeld-dpo"]
+        assert dpo.root == dpo.path == str(trained_dpo.adapter_dir)
+        assert dpo.sha256 == "sha256:" + trained_dpo.adapter_sha256
         assert load_record(state, "local") == second
-        assert json.loads((state / "local_server.json").read_text())["pid"] == second.pid
 
         with pytest.raises(DeployError) as err:  # a missing adapter fails before anything is stopped
             deploy_local(tiny_kit.base_dir, {"seinfeld-dpo": tmp_path / "absent"}, state_dir=state)
         assert err.value.part == "adapter missing"
-        assert _alive(second.pid) and load_record(state, "local") == second
-    finally:
-        from serving.local_process import stop_pid
+        assert _group_alive(second.pid) and load_record(state, "local") == second
 
-        stop_pid(json.loads((state / "local_server.json").read_text())["pid"])
+        stop = subprocess.run([sys.executable, "-m", "pipelines.dpo", "deploy", "--local", "--stop",
+                               "--state-dir", str(state)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert stop.returncode == 0, stop.stderr
+        assert "stopped the local server" in stop.stdout
+        assert not _group_alive(second.pid)
+        assert load_record(state, "local") is None and not (state / "local_server.json").exists()
+    finally:
+        from serving.local_vllm import stop_pid
+
+        for pid in pids:
+            stop_pid(pid)
+
+
+def test_a_server_that_cannot_start_is_reported_with_its_log(tiny_kit, tmp_path):
+    from serving.errors import DeployError
+    from serving.local_vllm import start_local_vllm
+
+    broken = tmp_path / "base"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # not a model vLLM can load
+    with pytest.raises(DeployError) as err:
+        start_local_vllm(broken, {"seinfeld": tiny_kit.sft_adapter_dir}, timeout_s=120,
+                         log_path=tmp_path / "server.log")
+    assert err.value.part == "startup"
+    assert "exited with code" in err.value.detail and "server log" in err.value.detail
+
+
+def test_both_adapters_answer_concurrently_over_async_openai(local_vllm):
+    """The AsyncOpenAI path the stages use, both names in flight at once (--max-loras 2)."""
+
+    async def both() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=local_vllm.base_url, api_key=local_vllm.api_key,
+                                      max_retries=0) as aclient:
+            rs = await asyncio.gather(*(aclient.chat.completions.create(
+                model=m, messages=MESSAGES, max_tokens=4, temperature=0.0) for m in ("seinfeld", "seinfeld-dpo")))
+        return [r.model for r in rs]
+
+    assert asyncio.run(both()) == ["seinfeld", "seinfeld-dpo"]

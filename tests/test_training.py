@@ -269,8 +269,7 @@ def test_prompts_longer_than_max_length_are_reported(tiny_kit, good_data, tmp_pa
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"use_cpu": True, "load_in_4bit": True, "bf16": False}, "Set load_in_4bit=False for a CPU run"),
-        ({"use_cpu": True, "load_in_4bit": False, "bf16": True}, "Set bf16=False for a CPU run"),
+        ({"load_in_4bit": True, "bf16": False}, "load_in_4bit=True with bf16=False"),
         ({"max_lora_rank": 48}, r"--max-lora-rank .*got 48"),
         ({"beta": 0}, r"beta must be > 0; got 0"),
         ({"loss_type": "dpo"}, r"loss_type must be one of .*got 'dpo'"),

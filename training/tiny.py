@@ -2,12 +2,14 @@
 
 `ensure_tiny_kit()` returns a folder holding
 - `base/`: a randomly initialised `LlamaForCausalLM` (hidden 128, 2 heads of 64, 2 layers: a shape vLLM's CPU
-  attention accepts) saved with `save_pretrained`, and a byte-level BPE tokenizer trained on `data/sample/prompts.jsonl` with a Llama-3-style chat template,
-  eos (`<|eot_id|>`) and pad tokens. `AutoModelForCausalLM`, `AutoTokenizer` and PEFT load it like any model.
+  attention accepts) saved with `save_pretrained`, and a byte-level BPE tokenizer trained on
+  `data/sample/prompts.jsonl` with a Llama-3-style chat template, eos (`<|eot_id|>`) and pad tokens.
+  `AutoModelForCausalLM`, `AutoTokenizer`, PEFT and vLLM load it like any model.
 - `sft-adapter/`: a LoRA adapter (r=8, q/k/v/o, bias none) from a short real TRL `SFTTrainer` run on the
   sample data: the stand-in for the Seinfeld SFT adapter (served as "seinfeld").
-- `dpo-adapter/`: two CPU steps of `train_dpo` (4-bit NF4 base, as on the L4) from that adapter on pairs made from the sample data
-  (the gold completion chosen, another scene's completion rejected): the stand-in for "seinfeld-dpo".
+- `dpo-adapter/`: two CPU steps of `train_dpo` (4-bit NF4 base, as on the L4) from that adapter on pairs made
+  from the sample data (the gold completion chosen, another scene's completion rejected): the stand-in for
+  "seinfeld-dpo".
 
 The kit is built once into a cache folder keyed by a hash of the recipe, the sample data and the library
 versions, so a changed recipe builds a new kit. A build writes into a temporary folder and renames it into
