@@ -18,8 +18,10 @@ logger = logging.getLogger(__name__)
 
 DASHBOARD_PORT = 8237
 LOCAL_BANNER = """\
-Local profile: the tiny CPU model served locally, the offline reference judge, CPU DPO training and a
-local redeploy. No account, no network, no cost; the numbers it produces only prove the plumbing.
+Local profile: the production stack, small. vLLM (CPU build) serves the tiny model kit, the offline
+reference judge ranks, DPO trains on a 4-bit NF4 base on the CPU, vLLM is redeployed with both adapters
+and stays up (`python -m pipelines.dpo deploy --local --stop` stops it). No account, no network, no
+cost; the numbers it produces only prove the plumbing.
 To go to production (vLLM on Modal, GPT-5 judge, L4 training):
   export SERVE_URL=https://...modal.run/v1 OPENAI_API_KEY=sk-...   # and `modal token new` once
   python -m pipelines.dpo run --profile modal          # settings: configs/modal.yaml

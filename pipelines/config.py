@@ -25,7 +25,8 @@ from pipelines.zenml_home import REPO_ROOT
 PROFILES = ("local", "modal")
 DEFAULT_PROFILE = "local"
 CONFIG_DIR = REPO_ROOT / "configs"
-# In the local profile the generate step starts the tiny model's server itself, on a free port.
+# In the local profile the generate step points itself at the local vLLM (deploying it when none serves the SFT
+# adapter); this placeholder is replaced by the server's URL.
 LOCAL_SERVE_URL = "http://127.0.0.1:0/v1"
 # Engine options the pipeline sets itself: the prompt subset applies --limit, a step never owns signals.
 PIPELINE_RUN_OPTIONS = {
