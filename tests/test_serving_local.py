@@ -1,8 +1,8 @@
 """The local server is vLLM itself (CPU build), started from the Modal app's command builder.
 
 The session's `local_vllm` serves the tiny kit's SFT adapter as "seinfeld" and an adapter `train_dpo` just
-trained on the 4-bit path as "seinfeld-dpo". The lifecycle test starts servers of its own (deploy, redeploy,
-reuse, a failed deploy, stop).
+trained on the 4-bit path as "seinfeld-dpo". The lifecycle test starts servers of its own (deploy, reuse,
+redeploy, failed deploys that keep the previous server, stop).
 """
 
 from __future__ import annotations
@@ -128,6 +128,16 @@ def test_deploy_redeploy_reuse_and_stop_one_lifecycle(tiny_kit, trained_dpo, tmp
         assert err.value.part == "adapter missing"
         assert _group_alive(second.pid) and load_record(state, "local") == second
 
+        broken = tmp_path / "broken-base"  # a server that cannot start: the old one keeps serving
+        broken.mkdir()
+        (broken / "config.json").write_text("{}")
+        with pytest.raises(DeployError) as err:
+            deploy_local(broken, sft, state_dir=state, timeout_s=120)
+        assert err.value.part == "startup"
+        assert "exited with code" in err.value.detail and "server log" in err.value.detail
+        assert _group_alive(second.pid) and load_record(state, "local") == second
+        assert live_local(state, both) == second
+
         stop = subprocess.run([sys.executable, "-m", "pipelines.dpo", "deploy", "--local", "--stop",
                                "--state-dir", str(state)], cwd=ROOT, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -140,20 +150,6 @@ def test_deploy_redeploy_reuse_and_stop_one_lifecycle(tiny_kit, trained_dpo, tmp
 
         for pid in pids:
             stop_pid(pid)
-
-
-def test_a_server_that_cannot_start_is_reported_with_its_log(tiny_kit, tmp_path):
-    from serving.errors import DeployError
-    from serving.local_vllm import start_local_vllm
-
-    broken = tmp_path / "base"
-    broken.mkdir()
-    (broken / "config.json").write_text("{}")  # not a model vLLM can load
-    with pytest.raises(DeployError) as err:
-        start_local_vllm(broken, {"seinfeld": tiny_kit.sft_adapter_dir}, timeout_s=120,
-                         log_path=tmp_path / "server.log")
-    assert err.value.part == "startup"
-    assert "exited with code" in err.value.detail and "server log" in err.value.detail
 
 
 def test_both_adapters_answer_concurrently_over_async_openai(local_vllm):
