@@ -6,8 +6,9 @@
 One local vLLM (CPU build, tiny kit, "seinfeld" = its SFT adapter) serves both clients in turn, after an
 unmeasured warm-up, alternating rounds so that neither gets a warmer server. Both send the same requests:
 each prompt flattened to one user message (system brief + scene), n=3, temperature 0.9, no seed, at most
---max-tokens tokens, with at most --concurrency requests in flight. Prints one JSON line per run and a summary: requests/s and output
-tokens/s of each client, and the engine's share of the benchmark client's (target >= 0.95).
+--max-tokens tokens, with at most --concurrency requests in flight. Prints one JSON line per run and a
+summary: requests/s and output tokens/s of each client, and the engine's share of the benchmark client's
+(target >= 0.95).
 
 Prompts: the real SFT validation prompts when ../shared/data/sft_val.jsonl is there, else the sample.
 """
