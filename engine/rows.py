@@ -88,7 +88,8 @@ def reference_text(value: Any) -> str | None:
 def validate_prompt_row(obj: dict[str, Any]) -> dict[str, Any]:
     """The generate stage's input: {"prompt", "completion"?} as in TRL's prompt-completion format."""
     row: dict[str, Any] = {"prompt": check_prompt(obj.get("prompt"))}
-    reference = reference_text(obj.get("completion", obj.get("reference")))
+    # A preference row (e.g. the split's val.jsonl) has no `completion`: its chosen text is the reference.
+    reference = reference_text(obj.get("completion", obj.get("reference", obj.get("chosen"))))
     if reference is not None:
         row["reference"] = reference
     return row

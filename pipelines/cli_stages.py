@@ -1,4 +1,4 @@
-"""Stage subcommands: generate, judge, estimate, split. No ZenML needed to run any of them."""
+"""Stage subcommands: generate, judge, estimate, split (evaluate: cli_evaluate.py). No ZenML needed to run them."""
 
 from __future__ import annotations
 
@@ -164,9 +164,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _judge_flags(p: argparse.ArgumentParser) -> None:
-    """What the judge does (shared by judge and estimate)."""
-    p.add_argument("--completions", type=Path, required=True, help="the generate stage's completions.jsonl")
+def _judge_flags(p: argparse.ArgumentParser, *, completions: bool = True) -> None:
+    """What the judge does (shared by judge, estimate and evaluate)."""
+    if completions:
+        p.add_argument("--completions", type=Path, required=True, help="the generate stage's completions.jsonl")
     p.add_argument("--backend", choices=("openai", "reference"), default="openai",
                    help="openai: a model ranks (default); reference: offline similarity to the SFT reference")
     p.add_argument("--judge-model", default=None, help="judge model (default: env JUDGE_MODEL, else gpt-5)")

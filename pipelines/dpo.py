@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "pipelines.cli_run",  # run, dashboard
     "pipelines.cli_stages",  # generate, judge, estimate, split
+    "pipelines.cli_evaluate",  # evaluate
     "training.cli",  # upload, train
     "serving.cli",  # deploy, serve-local
 )

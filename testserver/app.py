@@ -344,6 +344,7 @@ class FakeOpenAIServer:
             texts[-1],
         )
         prefer, avoid = marker_slots(last_user, seed, n) if self.options.mark_choices else (None, None)
+        model_marker = self.options.model_markers.get(body["model"])
         lines = (self.options.sample_lines[0], self.options.sample_lines[1])
         choices = []
         completion_tokens = 0
@@ -351,6 +352,8 @@ class FakeOpenAIServer:
             text = sample_text(last_user, seed, i, temperature, lines)
             if i == prefer or i == avoid:  # after the first speaker, where truncation does not reach
                 text = text.replace("] ", f"] {PREFER_MARKER if i == prefer else AVOID_MARKER} ", 1)
+            if model_marker:
+                text = text.replace("] ", f"] {model_marker} ", 1)
             text, cut = truncate(text, limit)
             completion_tokens += estimate_tokens(len(text))
             choices.append(choice(i, text, "length" if cut else "stop"))
@@ -368,7 +371,7 @@ class FakeOpenAIServer:
                 "test server judge: no completion blocks in the prompt; it looks for the regex "
                 f'{self._pattern.pattern!r}, e.g. <completion id="A">text</completion>',
             ), 400
-        verdict = judge(blocks)
+        verdict = judge(blocks, position_bias=self.options.judge_position_bias)
         ranking = list(verdict.ranking)
         if fault is FaultKind.NON_PERMUTATION:
             ranking = ranking[:-1] + [ranking[0]] if len(ranking) > 1 else ranking * 2

@@ -89,6 +89,14 @@ class ServerOptions:
         default=False,
         metadata={"help": "sampled choices carry PREFER-ME / AVOID-ME markers (one of each when n >= 2)"},
     )
+    model_markers: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "model name -> PREFER-ME or AVOID-ME, put into every choice sampled from that model "
+                  "(an A/B judge then always prefers, or rejects, that model's text)"},
+    )
+    judge_position_bias: bool = field(
+        default=False, metadata={"help": "the judge ranks completions in the order shown, ignoring their text"}
+    )
     log_size: int = field(default=10_000, metadata={"help": "entries kept in the request log ring"})
 
     def __post_init__(self) -> None:
@@ -153,6 +161,12 @@ class ServerOptions:
             )
         if not isinstance(self.mark_choices, bool):
             raise ValueError(f"mark_choices must be true or false, got {self.mark_choices!r}")
+        if not isinstance(self.model_markers, dict) or not all(
+            isinstance(k, str) and v in ("PREFER-ME", "AVOID-ME") for k, v in self.model_markers.items()
+        ):
+            raise ValueError(f"model_markers maps model names to 'PREFER-ME' or 'AVOID-ME', got {self.model_markers!r}")
+        if not isinstance(self.judge_position_bias, bool):
+            raise ValueError(f"judge_position_bias must be true or false, got {self.judge_position_bias!r}")
         if not isinstance(self.log_size, int) or self.log_size < 1:
             raise ValueError(f"log_size must be an integer >= 1, got {self.log_size!r}")
 

@@ -126,8 +126,13 @@ def find_blocks(pattern: re.Pattern[str], text: str) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def judge(blocks: Sequence[tuple[str, str]]) -> Verdict:
-    """Rank: PREFER-ME first, AVOID-ME last, the rest by stripped length descending, ties by id."""
+def judge(blocks: Sequence[tuple[str, str]], *, position_bias: bool = False) -> Verdict:
+    """Rank: PREFER-ME first, AVOID-ME last, the rest by stripped length descending, ties by id.
+
+    `position_bias`: rank in the order shown instead (the failure a swap check exists to catch)."""
+    if position_bias:
+        ranking = [cid for cid, _ in blocks]
+        return Verdict(ranking, 4, f"Completion {ranking[0]} comes first, so it is best.")
 
     def key(block: tuple[str, str]) -> tuple[int, int, str]:
         cid, body = block

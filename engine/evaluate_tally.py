@@ -1,0 +1,205 @@
+"""Count an A/B judging run: wins, losses, ties, win rates with Wilson 95% intervals, order agreement, lengths.
+
+Read from the judge stage's files (every pair judged in both orders):
+- preferences.jsonl: both orders agreed; the challenger won when it is the chosen one (index 1), else it lost;
+- preferences.skipped.jsonl: `swap_disagreement` (the orders disagree) and `fewer_than_two_distinct` (the two
+  texts are the same, or empty) are ties; any other skip is a tie too, counted under its reason.
+Errors (preferences.errors.jsonl) are not results: a rerun judges those pairs again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.winrate import WinRate
+
+CHALLENGER = 1  # index of the challenger's text in a pair's completions (the baseline is 0)
+QUOTE_CHARS = 600
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The A/B result, JSON-ready with to_dict()."""
+
+    baseline: str
+    challenger: str
+    wins: int
+    losses: int
+    ties: int
+    ties_by_reason: dict[str, int]
+    win_rate: dict[str, Any]  # engine.winrate.WinRate.to_dict()
+    order_agreement: float | None  # share of pairs where both orders gave the same verdict
+    mean_chars: dict[str, float | None]  # baseline, challenger, winner, loser (decided pairs)
+    longer_wins: float | None  # share of decided pairs won by the longer text (length bias)
+    pairs: int  # pairs in the judge's input
+    judged: int  # pairs with a result (win, loss or tie)
+    cost_usd: float  # judge spend over every judged pair, all runs
+    worst_losses: list[dict[str, Any]] = field(default_factory=list)
+    judge_backend: str | None = None
+    judge_model: str | None = None
+    gate: dict[str, Any] | None = None  # {"min_win_rate", "lower_bound", "passed"} when a gate is set
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def lower_bound(self) -> float:
+        """The lower end of the 95% interval of the win rate over all pairs (ties count half)."""
+        return float(self.win_rate["ci95_all"][0])
+
+    def headline(self) -> str:
+        w = self.win_rate
+        rate = "n/a" if w["win_rate_all"] is None else f"{w['win_rate_all']:.1%}"
+        lo, hi = w["ci95_all"]
+        return (f"{self.challenger} beats {self.baseline} in {self.wins}, loses {self.losses}, ties {self.ties} "
+                f"of {self.judged} pairs: win rate {rate} (95% Wilson interval {lo:.1%}-{hi:.1%}, ties half)")
+
+
+def tally(judge_dir: Path, settings: Any, pairs_path: Path) -> EvalResult:
+    """EvalResult from the judge's output files in `judge_dir` (`settings`: EvaluateSettings)."""
+    agreed = _read(judge_dir / "preferences.jsonl")
+    skipped = _read(judge_dir / "preferences.skipped.jsonl")
+    pairs = {r["id"]: r for r in _read(pairs_path)}
+    wins, losses, ties_by_reason = [], [], {}
+    for row in agreed:
+        (wins if row["judge"]["chosen_index"] == CHALLENGER else losses).append(row)
+    for row in skipped:
+        reason = row.get("reason", "unknown")
+        ties_by_reason[reason] = ties_by_reason.get(reason, 0) + 1
+    ties = sum(ties_by_reason.values())
+    both_orders = len(agreed) + ties_by_reason.get("swap_disagreement", 0)
+    base_len, chal_len, win_len, lose_len, longer_won = [], [], [], [], []
+    for row in agreed + skipped:
+        texts = pairs.get(row["id"], {}).get("completions")
+        if texts:
+            base_len.append(len(texts[0]))
+            chal_len.append(len(texts[1]))
+    for row in agreed:
+        texts = pairs.get(row["id"], {}).get("completions")
+        if not texts:
+            continue
+        winner = row["judge"]["chosen_index"]
+        win_len.append(len(texts[winner]))
+        lose_len.append(len(texts[1 - winner]))
+        if len(texts[0]) != len(texts[1]):
+            longer_won.append(len(texts[winner]) > len(texts[1 - winner]))
+    rate = WinRate(len(wins), len(losses), ties)
+    judge_meta = next((r["judge"] for r in agreed if "judge" in r), None) or next(
+        (r["judge"] for r in skipped if isinstance(r.get("judge"), dict)), {})
+    gate = None
+    if settings.min_win_rate is not None:
+        lower = rate.interval_all[0]
+        gate = {"min_win_rate": settings.min_win_rate, "lower_bound": round(lower, 4),
+                "passed": bool(rate.total) and lower >= settings.min_win_rate}
+    return EvalResult(
+        baseline=settings.baseline,
+        challenger=settings.challenger,
+        wins=len(wins),
+        losses=len(losses),
+        ties=ties,
+        ties_by_reason=ties_by_reason,
+        win_rate=rate.to_dict(),
+        order_agreement=round(len(agreed) / both_orders, 4) if both_orders else None,
+        mean_chars={"baseline": _mean(base_len), "challenger": _mean(chal_len), "winner": _mean(win_len),
+                    "loser": _mean(lose_len)},
+        longer_wins=round(sum(longer_won) / len(longer_won), 4) if longer_won else None,
+        pairs=len(pairs),
+        judged=len(agreed) + ties,
+        cost_usd=round(sum(_cost(r) for r in agreed + skipped), 6),
+        worst_losses=_worst(losses, pairs, settings.worst_losses),
+        judge_backend=judge_meta.get("backend"),
+        judge_model=judge_meta.get("model"),
+        gate=gate,
+    )
+
+
+def _worst(losses: list[dict[str, Any]], pairs: dict[str, dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The losses the judge was surest of (lowest confidence of the two orders, highest first), quoted."""
+    def confidence(row: dict[str, Any]) -> int:
+        swap = row["judge"].get("swap") or {}
+        return min(row["judge"].get("confidence", 0), swap.get("confidence", row["judge"].get("confidence", 0)))
+
+    out = []
+    for row in sorted(losses, key=lambda r: (-confidence(r), r["id"]))[:k]:
+        texts = pairs.get(row["id"], {}).get("completions", ["", ""])
+        prompt = row["prompt"]
+        scene = prompt if isinstance(prompt, str) else next(
+            (m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+        out.append({"id": row["id"], "confidence": confidence(row), "reason": row["judge"].get("reason"),
+                    "scene": _cut(scene), "baseline": _cut(texts[0]), "challenger": _cut(texts[1])})
+    return out
+
+
+def write_result(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
+    """result.json and report.md in `out_dir` (each written whole, then renamed into place)."""
+    json_path, md_path = out_dir / "result.json", out_dir / "report.md"
+    for path, text in ((json_path, json.dumps(result.to_dict(), indent=2) + "\n"), (md_path, render(result))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return json_path, md_path
+
+
+def render(r: EvalResult) -> str:
+    """The Markdown report a person reads (also the ZenML artifact's visualization)."""
+    w = r.win_rate
+    pct = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
+    lines = [f"# A/B: {r.challenger} vs {r.baseline}", "", f"**{r.headline()}**", ""]
+    if r.gate is not None:
+        verdict = "passed" if r.gate["passed"] else "FAILED"
+        lines += [f"Gate {verdict}: lower end of the interval {pct(r.gate['lower_bound'])} vs min_win_rate "
+                  f"{pct(r.gate['min_win_rate'])}.", ""]
+    lines += [
+        "| | value |", "|---|---|",
+        f"| wins / losses / ties | {r.wins} / {r.losses} / {r.ties} |",
+        f"| win rate, decided pairs (ties left out) | {pct(w['win_rate_decided'])} "
+        f"[{pct(w['ci95_decided'][0])}, {pct(w['ci95_decided'][1])}] of {w['decided']} |",
+        f"| win rate, all pairs (ties half) | {pct(w['win_rate_all'])} "
+        f"[{pct(w['ci95_all'][0])}, {pct(w['ci95_all'][1])}] of {w['total']} |",
+        f"| order agreement (A/B and B/A give the same verdict) | {pct(r.order_agreement)} |",
+        f"| ties by reason | {', '.join(f'{k}: {v}' for k, v in sorted(r.ties_by_reason.items())) or '-'} |",
+        f"| mean characters: {r.baseline} / {r.challenger} | {r.mean_chars['baseline']} / "
+        f"{r.mean_chars['challenger']} |",
+        f"| mean characters: winners / losers | {r.mean_chars['winner']} / {r.mean_chars['loser']} |",
+        f"| decided pairs won by the longer text (length bias) | {pct(r.longer_wins)} |",
+        f"| pairs judged / in the input | {r.judged} / {r.pairs} |",
+        f"| judge | {r.judge_backend or '-'} {r.judge_model or ''}, ${r.cost_usd:.4f} |",
+        "", "Intervals: Wilson score, 95%. A pair is a win or a loss only when the judge agrees in both orders.",
+    ]
+    if r.worst_losses:
+        lines += ["", "## Worst losses", ""]
+        for loss in r.worst_losses:
+            lines += [f"### {loss['id']} (confidence {loss['confidence']})", "", f"> {loss['reason']}", "",
+                      "Scene:", "", _quote(loss["scene"]), "", f"{r.baseline} (won):", "", _quote(loss["baseline"]),
+                      "", f"{r.challenger} (lost):", "", _quote(loss["challenger"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return "\n".join("    " + line for line in (text or "(empty)").splitlines()) or "    (empty)"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + " …"
+
+
+def _mean(values: list[int]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
+
+
+def _cost(row: dict[str, Any]) -> float:
+    judge = row.get("judge")
+    usage = judge.get("usage") if isinstance(judge, dict) else None
+    return float(usage.get("cost_usd", 0.0)) if isinstance(usage, dict) else 0.0
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open("rb") as f:
+        return [orjson.loads(line) for line in f if line.strip()]

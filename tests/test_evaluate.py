@@ -1,0 +1,144 @@
+"""The evaluate stage: a judged A/B of "seinfeld-dpo" over "seinfeld", every pair judged in both orders.
+
+Against the project's test server (it samples both models and judges; `model_markers` puts PREFER-ME or
+AVOID-ME into one model's samples, `judge_position_bias` makes a judge that always picks the first shown),
+and once against the real local vLLM with the offline reference judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+
+import orjson
+import pytest
+
+from engine.evaluate import EvaluateSettings, run_evaluate
+from engine.generate import GenerateSettings
+from engine.judge_settings import JudgeSettings
+from engine.options import RunOptions
+from engine.winrate import wilson_interval
+from tests.helpers import ROOT, SAMPLE, cli, env, read_jsonl, wait_for_lines, write_prompts
+from testserver import start_server
+
+N = 12
+
+
+def evaluate(server, prompts, out, settings: EvaluateSettings | None = None, **judge) -> object:
+    generate = GenerateSettings(serve_url=server.url, max_tokens=64, seed=0)
+    judge_settings = JudgeSettings(judge_url=server.url, judge_model="gpt-5", **judge)
+    return asyncio.run(run_evaluate(prompts, out, settings or EvaluateSettings(), generate, judge_settings,
+                                    RunOptions(concurrency=4, progress=False), judge_api_key="test-key"))
+
+
+def test_a_judge_that_prefers_the_challenger_gives_all_wins_and_the_wilson_interval(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", N)
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}) as server:
+        run = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out")
+        judged = server.stats(log=False)["by_kind"].get("judge", 0)
+    r = run.result
+    assert (r.wins, r.losses, r.ties, r.judged) == (N, 0, 0, N)
+    assert judged == 2 * N  # both orders, every pair
+    assert r.order_agreement == 1.0
+    lo, hi = wilson_interval(N, N)
+    assert r.win_rate["win_rate_decided"] == 1.0 and r.win_rate["ci95_decided"] == [round(lo, 4), round(hi, 4)]
+    assert r.win_rate["interval"] == "wilson" and r.lower_bound == round(lo, 4)
+    assert r.mean_chars["challenger"] > 0 and r.mean_chars["winner"] == r.mean_chars["challenger"]
+    assert run.exit_code == 0
+    saved = orjson.loads((tmp_path / "out" / "result.json").read_bytes())
+    assert saved["wins"] == N and "Worst losses" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_losses_are_counted_and_the_worst_ones_quoted(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", N)
+    with start_server(model_markers={"seinfeld-dpo": "AVOID-ME"}) as server:
+        r = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out").result
+    assert (r.wins, r.losses, r.ties) == (0, N, 0)
+    assert len(r.worst_losses) == 3 and "AVOID-ME" in r.worst_losses[0]["challenger"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Worst losses" in report and "AVOID-ME" in report
+
+
+def test_an_order_biased_judge_yields_ties_not_wins(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", N)
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, judge_position_bias=True) as server:
+        r = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out").result
+    assert (r.wins, r.losses, r.ties) == (0, 0, N)
+    assert r.ties_by_reason == {"swap_disagreement": N}
+    assert r.order_agreement == 0.0 and r.win_rate["win_rate_all"] == 0.5
+
+
+def test_identical_answers_are_ties(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", 4)
+    with start_server() as server:  # both models sample the same text for the same prompt and seed
+        r = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out").result
+    assert r.ties_by_reason == {"fewer_than_two_distinct": 4} and r.wins == r.losses == 0
+
+
+@pytest.mark.parametrize(("offset", "passed"), [(-0.001, True), (+0.001, False)])
+def test_the_gate_passes_and_fails_on_the_right_side_of_its_threshold(tmp_path, offset, passed):
+    lower = wilson_interval(N, N)[0]  # all N pairs won: the interval's lower end
+    threshold = round(lower + offset, 4)  # just below it passes, just above it fails
+    write_prompts(tmp_path / "p.jsonl", N)
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}) as server:
+        args = ["evaluate", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "out"),
+                "--serve-url", server.url, "--judge-url", server.url, "--judge-model", "gpt-5",
+                "--max-tokens", "64", "--min-win-rate", str(threshold), "--no-progress"]
+        done = subprocess.run(cli(*args), cwd=ROOT, env=env() | {"OPENAI_API_KEY": "k" * 20}, capture_output=True,
+                              text=True, timeout=120)
+    gate = orjson.loads((tmp_path / "out" / "result.json").read_bytes())["gate"]
+    assert gate["passed"] is passed and gate["lower_bound"] == round(lower, 4)
+    assert done.returncode == (0 if passed else 1), done.stderr
+    assert ("gate failed" in done.stderr) is not passed
+
+
+def test_kill_during_judging_then_resume_pays_no_pair_twice(tmp_path):
+    rows = 20
+    write_prompts(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "out"
+    args = ["evaluate", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(out), "--serve-url", "URL",
+            "--judge-url", "URL", "--judge-model", "gpt-5", "--max-tokens", "64", "--concurrency", "2", "--no-progress"]
+    e = env() | {"OPENAI_API_KEY": "k" * 20}
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, model_latency={"gpt-5": 0.15}) as server:
+        argv = cli(*[server.url if a == "URL" else a for a in args])
+        proc = subprocess.Popen(argv, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_lines(out / "judge" / "preferences.jsonl", 5, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = len(read_jsonl(out / "judge" / "preferences.jsonl"))
+        done = subprocess.run(argv, cwd=ROOT, env=e, capture_output=True, text=True, timeout=120)
+        judged = server.stats(log=False)["by_kind"].get("judge", 0)
+    assert done.returncode == 0, done.stderr
+    ids = [r["id"] for r in read_jsonl(out / "judge" / "preferences.jsonl")]
+    assert len(ids) == len(set(ids)) == rows and before < rows
+    # Two requests per pair (both orders); at most the 2 rows in flight at the kill are paid again.
+    assert 2 * rows <= judged <= 2 * rows + 2 * 2, judged
+    assert orjson.loads((out / "result.json").read_bytes())["wins"] == rows
+
+
+def test_a_bad_prompt_row_is_rejected_with_file_and_line_and_nothing_lost(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", 3)
+    with (tmp_path / "p.jsonl").open("a") as f:
+        f.write('{"prompt": 7}\n')
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}) as server:
+        run = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out")
+    assert run.result.wins == 3
+    rejects = read_jsonl(tmp_path / "out" / "samples" / "seinfeld" / "completions.rejects.jsonl")
+    assert len(rejects) == 1 and rejects[0]["file"].endswith("p.jsonl") and rejects[0]["line"] == 4
+    assert "prompt" in rejects[0]["problem"]
+
+
+@pytest.mark.slow
+def test_against_the_local_vllm_with_the_reference_judge(local_vllm, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(SAMPLE.read_text().splitlines()[:6]) + "\n")
+    generate = GenerateSettings(serve_url=local_vllm.base_url, max_tokens=24, seed=0)
+    run = asyncio.run(run_evaluate(prompts, tmp_path / "out", EvaluateSettings(), generate,
+                                   JudgeSettings(backend="reference"), RunOptions(concurrency=4, progress=False),
+                                   serve_api_key=local_vllm.api_key))
+    r = run.result
+    assert r.pairs == 6 and r.judged == 6 and r.wins + r.losses + r.ties == 6
+    assert r.judge_backend == "reference" and r.cost_usd == 0
+    assert run.exit_code == 0
