@@ -58,14 +58,20 @@ def local_vllm(tiny_kit, trained_dpo, tmp_path_factory):
         yield server
 
 
-def _vllm_servers() -> set[int]:
+SESSION_ENV = "NGPT_TEST_SESSION"  # every process the suite starts inherits it, vLLM servers included
+
+
+def _vllm_servers(marker: bytes) -> set[int]:
+    """vLLM servers whose environment carries this session's marker (not a user's, not another session's)."""
     from serving.vllm_cmd import API_SERVER_MODULE
 
     pids = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if API_SERVER_MODULE.encode() in cmdline.read_bytes():
-                pids.add(int(cmdline.parent.name))
+            if API_SERVER_MODULE.encode() in (proc / "cmdline").read_bytes() and marker in (
+                proc / "environ"
+            ).read_bytes().split(b"\0"):
+                pids.add(int(proc.name))
         except (OSError, ValueError):
             continue
     return pids
@@ -73,13 +79,17 @@ def _vllm_servers() -> set[int]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_server_outlives_the_suite():
-    """Fail the session if a vLLM server started during it is still running at the end (and stop it)."""
+    """Fail the session if a vLLM server it started is still running at the end (and stop it)."""
     if not Path("/proc").is_dir():
         yield
         return
-    before = _vllm_servers()
+    import os
+    import uuid
+
+    os.environ[SESSION_ENV] = uuid.uuid4().hex
+    marker = f"{SESSION_ENV}={os.environ[SESSION_ENV]}".encode()
     yield
-    left = _vllm_servers() - before
+    left = _vllm_servers(marker)
     if left:
         from serving.local_vllm import stop_pid
 
