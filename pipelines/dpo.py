@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pipelines.cli_evaluate",  # evaluate
     "training.cli",  # upload, train
     "serving.cli",  # deploy, serve-local
+    "arena.cli",  # arena, arena export
 )
 
 

@@ -1,0 +1,248 @@
+"""The arena's Gradio page: a scene, two hidden models streaming side by side, four vote buttons, the tally.
+
+Imported only by `python -m pipelines.dpo arena` (Gradio takes seconds to import). Everything a session
+needs lives in `Arena`; the page keeps the round (models, texts) on the server in a per-session `gr.State`,
+so the browser never sees which side is which model until it has voted, and never sees the API key.
+"""
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a private arena
+
+import gradio as gr  # noqa: E402
+import openai  # noqa: E402
+
+from arena.duel import Answer, Sampling, duel  # noqa: E402
+from arena.endpoint import Endpoint  # noqa: E402
+from arena.rounds import Round  # noqa: E402
+from arena.scenes import SceneBook  # noqa: E402
+from arena.votes import Tally, VoteLog  # noqa: E402
+from engine.client import make_client  # noqa: E402
+from engine.errors import ConfigError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Plain text and arrows only: emoji need a font that headless and minimal systems often lack.
+VOTE_BUTTONS = (("left", "⬅ Left is better"), ("right", "Right is better ➡"), ("tie", "Tie"),
+                ("both_bad", "Both bad"))
+PHASES = {"waiting": "waiting for the first token…", "waking": "waking the model…", "streaming": "writing…",
+          "done": "done", "error": "failed"}
+CSS = ".answer textarea {font-family: ui-monospace, monospace; font-size: 0.9em}"
+
+
+@dataclass(frozen=True)
+class ArenaSettings:
+    baseline: str = "seinfeld"
+    challenger: str = "seinfeld-dpo"
+    sampling: Sampling = Sampling()
+    wake_after_s: float = 5.0  # no first token after this long: say the model is waking
+    timeout_s: float = 600.0  # per request: how long a cold endpoint may take to answer at all
+    concurrency: int = 16  # browser sessions sampling at once
+
+    def __post_init__(self) -> None:
+        if not self.baseline or not self.challenger or self.baseline == self.challenger:
+            raise ConfigError(f"the arena compares two different served models; got {self.baseline!r} and "
+                              f"{self.challenger!r}")
+        if self.wake_after_s <= 0 or self.timeout_s <= self.wake_after_s:
+            raise ConfigError(f"need 0 < wake_after_s < timeout_s; got {self.wake_after_s} and {self.timeout_s}")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1; got {self.concurrency}")
+
+
+class Arena:
+    """What every session shares: endpoint, scenes, vote log, settings, one client per event loop."""
+
+    def __init__(self, endpoint: Endpoint, scenes: SceneBook, votes: VoteLog, settings: ArenaSettings,
+                 rng: random.Random | None = None):
+        self.endpoint, self.scenes, self.votes, self.settings = endpoint, scenes, votes, settings
+        self.rng = rng or random.Random()
+        self._client: openai.AsyncOpenAI | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = make_client(self.endpoint.base_url, self.endpoint.api_key, timeout_s=self.settings.timeout_s,
+                                       concurrency=2 * self.settings.concurrency)
+            self._client_loop = loop
+        return self._client
+
+    def close_client(self) -> None:
+        """Close the HTTP client on its own loop (call it while the page's server still runs)."""
+        client, loop = self._client, self._client_loop
+        self._client = self._client_loop = None
+        if client is not None and loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
+
+    def tally(self) -> Tally:
+        return self.votes.tally(self.settings.baseline, self.settings.challenger)
+
+
+def build_page(arena: Arena) -> gr.Blocks:
+    s = arena.settings
+    with gr.Blocks(title="A/B arena") as page:
+        gr.Markdown(
+            f"## A/B arena: which continuation is more Seinfeld?\n"
+            f"Two models continue the same scene with the same settings, in a random left/right order, names "
+            f"hidden until you vote. Endpoint `{arena.endpoint.public_url}` ({arena.endpoint.source}); votes go to "
+            f"`{arena.votes.path}`; held-out scenes from `{arena.scenes.path}`."
+        )
+        round_state = gr.State(None)
+        with gr.Row():
+            scene = gr.Textbox(label="Scene (the show's writer brief is the system message)", lines=5, scale=4,
+                               placeholder="[JERRY] ...\n[GEORGE] ...", elem_id="scene")
+            with gr.Column(scale=1, min_width=200):
+                sample = gr.Button("Sample both models", variant="primary", elem_id="sample")
+                held_out = gr.Button("Random held-out prompt", elem_id="held-out")
+        with gr.Accordion("Settings (the same for both models)", open=False):
+            with gr.Row():
+                temperature = gr.Slider(0, 2, value=s.sampling.temperature, step=0.05, label="temperature")
+                max_tokens = gr.Slider(16, 1024, value=s.sampling.max_tokens, step=16, label="max tokens")
+                seed = gr.Number(value=s.sampling.seed, precision=0, label="seed (empty: a new one each round)")
+        status = gr.Markdown("Type a scene or draw one, then sample.", elem_id="status")
+        with gr.Row(equal_height=True):
+            with gr.Column():
+                left_name = gr.Markdown("### Left", elem_id="left-name")
+                left = gr.Textbox(show_label=False, lines=12, max_lines=24, interactive=False, elem_id="left",
+                                  elem_classes="answer")
+            with gr.Column():
+                right_name = gr.Markdown("### Right", elem_id="right-name")
+                right = gr.Textbox(show_label=False, lines=12, max_lines=24, interactive=False, elem_id="right",
+                                   elem_classes="answer")
+        with gr.Row():
+            buttons = {v: gr.Button(label, interactive=False, elem_id=f"vote-{v.replace('_', '-')}")
+                       for v, label in VOTE_BUTTONS}
+        tally = gr.Markdown(elem_id="tally")
+
+        answer_outputs = [left, right, left_name, right_name, status, *buttons.values(), sample, round_state]
+
+        async def on_sample(text: str, temp: float, tokens: float, seed_value: float | None):
+            async for update in _sample(arena, text, temp, tokens, seed_value):
+                yield update
+
+        def on_load():
+            return arena.scenes.draw(arena.rng).text, _tally_markdown(arena)
+
+        page.load(on_load, None, [scene, tally])
+        held_out.click(lambda: arena.scenes.draw(arena.rng).text, None, scene)
+        sample.click(on_sample, [scene, temperature, max_tokens, seed], answer_outputs)
+        for vote in buttons:
+            buttons[vote].click(_vote_handler(arena, vote), round_state,
+                                [left_name, right_name, status, *buttons.values(), tally, round_state])
+    page.queue(default_concurrency_limit=s.concurrency)
+    return page
+
+
+async def _sample(arena: Arena, text: str, temp: float, tokens: float, seed_value: float | None):
+    """Yield the page's answer outputs while both models stream (see `answer_outputs`)."""
+    s = arena.settings
+    try:
+        scene = arena.scenes.scene_for(text or "")
+        seed = int(seed_value) if seed_value not in (None, "") else arena.rng.randrange(2**31)
+        sampling = Sampling(temperature=float(temp), max_tokens=int(tokens), seed=seed)
+    except (ValueError, ConfigError) as e:
+        yield _answer_outputs(None, f"**Cannot sample:** {e}")
+        return
+    rnd = Round.start(scene, s.baseline, s.challenger, sampling, arena.endpoint.public_url, arena.rng)
+    log.info("round %s: %s scene, seed %d", rnd.id, scene.source, seed)
+    async for left, right in duel(arena.client(), scene.prompt, rnd.models, sampling, wake_after_s=s.wake_after_s):
+        rnd.answers = {"left": left, "right": right}
+        yield _answer_outputs(rnd, _status(rnd, s.timeout_s), busy=not (left.finished and right.finished))
+
+
+def _answer_outputs(rnd: Round | None, status: str, *, busy: bool = False) -> list[Any]:
+    answers = rnd.answers if rnd else {}
+    texts = [_shown_text(answers.get(side)) for side in ("left", "right")]
+    failed = any(a.phase == "error" for a in answers.values())
+    names = [_side_title(side, answers.get(side), rnd.model_on(side) if (rnd and failed) else None)
+             for side in ("left", "right")]
+    votable = bool(rnd and rnd.votable)
+    vote_buttons = [gr.update(interactive=votable) for _ in VOTE_BUTTONS]
+    return [*texts, *names, status, *vote_buttons, gr.update(interactive=not busy), rnd]
+
+
+def _shown_text(answer: Answer | None) -> str:
+    if answer is None:
+        return ""
+    if answer.phase == "error":
+        return f"{answer.text}\n\n[{answer.error}]" if answer.text else f"[{answer.error}]"
+    return answer.text
+
+
+def _side_title(side: str, answer: Answer | None, model: str | None = None) -> str:
+    """'### Left · writing…'; with `model` (after the vote, or when the round failed) the name is shown."""
+    title = f"### {side.capitalize()}"
+    if model:
+        title += f": {model}"
+    if answer is not None:
+        phase = PHASES[answer.phase]
+        if answer.phase == "done" and answer.finish_reason:
+            phase += f" ({answer.finish_reason}, {answer.seconds:.1f} s)"
+        title += f" · {phase}"
+    return title
+
+
+def _status(rnd: Round, timeout_s: float) -> str:
+    answers = list(rnd.answers.values())
+    errors = [f"**{side.capitalize()}** ({rnd.model_on(side)}): {a.error}" for side, a in rnd.answers.items()
+              if a.phase == "error"]
+    if errors:
+        return "**The endpoint failed**, so this round cannot be voted on (names shown). " + " ".join(errors)
+    if any(a.phase == "waking" for a in answers):
+        return (f"**Waking the model**: no token yet. A cold endpoint (Modal scales to zero) takes a few "
+                f"minutes to load; waiting up to {timeout_s:g} s.")
+    if all(a.finished for a in answers):
+        return "Both answers are in: which one is more Seinfeld? Vote below."
+    return "Both models are writing…"
+
+
+def _vote_handler(arena: Arena, vote: str):
+    def on_vote(rnd: Round | None, request: gr.Request):
+        if rnd is None or not rnd.votable:
+            status = "Nothing to vote on: sample a round first." if rnd is None or rnd.vote is None else \
+                "This round already has your vote: sample another one."
+            return [gr.update(), gr.update(), status, *[gr.update() for _ in VOTE_BUTTONS], gr.update(), rnd]
+        record = rnd.vote_record(vote, _session_id(request))
+        arena.votes.append(record)
+        rnd.vote = vote
+        log.info("vote %s in round %s: %s (winner %s)", record["id"], rnd.id, vote, record["winner"])
+        names = [_side_title(side, rnd.answers[side], rnd.model_on(side)) for side in ("left", "right")]
+        picked = {"left": "Left", "right": "Right", "tie": "a tie", "both_bad": "both bad"}[vote]
+        winner = f" ({record['winner']} wins)" if record["winner"] else ""
+        status = f"**Vote recorded:** {picked}{winner}. Sample another round."
+        return [*names, status, *[gr.update(interactive=False) for _ in VOTE_BUTTONS], _tally_markdown(arena), rnd]
+
+    return on_vote
+
+
+def _session_id(request: gr.Request | None) -> str:
+    raw = getattr(request, "session_hash", None) or "api"
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def _tally_markdown(arena: Arena) -> str:
+    t = arena.tally()
+    w = t.win_rate.to_dict()
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.0%}"
+
+    return (
+        f"**Tally** of {_count(w['total'], 'vote')} in `{arena.votes.path}`: **{t.challenger}** preferred "
+        f"{_count(t.wins, 'time')} · **{t.baseline}** preferred {_count(t.losses, 'time')} · "
+        f"{_count(t.ties, 'tie')} · {t.both_bad} both bad\n\n"
+        f"Win rate of {t.challenger}: **{pct(w['win_rate_all'])}** of all votes, ties and both-bad half "
+        f"(95% interval {pct(w['ci95_all'][0])}–{pct(w['ci95_all'][1])}); {pct(w['win_rate_decided'])} of "
+        f"{w['decided']} decided (95% interval {pct(w['ci95_decided'][0])}–{pct(w['ci95_decided'][1])}). "
+        "Wilson intervals, as in the evaluate stage."
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
