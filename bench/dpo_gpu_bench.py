@@ -178,7 +178,6 @@ def run(args: argparse.Namespace) -> dict:
             "eval_steps": 10_000,  # no evaluation inside the timed steps
             "save_steps": 10_000,
             "report_to": "none",
-            "resume": False,
         }
         config = DPOTrainConfig.cpu_test(**settings) if args.cpu else DPOTrainConfig(**settings)
         if cuda:

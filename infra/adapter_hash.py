@@ -26,3 +26,11 @@ def adapter_sha256(adapter_dir: str | Path) -> str:
                     digest.update(chunk)
             h.update(digest.digest())
     return h.hexdigest()
+
+
+FOLDER_CHARS = 16  # 64 bits of the hash name an adapter's folder: enough to tell adapters apart
+
+
+def adapter_folder_name(sha256: str) -> str:
+    """The content-addressed folder name of an adapter with this hash ('sha256:' prefix or bare hex)."""
+    return sha256.removeprefix("sha256:")[:FOLDER_CHARS]

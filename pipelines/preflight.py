@@ -1,9 +1,9 @@
 """Before the first paid call of the modal profile: is every credential and endpoint there?
 
 Two passes, each listing every problem it finds rather than the first:
-1. offline (instant, no network): SERVE_URL, OPENAI_API_KEY and a Modal token are configured;
-2. online (free calls only): the SFT endpoint lists the model, OpenAI accepts the key and knows the judge
-   model, Modal accepts the token and holds the secrets the training app mounts.
+1. offline (instant, no network): SERVE_URL, SERVE_API_KEY, OPENAI_API_KEY and a Modal token are configured;
+2. online (free calls only): the SFT endpoint accepts the key and lists the model, OpenAI accepts the key and
+   knows the judge model, Modal accepts the token and holds the secrets the apps mount.
 The second pass runs only when the first found nothing. Secrets are checked for presence, never printed.
 """
 
@@ -35,6 +35,11 @@ def offline_problems(cfg: Any, env: Mapping[str, str] | None = None) -> list[str
             "SERVE_URL=https://<workspace>--nothing-gpt-serve-serve.modal.run/v1 (`python -m pipelines.dpo deploy` "
             "prints it)"
         )
+    if not env.get("SERVE_API_KEY"):
+        problems.append(
+            f"SERVE_API_KEY is not set: export the key the endpoint wants (the SERVE_API_KEY stored in the Modal "
+            f"secret {NAMES.serve_key_secret!r})"
+        )
     if cfg.judge.backend == "openai" and cfg.judge.judge_url is None and not env.get("OPENAI_API_KEY"):
         problems.append("OPENAI_API_KEY is not set: export your OpenAI API key for the GPT-5 judge")
     from serving.deploy import modal_credentials_problem
@@ -51,12 +56,16 @@ def online_problems(cfg: Any, env: Mapping[str, str] | None = None, timeout_s: f
     problems = []
     serve_url = cfg.generate.serve_url.rstrip("/")
     try:
-        models = [m.get("id") for m in _get_json(f"{serve_url}/models", None, timeout_s).get("data", [])]
+        models = [m.get("id") for m in _get_json(f"{serve_url}/models", env.get("SERVE_API_KEY"), timeout_s)
+                  .get("data", [])]
         if cfg.generate.model not in models:
             problems.append(
                 f"SERVE_URL {serve_url} does not serve {cfg.generate.model!r} (it lists {models}); "
                 "redeploy with `python -m pipelines.dpo deploy`"
             )
+    except urllib.error.HTTPError as e:
+        problems.append(f"SERVE_URL {serve_url}: HTTP {e.code} for GET /models"
+                        + ("; the endpoint refused SERVE_API_KEY" if e.code in (401, 403) else ""))
     except (OSError, ValueError) as e:
         problems.append(
             f"SERVE_URL {serve_url} did not answer GET /models within {timeout_s:g} s ({e}); a cold start can "
@@ -77,12 +86,12 @@ def online_problems(cfg: Any, env: Mapping[str, str] | None = None, timeout_s: f
 
 
 def _modal_problems() -> list[str]:
-    """Modal accepts the token, and the secrets the training app mounts exist."""
+    """Modal accepts the token, and the secrets the apps mount exist."""
     import modal
     import modal.exception
 
     problems = []
-    for secret in (s for s in (NAMES.hf_secret, NAMES.wandb_secret) if s):  # "" = not used
+    for secret in (s for s in (NAMES.hf_secret, NAMES.wandb_secret, NAMES.serve_key_secret) if s):  # "" = unused
         try:
             modal.Secret.from_name(secret).hydrate()
         except modal.exception.AuthError as e:
@@ -90,7 +99,7 @@ def _modal_problems() -> list[str]:
         except modal.exception.NotFoundError:
             problems.append(
                 f"Modal secret {secret!r} is missing: create it with `modal secret create {secret} KEY=...` "
-                "(HF_TOKEN for the gated base model, WANDB_API_KEY for W&B)"
+                "(HF_TOKEN for the gated base model, WANDB_API_KEY for W&B, SERVE_API_KEY for the endpoint)"
             )
         except Exception as e:  # reported with its type: any other failure still blocks a paid run
             problems.append(f"checking Modal secret {secret!r} failed: {type(e).__name__}: {e}")

@@ -7,40 +7,43 @@ description and the local server, so all three judge an adapter folder the same 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from infra.adapter_hash import ADAPTER_CONFIG, adapter_sha256
+from infra.lora_rules import lora_problems
 
 # The ranks vLLM accepts for --max-lora-rank (vLLM 0.33 LoRAConfig).
 VALID_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def adapter_problem(path: str | Path, *, max_lora_rank: int | None = None) -> str | None:
-    """Why vLLM would not load the adapter folder at `path`, or None when it looks loadable.
-
-    Checks what vLLM checks at load (NOTES.md): the folder and its adapter_config.json exist,
-    rank <= max_lora_rank, bias "none", no DoRA, no modules_to_save.
-    """
+    """Why vLLM would not load the adapter folder at `path` (on this disk), or None when it looks loadable."""
     folder = Path(path)
     if not folder.is_dir():
         return f"no adapter folder at {folder}"
     config_file = folder / ADAPTER_CONFIG
-    if not config_file.is_file():
-        return f"{folder} has no {ADAPTER_CONFIG}"
+    config = config_file.read_bytes() if config_file.is_file() else None
+    return adapter_config_problem(folder, config, [p.name for p in folder.iterdir()], max_lora_rank=max_lora_rank)
+
+
+def adapter_config_problem(path: str | Path, config: bytes | None, files: Iterable[str] | None, *,
+                           max_lora_rank: int | None = None) -> str | None:
+    """vLLM's load rules (infra.lora_rules) for an adapter folder known by its file names and config bytes.
+
+    Used for folders on this disk and on the Modal volume alike; `files` None: no such folder. None when it
+    looks loadable.
+    """
+    if files is None:
+        return f"no adapter folder at {path}"
+    if config is None:
+        return f"{path} has no {ADAPTER_CONFIG}"
     try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as e:
-        return f"{config_file} is not readable JSON: {e}"
-    rank = config.get("r")
-    if max_lora_rank is not None and isinstance(rank, int) and rank > max_lora_rank:
-        return f"rank {rank} > --max-lora-rank {max_lora_rank} (raise max_lora_rank or retrain)"
-    if config.get("bias", "none") != "none":
-        return f"bias={config.get('bias')!r}; vLLM loads only bias='none' adapters"
-    if config.get("use_dora"):
-        return "DoRA adapters are not supported by vLLM"
-    if config.get("modules_to_save"):
-        return f"modules_to_save={config['modules_to_save']!r}; vLLM rejects adapters that save full modules"
-    return None
+        parsed = json.loads(config)
+    except ValueError as e:
+        return f"{path}/{ADAPTER_CONFIG} is not readable JSON: {e}"
+    problems = lora_problems(parsed, max_lora_rank, files)
+    return f"{path}: {'; '.join(problems)}" if problems else None
 
 
 def hash_adapter_dir(path: str | Path) -> str:

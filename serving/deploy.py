@@ -10,25 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
+from infra.modal_credentials import LOGIN_HINT, modal_credentials_problem
 from infra.names import NAMES
 from serving.errors import DeployError
 from serving.readiness import ReadinessOptions, check_ready
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("data/runs/serving")
 DEFAULT_EXPECTED = (NAMES.sft_model_name, NAMES.dpo_model_name)
-LOGIN_HINT = (
-    "Log in with `modal token new` (opens a browser and writes ~/.modal.toml), "
-    "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET."
-)
+API_KEY_VAR = "SERVE_API_KEY"  # the Modal endpoint's bearer key on the client side (and in the serve-key secret)
+REPO_ROOT = Path(__file__).resolve().parent.parent  # `modal deploy -m serving.modal_app` runs from here
+ADAPTER_ENV = {NAMES.sft_model_name: "NGPT_SFT_ADAPTER", NAMES.dpo_model_name: "NGPT_DPO_ADAPTER"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class ModalDeployment:
     app_name: str
     base_model: str
     adapters: dict[str, dict]  # name -> serving.adapters.describe_adapter() output, seen on the volume
+    previous_version: bool = True  # whether a version was deployed before this one (rollback has a target)
 
 
 def record_path(state_dir: Path, target: str) -> Path:
@@ -89,55 +94,70 @@ def load_record(state_dir: Path, target: str) -> DeployRecord | None:
     return DeployRecord.from_dict(json.loads(path.read_text()))
 
 
-def modal_credentials_problem(env: Mapping[str, str] | None = None) -> str | None:
-    """Why Modal would refuse us for lack of a token (None when one is configured). No network.
-
-    Mirrors modal.config: MODAL_TOKEN_ID / MODAL_TOKEN_SECRET override the active profile of
-    ~/.modal.toml (or $MODAL_CONFIG_PATH; profile $MODAL_PROFILE, else the one marked active, else
-    "default"); MODAL_OAUTH_REFRESH_TOKEN is the other accepted login.
-    """
-    env = os.environ if env is None else env
-    if env.get("MODAL_OAUTH_REFRESH_TOKEN"):
-        return None
-    path = Path(env.get("MODAL_CONFIG_PATH") or Path.home() / ".modal.toml").expanduser()
-    profile: dict = {}
-    if path.is_file():
-        try:
-            config = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            return f"{path} is not readable TOML ({e}). {LOGIN_HINT}"
-        name = env.get("MODAL_PROFILE") or next(
-            (k for k, v in config.items() if isinstance(v, dict) and v.get("active") is True), "default"
-        )
-        profile = config.get(name) if isinstance(config.get(name), dict) else {}
-    token_id = env.get("MODAL_TOKEN_ID") or profile.get("token_id")
-    token_secret = env.get("MODAL_TOKEN_SECRET") or profile.get("token_secret")
-    if token_id and token_secret:
-        return None
-    missing = [n for n, v in (("token id", token_id), ("token secret", token_secret)) if not v]
-    return f"no Modal credentials ({' and '.join(missing)} missing; looked in the environment and {path}). {LOGIN_HINT}"
+def modal_adapters(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Served name -> adapter folder on the volume: NGPT_SFT_ADAPTER / NGPT_DPO_ADAPTER, then `overrides`."""
+    chosen = {NAMES.sft_model_name: NAMES.sft_adapter, NAMES.dpo_model_name: NAMES.dpo_adapter, **(overrides or {})}
+    return {name: str(path) for name, path in chosen.items() if path}
 
 
 def deploy_modal(
     *,
-    expected: Sequence[str] = DEFAULT_EXPECTED,
+    expected: Sequence[str] | None = None,
+    adapters: Mapping[str, str] | None = None,
     state_dir: Path = DEFAULT_STATE_DIR,
     timeout_s: float = 1200.0,
     deploy_timeout_s: float = 1800.0,
     options: ReadinessOptions | None = None,
 ) -> DeployRecord:
-    """Deploy the Modal serving app, wait until every `expected` adapter is listed and answers.
+    """Deploy the Modal serving app with `adapters`, wait until every `expected` adapter is listed and answers.
 
-    `deploy_timeout_s` bounds `app.deploy()` (a first image build takes minutes); `timeout_s` bounds
-    the wait for the endpoint afterwards (cold start + model load). `options` overrides the latter.
+    `adapters` (name -> content-addressed folder on the volume) override NGPT_SFT_ADAPTER/NGPT_DPO_ADAPTER;
+    `expected` defaults to every adapter served. Before deploying, each adapter is checked on the volume with
+    vLLM's load rules (one that fails would keep vLLM from starting). After deploying, the live server must
+    list each adapter with `root` = its folder and answer a request; otherwise the previous app version is
+    restored (`modal app rollback`) and the DeployError says so. The endpoint's key is $SERVE_API_KEY.
+    `deploy_timeout_s` bounds the deploy (a first image build takes minutes); `timeout_s` bounds the wait
+    for the endpoint afterwards (cold start + model load). `options` overrides the latter.
     """
-    if not expected:
+    if expected is not None and not expected:
         raise ValueError("expected must name at least one adapter to check; got none")
     problem = modal_credentials_problem()
     if problem:
         raise DeployError("credentials", problem)
+    api_key = os.environ.get(API_KEY_VAR)
+    if not api_key:
+        raise DeployError("credentials", f"{API_KEY_VAR} is not set: export the key stored in the Modal secret "
+                          f"{NAMES.serve_key_secret!r} (the endpoint refuses requests without it)")
+    served = modal_adapters(adapters)
+    expected = list(expected) if expected is not None else list(served) or [NAMES.sft_model_name]
+    unknown = sorted({name for name in [*served, *expected] if name not in ADAPTER_ENV})
+    if unknown:
+        raise ValueError(f"the Modal app serves only {sorted(ADAPTER_ENV)}; got {unknown}")
+    not_chosen = [name for name in expected if name not in served]
+    if not_chosen:
+        raise DeployError("adapter missing", f"no folder chosen for {not_chosen}: "
+                          + "; ".join(f"export {ADAPTER_ENV[n]}=<its folder on the volume>" for n in not_chosen)
+                          + " (`python -m pipelines.dpo upload --adapter DIR` prints the SFT one)")
+    problems = {n: p for n, p in _call_modal(lambda: _check_volume_adapters(served), 300.0).items() if p}
+    if problems:  # vLLM refuses to start when one adapter fails to load: keep the running version
+        raise DeployError("adapter missing", "; ".join(f"{n}: {why}" for n, why in problems.items())
+                          + ". Nothing was deployed; the running version stays.")
     started = datetime.now(UTC)
-    deployment = _call_modal(deploy_timeout_s)
+    deployment = _call_modal(lambda: _deploy_modal_app(served), deploy_timeout_s)
+    try:
+        record = _check_modal_deployment(deployment, served, expected, started,
+                                         options or ReadinessOptions(timeout_s=timeout_s), api_key)
+    except DeployError as e:
+        raise _rolled_back(e, deployment) from e
+    _write_record(state_dir, record)
+    return record
+
+
+def _check_modal_deployment(deployment: ModalDeployment, served: Mapping[str, str], expected: Sequence[str],
+                            started: datetime, options: ReadinessOptions, api_key: str) -> DeployRecord:
+    """The new version lists and answers every expected adapter, each loaded from the folder asked for."""
+    import dataclasses
+
     missing = {}
     for name in expected:
         info = deployment.adapters.get(name)
@@ -147,18 +167,34 @@ def deploy_modal(
             missing[name] = info["problem"]
     if missing:  # the server left them out: waiting would not help
         raise DeployError("adapter missing", "; ".join(f"{n}: {why}" for n, why in missing.items())
-                          + ". Upload the adapter to the volume first (python -m pipelines.dpo upload).")
-    opts = options or ReadinessOptions(timeout_s=timeout_s)
-    ready = check_ready(deployment.url.rstrip("/") + "/v1", list(expected), opts)
-    record = _record("modal", deployment.url, deployment.base_model, ready, started,
-                     {n: (info["path"], info.get("sha256")) for n, info in deployment.adapters.items()},
-                     app_name=deployment.app_name)
-    _write_record(state_dir, record)
-    return record
+                          + ". Put the adapter on the volume first (python -m pipelines.dpo upload --adapter DIR).")
+    ready = check_ready(deployment.url.rstrip("/") + "/v1", list(expected),
+                        dataclasses.replace(options, api_key=api_key))
+    wrong = {n: ready.roots.get(n) for n in expected if ready.roots.get(n) != served[n]}
+    if wrong:  # vLLM's `root` is the folder the live server loaded: it proves which adapter answers
+        raise DeployError("adapter missing", f"the live server loaded {wrong}, not {dict(served)}")
+    return _record("modal", deployment.url, deployment.base_model, ready, started,
+                   {n: (info["path"], info.get("sha256")) for n, info in deployment.adapters.items()},
+                   app_name=deployment.app_name)
 
 
-def _call_modal(timeout_s: float) -> ModalDeployment:
-    """_deploy_modal_app, bounded by `timeout_s`, with Modal's errors turned into DeployError.
+def _rolled_back(error: DeployError, deployment: ModalDeployment) -> DeployError:
+    """Restore the previous app version after a failed check; the returned error says what happened."""
+    if not deployment.previous_version:
+        return DeployError(error.part, f"{error.detail}. This was the app's first version: nothing to roll back "
+                           f"to; stop it with `modal app stop {deployment.app_name}` or fix and deploy again.")
+    try:
+        _call_modal(lambda: _rollback_modal_app(deployment.app_name), 600.0)
+    except DeployError as e:
+        return DeployError(error.part, f"{error.detail}. Rolling back to the previous version failed too ({e}): "
+                           f"run `modal app rollback {deployment.app_name}`.")
+    logger.warning("rolled %s back to its previous version after a failed check", deployment.app_name)
+    return DeployError(error.part, f"{error.detail}. Rolled {deployment.app_name} back to its previous version "
+                       "(the deploy record still describes it).")
+
+
+def _call_modal(call: Callable[[], T], timeout_s: float) -> T:
+    """`call` (one of the Modal calls below), bounded by `timeout_s`, with Modal's errors turned into DeployError.
 
     It runs on a daemon thread so a stuck build or network call cannot hang the caller; on timeout
     the thread is abandoned (it ends with the process) and the deploy may still finish on Modal.
@@ -167,7 +203,7 @@ def _call_modal(timeout_s: float) -> ModalDeployment:
 
     def target() -> None:
         try:
-            box["value"] = _deploy_modal_app()
+            box["value"] = call()
         except BaseException as e:  # handed to the caller below
             box["error"] = e
 
@@ -175,7 +211,7 @@ def _call_modal(timeout_s: float) -> ModalDeployment:
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise DeployError("deploy", f"app.deploy() did not finish within {timeout_s:g} s; "
+        raise DeployError("deploy", f"the Modal call did not finish within {timeout_s:g} s; "
                           "see `modal app list` and the build log, or raise the deploy timeout")
     error = box.get("error")
     if error is None:
@@ -191,21 +227,65 @@ def _call_modal(timeout_s: float) -> ModalDeployment:
     raise DeployError("deploy", f"deploying the Modal app failed: {type(error).__name__}: {error}") from error
 
 
-def _deploy_modal_app() -> ModalDeployment:
-    """The only function that talks to Modal: deploy the app, read its URL and the adapters on the volume."""
+def _check_volume_adapters(adapters: Mapping[str, str]) -> dict[str, str | None]:
+    """Modal: each adapter folder on the volume judged by vLLM's load rules (None = loadable)."""
     import modal
+    import modal.exception
 
-    from serving import modal_app
+    from infra.adapter_hash import ADAPTER_CONFIG
+    from serving.adapters import adapter_config_problem
+    from serving.modal_app import SETTINGS
 
-    with modal.enable_output():
-        modal_app.app.deploy()
-    app_name = modal_app.app.name
+    volume = modal.Volume.from_name(NAMES.volume)
+    out: dict[str, str | None] = {}
+    files: list[str] | None
+    for name, path in adapters.items():
+        inside = "/" + str(Path(path).relative_to(NAMES.mount))  # the folder as a path inside the volume
+        try:
+            files = [Path(e.path).name for e in volume.listdir(inside)]
+            config = b"".join(volume.read_file(f"{inside}/{ADAPTER_CONFIG}")) if ADAPTER_CONFIG in files else None
+        except modal.exception.NotFoundError:
+            files, config = None, None
+        out[name] = adapter_config_problem(path, config, files, max_lora_rank=SETTINGS.max_lora_rank)
+    return out
+
+
+def _deploy_modal_app(adapters: Mapping[str, str]) -> ModalDeployment:
+    """Modal: deploy the app serving `adapters`, read its URL and the adapters as the new version sees them.
+
+    `modal deploy` runs in a fresh process with the adapter folders in NGPT_SFT_ADAPTER/NGPT_DPO_ADAPTER, so
+    the module is evaluated with them and they become part of the app version (a rollback restores them).
+    """
+    import modal
+    import modal.exception
+
+    app_name = NAMES.serve_app
+    try:
+        modal.App.lookup(app_name)  # raises NotFoundError when the app was never deployed
+        previous = True
+    except modal.exception.NotFoundError:
+        previous = False
+    chosen = {var: str(adapters.get(name, "")) for name, var in ADAPTER_ENV.items()}  # "" = not served
+    env = {**os.environ, **chosen,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "modal", "deploy", "-m", "serving.modal_app"], env=env,
+                          cwd=REPO_ROOT, check=False)
+    if done.returncode != 0:
+        raise DeployError("deploy", f"`modal deploy -m serving.modal_app` exited {done.returncode} (its output is "
+                          "above); nothing changed if it failed before the deploy step")
     url = modal.Function.from_name(app_name, "serve").get_web_url()
     if not url:
         raise DeployError("deploy", f"the app {app_name} deployed but `serve` has no web URL")
-    adapters = modal.Function.from_name(app_name, "describe_adapters").remote()
-    return ModalDeployment(url=url, app_name=app_name, base_model=modal_app.SETTINGS.model_name,
-                           adapters=adapters)
+    described = modal.Function.from_name(app_name, "describe_adapters").remote()
+    return ModalDeployment(url=url, app_name=app_name, base_model=NAMES.base_model, adapters=described,
+                           previous_version=previous)
+
+
+def _rollback_modal_app(app_name: str) -> None:
+    """Modal: `modal app rollback APP` (the previous version, its adapters included, serves again)."""
+    done = subprocess.run([sys.executable, "-m", "modal", "app", "rollback", app_name], check=False)
+    if done.returncode != 0:
+        raise DeployError("deploy", f"`modal app rollback {app_name}` exited {done.returncode}")
 
 
 LOCAL_STATE = "local_server.json"  # pid, URL, port and API key of the running local server (mode 0600)

@@ -1,15 +1,18 @@
 """Serve the Seinfeld SFT and DPO adapters side by side from one vLLM server on Modal (for A/B).
 
 vLLM's OpenAI-compatible server runs the base model (Llama 3.2 3B Instruct) with LoRA enabled and
-both adapters loaded, each requested by its own model name:
+both adapters loaded, each requested by its own model name, each from its content-addressed folder:
 
-    seinfeld      -> /vol/adapters/nothing-gpt       (SFT)
-    seinfeld-dpo  -> /vol/adapters/nothing-gpt-dpo   (DPO)
+    seinfeld      -> $NGPT_SFT_ADAPTER  (/vol/adapters/nothing-gpt/<hash>, put there by `upload --adapter`)
+    seinfeld-dpo  -> $NGPT_DPO_ADAPTER  (/vol/adapters/nothing-gpt-dpo/<hash>, written by training)
 
-An adapter missing from the volume is left out with a warning (the server still comes up, e.g.
-before the first DPO run). Deploy and check it with `python -m pipelines.dpo deploy`; or
+The folders are part of the app version (the images' environment), so `modal app rollback` returns to the
+adapters that version served, and vLLM's /v1/models `root` names the folder each adapter was loaded from.
+Every /v1 route wants `Authorization: Bearer <SERVE_API_KEY>`; the key comes from the Modal secret
+NAMES.serve_key_secret. An adapter missing from the volume is left out with a warning (the server still
+comes up, e.g. before the first DPO run). Deploy and check it with `python -m pipelines.dpo deploy`; or
 `modal deploy -m serving.modal_app`, then `modal run -m serving.modal_app` for a smoke test.
-Every name (app, volumes, secret, GPU, base model, adapter paths) comes from infra/names.py.
+Every name (app, volumes, secrets, GPU, base model, adapter folders) comes from infra/names.py.
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ VLLM_VERSION = "0.33.0"  # checked on PyPI (pip index versions vllm), November 2
 PYTHON_VERSION = "3.12"
 VLLM_PORT = 8000
 HF_CACHE = "/root/.cache/huggingface"  # where huggingface_hub looks by default: the cache volume goes here
+STARTUP_TIMEOUT = 20 * MINUTES  # a first start downloads ~6.5 GB of weights, then loads and compiles
+API_KEY_VAR = "SERVE_API_KEY"  # the variable in the serve-key secret; the clients read the same one
 
-# Served name -> adapter folder on the volume. The DPO one appears after the first DPO run.
+# Served name -> adapter folder on the volume; one not chosen yet ("") is not served.
 ADAPTERS = {
-    NAMES.sft_model_name: NAMES.sft_adapter,
-    NAMES.dpo_model_name: NAMES.dpo_adapter,
+    name: path
+    for name, path in ((NAMES.sft_model_name, NAMES.sft_adapter), (NAMES.dpo_model_name, NAMES.dpo_adapter))
+    if path
 }
 
 SETTINGS = VllmSettings(
@@ -44,21 +50,14 @@ SETTINGS = VllmSettings(
     port=VLLM_PORT,
     max_model_len=2048,  # prompts are <= ~700 tokens, completions <= ~1,000: room for both
     max_lora_rank=32,  # our adapters are r=32; must be one of vLLM's allowed ranks
-    max_loras=len(ADAPTERS),  # both adapters in one batch (the default 1 serialises A/B requests)
+    max_loras=2,  # both adapters in one batch (the default 1 serialises A/B requests)
     gpu_memory_utilization=0.90,  # 3B bf16 weights take ~6.5 GB of the L4's 24 GB; the rest is KV cache
     enforce_eager=False,  # keep CUDA graphs: slower cold start, much faster decoding of many samples
 )
 
-# The names this module was built with, passed into the container so it resolves the same ones
-# (infra.names reads these variables; without them the container would use the defaults).
-NAMES_ENV = {
-    "NGPT_SERVE_APP": NAMES.serve_app,
-    "NGPT_VOLUME": NAMES.volume,
-    "NGPT_HF_CACHE_VOLUME": NAMES.hf_cache_volume,
-    "NGPT_HF_SECRET": NAMES.hf_secret,
-    "NGPT_GPU": NAMES.gpu,
-    "NGPT_BASE_MODEL": NAMES.base_model,
-}
+# The names this module was built with (NGPT_* overrides and the chosen adapter folders included), passed
+# into the containers so they resolve the same ones: infra.names reads these variables there too.
+NAMES_ENV = NAMES.env()
 
 # ## Container images
 
@@ -85,6 +84,7 @@ tools_image = (
 adapters_volume = modal.Volume.from_name(NAMES.volume, create_if_missing=True)  # adapters at /vol/adapters/*
 hf_cache_volume = modal.Volume.from_name(NAMES.hf_cache_volume, create_if_missing=True)  # base model weights
 hf_secret = modal.Secret.from_name(NAMES.hf_secret)  # HF_TOKEN: Llama 3.2 is a gated model
+serve_key_secret = modal.Secret.from_name(NAMES.serve_key_secret)  # SERVE_API_KEY: the endpoint's bearer key
 
 # ## The app
 
@@ -95,19 +95,28 @@ app = modal.App(NAMES.serve_app)
     image=vllm_image,
     gpu=NAMES.gpu,  # L4 (24 GB) by default: enough for a 3B model in bf16 plus two r=32 adapters
     volumes={NAMES.mount: adapters_volume, HF_CACHE: hf_cache_volume},
-    secrets=[hf_secret],
+    secrets=[hf_secret, serve_key_secret],
     timeout=10 * MINUTES,  # longest a single request may run
+    # The start-up limit Modal applies. Without it `timeout` bounds the start too: @modal.web_server's own
+    # startup_timeout (below) alone does not lift it.
+    startup_timeout=STARTUP_TIMEOUT,
     scaledown_window=15 * MINUTES,  # how long to stay up with no requests (a cold start costs minutes)
     max_containers=1,  # one GPU at most: A/B traffic is small, and it bounds the bill
 )
 @modal.concurrent(max_inputs=64)  # requests one replica takes at once; vLLM batches them continuously
-@modal.web_server(port=VLLM_PORT, startup_timeout=20 * MINUTES)  # first start downloads ~6.5 GB, then loads
+@modal.web_server(port=VLLM_PORT, startup_timeout=STARTUP_TIMEOUT)  # how long port 8000 may take to answer
 def serve() -> None:
-    """Start vLLM's OpenAI-compatible server; Modal routes traffic once port 8000 answers."""
+    """Start vLLM's OpenAI-compatible server behind the API key; Modal routes traffic once port 8000 answers."""
     logging.basicConfig(level=logging.INFO)  # the container's log shows which adapters were left out
+    api_key = os.environ.get(API_KEY_VAR)
+    if not api_key:  # never open the GPU to anyone who has the URL
+        raise RuntimeError(
+            f"the secret {NAMES.serve_key_secret!r} holds no {API_KEY_VAR}: recreate it with "
+            f"`modal secret create --force {NAMES.serve_key_secret} {API_KEY_VAR}=<key>`"
+        )
     cmd = build_vllm_command(SETTINGS, ADAPTERS)
-    logging.getLogger(__name__).info("starting: %s", cmd)
-    subprocess.Popen(cmd, env={**os.environ, **build_vllm_env(SETTINGS)})  # an argument list: no shell
+    logging.getLogger(__name__).info("starting: %s", cmd)  # no key in it: the key travels as VLLM_API_KEY
+    subprocess.Popen(cmd, env={**os.environ, **build_vllm_env(SETTINGS, api_key)})  # an argument list: no shell
 
 
 @app.function(image=tools_image, volumes={NAMES.mount: adapters_volume}, timeout=2 * MINUTES)
@@ -118,12 +127,13 @@ def describe_adapters() -> dict[str, dict]:
 
 @app.local_entrypoint()
 def smoke(timeout_minutes: int = 20) -> None:
-    """`modal run -m serving.modal_app`: wait for the server, then one chat request per adapter."""
+    """`modal run -m serving.modal_app`: wait for the server, then one chat request per adapter ($SERVE_API_KEY)."""
     from serving.readiness import ReadinessOptions, check_ready
 
     url = serve.get_web_url()
     present = [name for name, info in describe_adapters.remote().items() if info["problem"] is None]
-    ready = check_ready(f"{url}/v1", present, ReadinessOptions(timeout_s=timeout_minutes * MINUTES))
+    options = ReadinessOptions(timeout_s=timeout_minutes * MINUTES, api_key=os.environ[API_KEY_VAR])
+    ready = check_ready(f"{url}/v1", present, options)
     print(f"{url} ready in {ready.ready_seconds:.0f} s")
     for name, answer in ready.answers.items():
         print(f"{name}: {answer!r}")

@@ -89,11 +89,11 @@ def test_modal_preflight_lists_every_missing_credential(tmp_path):
     env = {"HOME": str(tmp_path), "MODAL_CONFIG_PATH": str(tmp_path / "none.toml")}
     cfg = load_config(profile="modal", env=env)
     problems = offline_problems(cfg, env)
-    assert [p.split(" ")[0] for p in problems] == ["SERVE_URL", "OPENAI_API_KEY", "Modal"]
-    full = {**env, "SERVE_URL": "https://a/v1", "OPENAI_API_KEY": "sk-test", "MODAL_TOKEN_ID": "ak-1",
-            "MODAL_TOKEN_SECRET": "as-1"}
+    assert [p.split(" ")[0] for p in problems] == ["SERVE_URL", "SERVE_API_KEY", "OPENAI_API_KEY", "Modal"]
+    full = {**env, "SERVE_URL": "https://a/v1", "SERVE_API_KEY": "serve-test", "OPENAI_API_KEY": "sk-test",
+            "MODAL_TOKEN_ID": "ak-1", "MODAL_TOKEN_SECRET": "as-1"}
     assert offline_problems(load_config(profile="modal", env=full), full) == []
-    assert not any("sk-test" in p for p in problems)
+    assert not any("sk-test" in p or "serve-test" in p for p in problems)
 
 
 def test_stage_folder_follows_input_and_settings(tmp_path):

@@ -162,7 +162,7 @@ def test_modal_app_imports_without_credentials(tmp_path):
     assert info["app"] == NAMES.serve_app
     assert info["gpu"] == NAMES.gpu
     assert info["volumes"] == sorted([NAMES.mount, "/root/.cache/huggingface"])
-    assert info["secrets"] == 1
+    assert info["secrets"] == 2  # the HF token and the endpoint's API key
     # No adapter exists on this machine's /vol: the server command still builds, with none loaded.
     assert info["cmd"][:3] == ["vllm", "serve", NAMES.base_model]
     assert flag(info["cmd"], "--max-loras") == "2"

@@ -21,6 +21,7 @@ from serving.errors import DeployError
 from serving.readiness import ReadinessOptions, check_ready, wait_until_ready
 
 BASE = "meta-llama/Llama-3.2-3B-Instruct"
+KEY = "test-serve-key"
 FAST = ReadinessOptions(timeout_s=3.0, request_timeout_s=2.0, first_delay_s=0.02, max_delay_s=0.1)
 
 
@@ -36,18 +37,32 @@ class FakeVllm:
     polls: int = 0
     chats: list[str] = field(default_factory=list)
     url: str = ""
+    roots: dict[str, str] = field(default_factory=dict)  # adapter -> the folder it says it loaded
+    api_key: str | None = None  # when set, /v1 wants `Authorization: Bearer <api_key>` (as vLLM's --api-key)
+    unauthorized: int = 0
+
+    def refused(self, request: web.Request) -> web.Response | None:
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self.unauthorized += 1
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        return None
 
     async def models(self, request: web.Request) -> web.Response:
+        if refused := self.refused(request):
+            return refused
         self.polls += 1
         if self.polls <= self.down_polls:
             return web.json_response({"error": {"message": "starting"}}, status=503)
         cards = [{"id": BASE, "object": "model", "parent": None, "created": 0, "owned_by": "vllm"}]
         for name in self.adapters:
             if name not in self.never and self.polls >= self.late.get(name, 0):
-                cards.append({"id": name, "object": "model", "parent": BASE, "created": 0, "owned_by": "vllm"})
+                cards.append({"id": name, "object": "model", "parent": BASE, "created": 0, "owned_by": "vllm",
+                              "root": self.roots.get(name, f"/vol/adapters/{name}")})
         return web.json_response({"object": "list", "data": cards})
 
     async def chat(self, request: web.Request) -> web.Response:
+        if refused := self.refused(request):
+            return refused
         body = await request.json()
         self.chats.append(body["model"])
         if body["model"] in self.failing:
@@ -129,10 +144,20 @@ def test_no_server_is_a_startup_failure_within_the_bound(unused_tcp_port):
 
 
 @pytest.fixture
-def modal_logged_in(monkeypatch, tmp_path):
+def modal_logged_in(monkeypatch, tmp_path) -> list[str]:
+    """A Modal token, the endpoint key, both adapter folders chosen, loadable on the volume; returns rollbacks."""
+    import dataclasses
+
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("SERVE_API_KEY", KEY)
+    monkeypatch.setattr(deploy, "NAMES", dataclasses.replace(
+        deploy.NAMES, sft_adapter="/vol/adapters/seinfeld", dpo_adapter="/vol/adapters/seinfeld-dpo"))
+    monkeypatch.setattr(deploy, "_check_volume_adapters", lambda adapters: dict.fromkeys(adapters))
+    rollbacks: list[str] = []
+    monkeypatch.setattr(deploy, "_rollback_modal_app", rollbacks.append)
+    return rollbacks
 
 
 def fake_deployment(fake: FakeVllm, **problems: str) -> ModalDeployment:
@@ -146,7 +171,7 @@ def fake_deployment(fake: FakeVllm, **problems: str) -> ModalDeployment:
 
 def test_modal_deploy_writes_a_record_of_what_is_live(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
     calls = []
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda: calls.append(1) or fake_deployment(fake_vllm))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: calls.append(1) or fake_deployment(fake_vllm))
     fake_vllm.late = {"seinfeld-dpo": 3}
 
     record = deploy_modal(state_dir=tmp_path, options=FAST)
@@ -162,7 +187,7 @@ def test_modal_deploy_writes_a_record_of_what_is_live(fake_vllm, monkeypatch, tm
 
 
 def test_failed_deploy_keeps_the_previous_record(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda: fake_deployment(fake_vllm))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
     first = deploy_modal(state_dir=tmp_path, options=FAST)
     before = (tmp_path / "modal_deployment.json").read_bytes()
 
@@ -177,7 +202,7 @@ def test_failed_deploy_keeps_the_previous_record(fake_vllm, monkeypatch, tmp_pat
 
 def test_adapter_missing_on_the_volume_fails_without_waiting(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
     monkeypatch.setattr(deploy, "_deploy_modal_app",
-                        lambda: fake_deployment(fake_vllm, seinfeld_dpo="no adapter folder at /vol/adapters/x"))
+                        lambda _: fake_deployment(fake_vllm, seinfeld_dpo="no adapter folder at /vol/adapters/x"))
     with pytest.raises(DeployError) as err:
         deploy_modal(state_dir=tmp_path, options=FAST)
     assert err.value.part == "adapter missing" and "no adapter folder" in str(err.value)
@@ -191,7 +216,7 @@ def test_adapter_missing_on_the_volume_fails_without_waiting(fake_vllm, monkeypa
 def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
     from modal.exception import AuthError, ExecutionError
 
-    def refuse():
+    def refuse(adapters):
         raise AuthError("Token missing")
 
     monkeypatch.setattr(deploy, "_deploy_modal_app", refuse)
@@ -199,7 +224,7 @@ def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
         deploy_modal(state_dir=tmp_path, options=FAST)
     assert err.value.part == "credentials" and "modal token new" in str(err.value)
 
-    def broken():
+    def broken(adapters):
         raise ExecutionError("image build failed")
 
     monkeypatch.setattr(deploy, "_deploy_modal_app", broken)
@@ -210,7 +235,7 @@ def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
 
 def test_a_stuck_deploy_is_bounded(monkeypatch, tmp_path, modal_logged_in):
     release = threading.Event()
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda: release.wait(10))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: release.wait(10))
     start = time.monotonic()
     with pytest.raises(DeployError) as err:
         deploy_modal(state_dir=tmp_path, deploy_timeout_s=0.3, options=FAST)
@@ -228,7 +253,7 @@ def test_without_credentials_deploy_fails_at_once(monkeypatch, tmp_path, capsys)
     for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_OAUTH_REFRESH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "absent.toml"))
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda: pytest.fail("Modal must not be called"))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: pytest.fail("Modal must not be called"))
     start = time.monotonic()
     with pytest.raises(DeployError) as err:
         deploy_modal(state_dir=tmp_path)
@@ -239,3 +264,57 @@ def test_without_credentials_deploy_fails_at_once(monkeypatch, tmp_path, capsys)
     assert main(["deploy", "--state-dir", str(tmp_path)]) == 1  # the CLI says so and exits 1
     assert time.monotonic() - start < 2.0
     assert not (tmp_path / "modal_deployment.json").exists()
+
+
+def test_modal_deploy_sends_the_api_key(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
+    fake_vllm.api_key = KEY  # as vLLM started with VLLM_API_KEY from the serve-key secret
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
+    record = deploy_modal(state_dir=tmp_path, options=FAST)
+    assert fake_vllm.unauthorized == 0 and fake_vllm.chats == ["seinfeld", "seinfeld-dpo"]
+    assert KEY not in (tmp_path / "modal_deployment.json").read_text()  # never in the record
+    assert [a.root for a in record.adapters] == ["/vol/adapters/seinfeld", "/vol/adapters/seinfeld-dpo"]
+    monkeypatch.delenv("SERVE_API_KEY")
+    with pytest.raises(DeployError, match="SERVE_API_KEY is not set") as err:
+        deploy_modal(state_dir=tmp_path, options=FAST)
+    assert err.value.part == "credentials"
+
+
+def test_the_deploy_serves_the_chosen_folders_and_checks_the_live_root(fake_vllm, monkeypatch, tmp_path,
+                                                                       modal_logged_in):
+    """The trained adapter's folder goes to the deploy; a server that loaded another folder is rolled back."""
+    deployed = []
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: deployed.append(dict(adapters))
+                        or fake_deployment(fake_vllm))
+    fake_vllm.roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/aaaa"}
+    record = deploy_modal(state_dir=tmp_path, adapters={"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/aaaa"},
+                          options=FAST)
+    assert deployed == [{"seinfeld": "/vol/adapters/seinfeld", "seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/aaaa"}]
+    assert modal_logged_in == []
+    before = (tmp_path / "modal_deployment.json").read_bytes()
+
+    fake_vllm.roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/aaaa"}  # still the old version's folder
+    with pytest.raises(DeployError, match="Rolled nothing-gpt-serve back to its previous version") as err:
+        deploy_modal(state_dir=tmp_path, adapters={"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/bbbb"},
+                     options=FAST)
+    assert err.value.part == "adapter missing" and "bbbb" in str(err.value)
+    assert modal_logged_in == ["nothing-gpt-serve"]  # `modal app rollback` ran once
+    assert (tmp_path / "modal_deployment.json").read_bytes() == before and record.adapters
+
+
+def test_a_failed_first_deploy_says_there_is_nothing_to_roll_back(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
+    import dataclasses
+
+    fake_vllm.failing = {"seinfeld"}
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: dataclasses.replace(
+        fake_deployment(fake_vllm), previous_version=False))
+    with pytest.raises(DeployError, match="first version: nothing to roll back"):
+        deploy_modal(state_dir=tmp_path, options=FAST)
+    assert modal_logged_in == []
+
+
+def test_an_adapter_vllm_would_reject_stops_the_deploy_before_it_starts(monkeypatch, tmp_path, modal_logged_in):
+    monkeypatch.setattr(deploy, "_check_volume_adapters",
+                        lambda adapters: {"seinfeld": None, "seinfeld-dpo": "rank 64 exceeds the serving limit"})
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: pytest.fail("deployed"))
+    with pytest.raises(DeployError, match="rank 64.*Nothing was deployed; the running version stays"):
+        deploy_modal(state_dir=tmp_path, options=FAST)

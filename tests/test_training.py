@@ -133,7 +133,9 @@ def test_metrics_present_finite_and_written(first_run):
 def test_resume_continues_from_checkpoint(first_run, tiny_kit, data_dir, capfd, caplog):
     caplog.set_level("INFO", logger="training.dpo")
     _, _, config, work = first_run
-    assert (work / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    result, _, _, _ = first_run
+    assert (result.checkpoint_dir / "checkpoint-2" / "trainer_state.json").is_file()
+    assert result.checkpoint_dir.parent == work / "checkpoints"  # <output_dir>/<run id>
     store: dict = {"logs": []}
     resumed = make_config(tiny_kit, data_dir, work, max_steps=4, adapter_out=str(work / "adapter-resumed"))
     result = train_dpo(resumed, progress=store["logs"].append, callbacks=[capture_callback(store)])
@@ -221,7 +223,7 @@ def test_sft_adapter_for_another_base(tiny_kit, good_data, tmp_path):
 
 def test_sft_adapter_rank_over_serving_limit(tiny_kit, good_data, tmp_path):
     adapter = copy_adapter(tiny_kit, tmp_path, r=64)
-    with pytest.raises(TrainingInputError, match="rank 64 exceeds the serving limit max_lora_rank=32"):
+    with pytest.raises(TrainingInputError, match="rank 64 exceeds the serving limit --max-lora-rank 32"):
         train_dpo(make_config(tiny_kit, good_data, tmp_path, sft_adapter=str(adapter)))
 
 
@@ -249,13 +251,38 @@ def test_gpu_config_without_gpu_fails_before_loading(tiny_kit, good_data, tmp_pa
         train_dpo(config)
 
 
-def test_checkpoints_of_another_run_are_not_resumed(tiny_kit, good_data, tmp_path):
-    checkpoints = tmp_path / "checkpoints" / "checkpoint-7"
-    checkpoints.mkdir(parents=True)
-    (checkpoints / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoints" / "run.json").write_text(json.dumps({"train_sha256": "something else"}))
-    with pytest.raises(TrainingInputError, match="holds checkpoints of another run"):
-        train_dpo(make_config(tiny_kit, good_data, tmp_path))
+def test_each_run_resumes_its_own_checkpoint_folder_and_nothing_is_deleted(tiny_kit, good_data, tmp_path):
+    """A retry or rerun of the same run resumes; new data (the second pipeline run) starts clean beside it."""
+    from training.resume import checkpoint_to_resume
+
+    first = make_config(tiny_kit, good_data, tmp_path)
+    folder, resume_from = checkpoint_to_resume(first)
+    assert folder.parent == tmp_path / "checkpoints" and resume_from is None
+    (folder / "checkpoint-7").mkdir()
+    (folder / "checkpoint-7" / "trainer_state.json").write_text("{}")
+    (folder / "checkpoint-9").mkdir()  # incomplete: no trainer_state.json yet
+
+    assert checkpoint_to_resume(first) == (folder, folder / "checkpoint-7")  # a retry of the same run
+    assert checkpoint_to_resume(make_config(tiny_kit, good_data, tmp_path, max_steps=50)) == (
+        folder, folder / "checkpoint-7")  # step counts may change on resume
+
+    new_data = write_sample_preferences(tmp_path / "new-data", n_val=3)
+    other, resume_other = checkpoint_to_resume(make_config(tiny_kit, new_data, tmp_path))
+    assert other != folder and resume_other is None  # another run: its own folder, a clean start
+    restarted, resume_restarted = checkpoint_to_resume(make_config(tiny_kit, good_data, tmp_path, restart="r2"))
+    assert restarted not in (folder, other) and resume_restarted is None
+    assert (folder / "checkpoint-7" / "trainer_state.json").is_file()  # nothing deleted
+    assert checkpoint_to_resume(first) == (folder, folder / "checkpoint-7")
+
+
+def test_a_run_folder_recording_another_run_is_refused(tiny_kit, good_data, tmp_path):
+    from training.resume import checkpoint_to_resume
+
+    config = make_config(tiny_kit, good_data, tmp_path)
+    folder, _ = checkpoint_to_resume(config)
+    (folder / "run.json").write_text(json.dumps({"train_sha256": "something else"}))
+    with pytest.raises(TrainingInputError, match="records another run"):
+        train_dpo(config)
 
 
 def test_prompts_longer_than_max_length_are_reported(tiny_kit, good_data, tmp_path):
@@ -275,21 +302,29 @@ def test_prompts_longer_than_max_length_are_reported(tiny_kit, good_data, tmp_pa
         ({"loss_type": "dpo"}, r"loss_type must be one of .*got 'dpo'"),
         ({"max_steps": 0}, "max_steps must be a positive step count or -1"),
         ({"warmup": 3}, r"unknown DPOTrainConfig setting\(s\) \['warmup'\]; valid settings: "),
-        ({"adapter_out": "/vol/adapters/nothing-gpt"}, "adapter_out must differ from sft_adapter"),
+        ({"adapter_out": "/vol/adapters/a/1", "sft_adapter": "/vol/adapters/a/1"},
+         "adapter_out must differ from sft_adapter"),
+        ({"restart": "a b"}, r"restart must be '' or a label"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        DPOTrainConfig.from_overrides(overrides)
+        DPOTrainConfig.from_overrides({"sft_adapter": "/vol/adapters/nothing-gpt/abc", **overrides})
+
+
+def test_no_sft_adapter_chosen_names_the_upload_command():
+    config = DPOTrainConfig.from_overrides({"sft_adapter": ""})
+    with pytest.raises(ConfigError, match=r"sft_adapter is not set.*upload --adapter DIR.*NGPT_SFT_ADAPTER"):
+        config.require_sft_adapter()
 
 
 def test_config_defaults_are_the_plan():
-    c = DPOTrainConfig()
+    c = DPOTrainConfig(sft_adapter="/vol/adapters/nothing-gpt/abc")
     plan = {
         "beta": 0.1, "loss_type": "sigmoid", "learning_rate": 5e-6, "num_train_epochs": 1.0,
         "per_device_train_batch_size": 4, "per_device_eval_batch_size": 2, "gradient_accumulation_steps": 4,
         "max_length": 2048, "bf16": True, "lr_scheduler_type": "cosine", "warmup_steps": 20,
-        "logging_steps": 10, "eval_steps": 25, "save_steps": 25, "output_dir": "/vol/checkpoints/dpo-r32",
+        "logging_steps": 10, "eval_steps": 25, "save_steps": 25, "output_dir": "/vol/checkpoints/dpo",
         "adapter_out": "/vol/adapters/nothing-gpt-dpo", "load_in_4bit": True, "gradient_checkpointing": True,
     }
     assert {k: getattr(c, k) for k in plan} == plan

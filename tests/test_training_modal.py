@@ -114,7 +114,7 @@ def test_train_remote_without_credentials_fails_fast(no_modal_credentials):
     from training.remote import train_remote
 
     with pytest.raises(ModalCredentialsError, match="modal token new"):
-        train_remote("/data/dpo/abc", {"max_steps": 3})
+        train_remote("/data/dpo/abc", {"max_steps": 3, "sft_adapter": "/vol/adapters/nothing-gpt/abc"})
 
 
 def test_train_remote_rejects_bad_overrides_before_anything(no_modal_credentials):
@@ -173,7 +173,7 @@ def test_cli_train_remote_without_credentials_exits_2(no_modal_credentials, caps
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "--data", "/data/dpo/x", "--remote"])
+    args = parser.parse_args(["train", "--data", "/data/dpo/x", "--remote", "--sft-adapter", "/vol/adapters/a/1"])
     assert args.func(args) == 2
     assert "modal token new" in capsys.readouterr().err
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infra.adapter_hash import ADAPTER_CONFIG, WEIGHT_FILES, adapter_sha256
+from infra.adapter_hash import ADAPTER_CONFIG, WEIGHT_FILES, adapter_folder_name, adapter_sha256
+from infra.lora_rules import lora_problems
 from training.errors import TrainingInputError
 
-__all__ = ["ADAPTER_CONFIG", "WEIGHT_FILES", "adapter_sha256"]
+__all__ = ["ADAPTER_CONFIG", "WEIGHT_FILES", "adapter_folder_name", "adapter_sha256"]
 
 
 def read_adapter_config(adapter_dir: Path, what: str = "adapter") -> dict:
@@ -48,21 +49,8 @@ def same_base(adapter_base: str | None, configured: str) -> bool:
 
 
 def servable_problems(adapter_config: dict, max_lora_rank: int) -> list[str]:
-    """What would make vLLM refuse this adapter (empty when it can be served)."""
-    problems = []
-    ranks = [adapter_config.get("r", 0), *(adapter_config.get("rank_pattern") or {}).values()]
-    if max(ranks) > max_lora_rank:
-        problems.append(f"rank {max(ranks)} exceeds the serving limit max_lora_rank={max_lora_rank}")
-    if adapter_config.get("bias", "none") != "none":
-        problems.append(f"bias is {adapter_config['bias']!r} (vLLM needs 'none')")
-    if adapter_config.get("modules_to_save"):
-        problems.append(f"modules_to_save is set ({adapter_config['modules_to_save']}); vLLM refuses it")
-    if adapter_config.get("use_dora"):
-        problems.append("DoRA is used (use_dora=True); vLLM refuses it")
-    peft_type = adapter_config.get("peft_type", "LORA")
-    if peft_type != "LORA":
-        problems.append(f"peft_type is {peft_type!r}; vLLM serves LoRA only")
-    return problems
+    """What would make vLLM refuse this adapter (empty when it can be served): infra.lora_rules, shared with serving."""
+    return lora_problems(adapter_config, max_lora_rank)
 
 
 def check_sft_adapter(adapter_dir: Path, base_model: str, max_lora_rank: int, check_base: bool = True) -> dict:

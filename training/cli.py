@@ -21,10 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = subparsers.add_parser(
         "upload",
         help="put a train/val preference split on the Modal volume (content-addressed)",
-        description="Upload train.jsonl and val.jsonl to the Modal volume under /data/dpo/<hash>/.",
+        description="Upload train.jsonl and val.jsonl to the Modal volume under /data/dpo/<hash>/, or (--adapter) "
+        "the SFT adapter under /adapters/nothing-gpt/<hash>/. Uploading the same content again uploads nothing.",
     )
-    up.add_argument("--train", type=Path, required=True, help="training preference JSONL")
-    up.add_argument("--val", type=Path, required=True, help="validation preference JSONL")
+    up.add_argument("--train", type=Path, help="training preference JSONL")
+    up.add_argument("--val", type=Path, help="validation preference JSONL")
+    up.add_argument("--adapter", type=Path, help="SFT LoRA adapter folder (prints the NGPT_SFT_ADAPTER to export)")
     up.set_defaults(func=_upload)
 
     tr = subparsers.add_parser(
@@ -85,8 +87,19 @@ def _upload(args: argparse.Namespace) -> int:
     from training.modal_auth import ModalCredentialsError
     from training.upload import upload_dataset
 
+    split = (args.train, args.val)
+    if (args.adapter is not None) == any(split) or (any(split) and not all(split)):
+        print("error: upload wants --train T --val V (a split) or --adapter DIR (the SFT adapter)", file=sys.stderr)
+        return 2
     try:
-        remote = upload_dataset(args.train, args.val)
+        if args.adapter is not None:
+            from training.upload import upload_adapter
+
+            remote = upload_adapter(args.adapter)
+            print(f"export NGPT_SFT_ADAPTER={remote}  # training and serving read the SFT adapter from it",
+                  file=sys.stderr)
+        else:
+            remote = upload_dataset(args.train, args.val)
     except (TrainingInputError, ModalCredentialsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ DPO_LOSS_TYPES = (
 )
 REPORT_TO = ("auto", "wandb", "none")
 TRAIN_FILE, VAL_FILE = "train.jsonl", "val.jsonl"
+RESTART_LABEL = re.compile(r"[A-Za-z0-9._-]{0,40}")
 
 
 class ConfigError(ValueError):
@@ -41,9 +43,19 @@ class DPOTrainConfig:
     # Inputs and outputs
     data_dir: str = _f(NAMES.data_root, f"folder holding {TRAIN_FILE} (training) and {VAL_FILE} (evaluation)")
     base_model: str = _f(NAMES.base_model, "base model: hub id or local model folder")
-    sft_adapter: str = _f(NAMES.sft_adapter, "folder of the SFT LoRA adapter; DPO starts from it")
-    output_dir: str = _f(NAMES.checkpoints, "where checkpoint-* folders go; a rerun resumes from the newest")
-    adapter_out: str = _f(NAMES.dpo_adapter, "where the trained policy adapter (and its metrics) is saved")
+    sft_adapter: str = _f(
+        NAMES.sft_adapter, "folder of the SFT LoRA adapter; DPO starts from it ('' until NGPT_SFT_ADAPTER is set)"
+    )
+    output_dir: str = _f(
+        NAMES.checkpoints,
+        "root of the checkpoint folders: a run trains in <output_dir>/<run id> (a hash of its data, SFT adapter "
+        "and settings), so a retry or rerun of the same run resumes there and another run starts clean",
+    )
+    adapter_out: str = _f(
+        NAMES.dpo_adapters,
+        "root of the saved adapters: each lands with its metrics in <adapter_out>/<content hash>, never "
+        "over another one",
+    )
     # DPO
     beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference")
     loss_type: str = _f("sigmoid", f"DPO loss, one of {', '.join(DPO_LOSS_TYPES)}")
@@ -71,8 +83,9 @@ class DPOTrainConfig:
     # Checks and reporting
     max_lora_rank: int = _f(32, "the serving limit (vLLM --max-lora-rank); a larger adapter rank is refused")
     check_base_model: bool = _f(True, "refuse an SFT adapter whose adapter_config.json names another base")
-    resume: bool = _f(
-        True, "continue from the newest complete checkpoint-* in output_dir; False deletes them and starts over"
+    restart: str = _f(
+        "", "'' continues this run from its newest checkpoint; a label (e.g. a date) starts it over in a folder "
+        "of its own, which its retries resume. Nothing is deleted",
     )
     report_to: str = _f("auto", "auto: W&B when WANDB_API_KEY is set, else none; or wandb; or none")
     wandb_project: str = _f("nothing-gpt-dpo", "W&B project name")
@@ -122,13 +135,25 @@ class DPOTrainConfig:
                 "load_in_4bit (QLoRA) computes in bf16, so it needs bf16=True; got load_in_4bit=True with "
                 "bf16=False. Set bf16=True, or load_in_4bit=False too for an fp32 debugging run."
             )
-        for name in ("data_dir", "base_model", "sft_adapter", "output_dir", "adapter_out"):
+        if not RESTART_LABEL.fullmatch(self.restart):
+            raise ConfigError(
+                f"restart must be '' or a label of letters, digits, '.', '_', '-' (at most 40); got {self.restart!r}."
+            )
+        for name in ("data_dir", "base_model", "output_dir", "adapter_out"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must name a path; got an empty string.")
         if Path(self.adapter_out).resolve() == Path(self.sft_adapter).resolve():
             raise ConfigError(
                 f"adapter_out must differ from sft_adapter, or the SFT adapter is overwritten; both are "
                 f"{self.adapter_out!r}. Choose another adapter_out."
+            )
+
+    def require_sft_adapter(self) -> None:
+        """Raise ConfigError when no SFT adapter is chosen ('' until NGPT_SFT_ADAPTER is exported)."""
+        if not str(self.sft_adapter).strip():
+            raise ConfigError(
+                "sft_adapter is not set. Put the SFT adapter on the volume with `python -m pipelines.dpo upload "
+                "--adapter DIR` and export the NGPT_SFT_ADAPTER=<path> it prints (or pass --sft-adapter)."
             )
 
     # Derived values

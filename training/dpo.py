@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.adapters import ADAPTER_CONFIG, adapter_sha256, check_servable, check_sft_adapter
+from training.adapters import (
+    ADAPTER_CONFIG,
+    adapter_folder_name,
+    adapter_sha256,
+    check_servable,
+    check_sft_adapter,
+)
 from training.config import DPOTrainConfig
 from training.data import RowFormat, load_preference_rows
 from training.errors import TrainingInputError
@@ -47,6 +53,7 @@ class TrainResult:
     metrics_path: Path
     adapter_sha256: str  # content hash of adapter_config.json + weights
     steps: int  # optimizer steps in total (including those before a resume)
+    checkpoint_dir: Path  # this run's checkpoint folder, <output_dir>/<run id>
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class _Inputs:
 
 def check_inputs(config: DPOTrainConfig) -> _Inputs:
     """Every check that needs no model: data files, SFT adapter (exists, base, servable), W&B choice."""
+    config.require_sft_adapter()
     train_rows, train_format = load_preference_rows(config.train_path)
     val_rows, val_format = load_preference_rows(config.val_path)
     if train_format != val_format:
@@ -78,14 +86,17 @@ def train_dpo(
     progress: ProgressHook | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Train the DPO policy adapter; resume from the newest checkpoint in `config.output_dir` if any.
+    """Train the DPO policy adapter in this run's checkpoint folder, resuming from its newest checkpoint.
+
+    The folder is `<config.output_dir>/<run id>` (training/resume.py); the adapter is saved, with its
+    metrics, to `<config.adapter_out>/<content hash>`.
 
     `progress` receives every logged metrics dict (with `step`); `callbacks` are extra transformers
     `TrainerCallback`s (e.g. one that commits a Modal volume on save).
     """
     inputs = check_inputs(config)
     _check_device(config)
-    resume_from = checkpoint_to_resume(config)
+    checkpoint_dir, resume_from = checkpoint_to_resume(config)
     tokenizer = _load_tokenizer(config)
     if inputs.row_format == "conversational" and not tokenizer.chat_template:
         raise TrainingInputError(
@@ -106,7 +117,7 @@ def train_dpo(
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # TRL adds the frozen `ref` adapter: no second model copy
-        args=_dpo_args(config, report_to),
+        args=_dpo_args(config, report_to, checkpoint_dir),
         train_dataset=Dataset.from_list(inputs.train_rows),
         eval_dataset=Dataset.from_list(inputs.val_rows),
         processing_class=tokenizer,
@@ -127,6 +138,7 @@ def train_dpo(
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     eval_metrics = _last_eval(trainer.state) or trainer.evaluate()
     adapter_dir = save_policy_adapter(trainer.model, Path(config.adapter_out), config.max_lora_rank)
+    sha = adapter_sha256(adapter_dir)
 
     metrics = _final_metrics(trainer.state, train_output.metrics, eval_metrics)
     metrics.update(
@@ -134,21 +146,24 @@ def train_dpo(
         resumed_from=str(resume_from) if resume_from else None,
         train_rows=len(inputs.train_rows),
         eval_rows=len(inputs.val_rows),
+        run_id=checkpoint_dir.name,
     )
-    sha = adapter_sha256(adapter_dir)
     metrics_path = adapter_dir / METRICS_FILE
     record = {"metrics": metrics, "adapter_sha256": sha, "config": config.to_dict()}
     metrics_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     logger.info("DPO adapter saved to %s (%d steps, sha256 %s)", adapter_dir, metrics["steps"], sha[:12])
-    return TrainResult(adapter_dir, metrics, metrics_path, sha, int(metrics["steps"]))
+    return TrainResult(adapter_dir, metrics, metrics_path, sha, int(metrics["steps"]), checkpoint_dir)
 
 
-def save_policy_adapter(model: Any, adapter_dir: Path, max_lora_rank: int) -> Path:
-    """Save only the policy adapter, its files at the folder root, and check that vLLM can serve it.
+def save_policy_adapter(model: Any, adapters_root: Path, max_lora_rank: int) -> Path:
+    """Save only the policy adapter to `<adapters_root>/<content hash>` and check that vLLM can serve it.
 
-    Written to a sibling temp folder first and swapped in, so a crash never leaves a half adapter behind.
+    Written to a temp folder first and renamed into place, so a crash never leaves a half adapter behind;
+    a folder of that hash already there holds the same files and is kept. Nothing is overwritten, so every
+    recorded adapter path keeps pointing at the files it was recorded with.
     """
-    tmp = adapter_dir.with_name(adapter_dir.name + ".saving")
+    adapters_root.mkdir(parents=True, exist_ok=True)
+    tmp = adapters_root / f".saving-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), selected_adapters=[POLICY_ADAPTER])
     nested = tmp / POLICY_ADAPTER
@@ -160,12 +175,11 @@ def save_policy_adapter(model: Any, adapter_dir: Path, max_lora_rank: int) -> Pa
     if leftover:
         raise RuntimeError(f"only the policy adapter should be saved, found sub-adapters {leftover} in {tmp}")
     check_servable(tmp, max_lora_rank)
-    old = adapter_dir.with_name(adapter_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if adapter_dir.exists():
-        adapter_dir.rename(old)
-    tmp.rename(adapter_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    adapter_dir = adapters_root / adapter_folder_name(adapter_sha256(tmp))
+    if (adapter_dir / ADAPTER_CONFIG).is_file():
+        shutil.rmtree(tmp)  # the same content is already there
+    else:
+        tmp.rename(adapter_dir)
     return adapter_dir
 
 
@@ -254,11 +268,11 @@ def _load_policy(config: DPOTrainConfig) -> Any:
     return model
 
 
-def _dpo_args(config: DPOTrainConfig, report_to: str) -> Any:
+def _dpo_args(config: DPOTrainConfig, report_to: str, checkpoint_dir: Path) -> Any:
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=config.output_dir,
+        output_dir=str(checkpoint_dir),
         beta=config.beta,
         loss_type=[config.loss_type],
         learning_rate=config.learning_rate,

@@ -1,8 +1,9 @@
-"""Resuming a preempted run: find the newest complete checkpoint, and refuse checkpoints of another run.
+"""One checkpoint folder per run: `<output_dir>/<run id>/`, where the run id hashes what the run trains on.
 
-`output_dir/run.json` records a fingerprint of what a run trains on (data, base, SFT adapter, DPO settings).
-A rerun with the same fingerprint continues from the newest `checkpoint-N`; one with another fingerprint would
-silently continue someone else's optimizer state, so it is refused before the model is loaded.
+A run is its data, base, SFT adapter and DPO settings (`run_fingerprint`). The same run (a Modal retry, a
+preempted attempt, a rerun of the pipeline) finds its own folder and continues from the newest complete
+`checkpoint-N`; a different run (new data, another beta) gets a folder of its own and starts clean. Nothing is
+ever deleted: to start the same run over, give it a `restart` label, which is part of the fingerprint.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
-import shutil
 from pathlib import Path
 
 from training.adapters import adapter_sha256
@@ -21,11 +22,13 @@ from training.errors import TrainingInputError
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+RUN_ID_CHARS = 16  # 64 bits, as the dataset folders: enough to tell runs apart, short enough to read
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Settings that change what the optimizer state means. Step counts, logging and saving may change on resume.
 _FINGERPRINT_FIELDS = (
     "base_model", "beta", "loss_type", "learning_rate", "per_device_train_batch_size",
     "gradient_accumulation_steps", "max_length", "lr_scheduler_type", "warmup_steps", "seed", "load_in_4bit",
+    "restart",
 )
 
 
@@ -34,10 +37,6 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     complete = [(step, path) for step, path in _checkpoints_by_step(Path(output_dir))
                 if (path / "trainer_state.json").is_file()]
     return max(complete)[1] if complete else None
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    return [path for _, path in _checkpoints_by_step(output_dir)]
 
 
 def _checkpoints_by_step(output_dir: Path) -> list[tuple[int, Path]]:
@@ -58,31 +57,40 @@ def run_fingerprint(config: DPOTrainConfig) -> dict[str, str]:
     }
 
 
-def checkpoint_to_resume(config: DPOTrainConfig) -> Path | None:
-    """The checkpoint this run continues from (None: start fresh), and record this run's fingerprint.
+def run_id(fingerprint: dict[str, str]) -> str:
+    """The run's folder name: a short hash of its fingerprint."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:RUN_ID_CHARS]
 
-    Raises TrainingInputError when output_dir holds checkpoints of a run with another fingerprint.
+
+def run_dir(config: DPOTrainConfig, fingerprint: dict[str, str] | None = None) -> Path:
+    """`<output_dir>/<run id>`: where this run's checkpoints live."""
+    return Path(config.output_dir) / run_id(fingerprint or run_fingerprint(config))
+
+
+def checkpoint_to_resume(config: DPOTrainConfig) -> tuple[Path, Path | None]:
+    """This run's checkpoint folder (created, its fingerprint recorded) and the checkpoint to continue from.
+
+    Raises TrainingInputError when the folder records another fingerprint (a hash prefix collision, or files
+    changed by hand): continuing would mix two runs' optimizer states.
     """
-    output_dir = Path(config.output_dir)
     fingerprint = run_fingerprint(config)
-    checkpoint = latest_checkpoint(output_dir) if config.resume else None
-    run_file = output_dir / RUN_FILE
-    if checkpoint is not None and run_file.is_file():
+    folder = run_dir(config, fingerprint)
+    run_file = folder / RUN_FILE
+    if run_file.is_file():
         recorded = json.loads(run_file.read_text())
         changed = sorted(k for k in fingerprint if recorded.get(k) != fingerprint[k])
         if changed:
             raise TrainingInputError(
-                f"{output_dir} holds checkpoints of another run ({', '.join(changed)} differ), so resuming "
-                f"from {checkpoint.name} would continue that run. Use a new output_dir, delete the old "
-                "checkpoints, or set resume=False to start over."
+                f"{folder} records another run ({', '.join(changed)} differ), so resuming there would continue "
+                "that run. Move that folder aside, or set restart=<label> to train in a new folder."
             )
-    if not config.resume:
-        for old in _checkpoints(output_dir):  # starting over: old checkpoints must not be resumed later
-            logger.info("resume=False: removing old checkpoint %s", old)
-            shutil.rmtree(old)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-    return checkpoint
+    checkpoint = latest_checkpoint(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = run_file.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, run_file)
+    logger.info("run %s: %s", folder.name, f"resuming from {checkpoint.name}" if checkpoint else "starting")
+    return folder, checkpoint
 
 
 def _file_sha256(path: Path) -> str:

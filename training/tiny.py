@@ -314,15 +314,15 @@ def _train_dpo_adapter(tmp: Path, final_root: Path) -> None:
         base_model=str(tmp / "base"),
         sft_adapter=str(tmp / "sft-adapter"),
         output_dir=str(tmp / "dpo-run"),
-        adapter_out=str(adapter),
+        adapter_out=str(tmp / "dpo-adapters"),  # saved under its content hash, then moved to the kit's name
         check_base_model=False,  # the SFT adapter already names the final base path
         save_steps=1000,  # no checkpoint: nothing to resume in a kit build
         eval_steps=1000,
         seed=RECIPE["seed"],
         **RECIPE["dpo"],
     )
-    train_dpo(config)
-    for leftover in ("dpo-run", "dpo-data"):
+    train_dpo(config).adapter_dir.rename(adapter)
+    for leftover in ("dpo-run", "dpo-data", "dpo-adapters"):
         shutil.rmtree(tmp / leftover, ignore_errors=True)
     (adapter / "training_metrics.json").unlink(missing_ok=True)
     config_path = adapter / "adapter_config.json"

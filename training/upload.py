@@ -1,4 +1,5 @@
-"""Put a train/val preference split on the Modal volume, content-addressed: `/data/dpo/<hash>/`.
+"""Put a train/val preference split (`/data/dpo/<hash>/`) or an adapter (`/adapters/nothing-gpt/<hash>/`) on
+the Modal volume, content-addressed.
 
 The folder name is a hash of both files, so the same split always lands in the same folder and a
 re-upload is skipped file by file; a changed split gets a new folder and never overwrites the old one.
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from infra.adapter_hash import ADAPTER_CONFIG, adapter_folder_name, adapter_sha256
 from infra.names import NAMES
 from training.config import TRAIN_FILE, VAL_FILE
 from training.data import load_preference_rows
@@ -90,3 +92,48 @@ def _listing(volume, remote_dir: str) -> dict[str, int]:
     except modal.exception.NotFoundError:
         return {}
     return {PurePosixPath(e.path).name: e.size for e in entries}
+
+
+def volume_adapter_dir(adapter_dir: Path, root: str = NAMES.sft_adapters) -> str:
+    """`/vol/adapters/nothing-gpt/<content hash>`: where the adapter lands, as the containers see it."""
+    return f"{root}/{adapter_folder_name(adapter_sha256(adapter_dir))}"
+
+
+def adapter_files(adapter_dir: Path) -> list[Path]:
+    """The files of an adapter folder that go to the volume: its config, weights and tokenizer files."""
+    return sorted(p for p in Path(adapter_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def upload_adapter(adapter_dir: Path) -> str:
+    """Upload the SFT adapter to `/vol/adapters/nothing-gpt/<content hash>/` (skipping files there); return that.
+
+    Checked first with vLLM's load rules (TrainingInputError), then Modal credentials. Training reads it from
+    NGPT_SFT_ADAPTER, serving serves it from there: export the path this returns.
+    """
+    from training.adapters import read_adapter_config
+    from training.errors import TrainingInputError
+
+    config = read_adapter_config(Path(adapter_dir), "SFT adapter")
+    from infra.lora_rules import lora_problems
+
+    problems = lora_problems(config, None, [p.name for p in Path(adapter_dir).iterdir()])
+    if problems:
+        raise TrainingInputError(f"SFT adapter {adapter_dir} cannot be served by vLLM: {'; '.join(problems)}.")
+    require_modal_credentials()
+    container_dir = volume_adapter_dir(Path(adapter_dir))
+    remote_dir = "/" + str(PurePosixPath(container_dir).relative_to(NAMES.mount))
+    import modal
+
+    with modal_auth_errors():
+        volume = modal.Volume.from_name(NAMES.volume, create_if_missing=True)
+        existing = _listing(volume, remote_dir)
+        todo = [(f, f"{remote_dir}/{f.name}") for f in adapter_files(adapter_dir)
+                if existing.get(f.name) != f.stat().st_size]
+        if todo:
+            # Config last: a folder with an adapter_config.json is complete (readers check for it).
+            todo.sort(key=lambda item: item[0].name == ADAPTER_CONFIG)
+            with volume.batch_upload(force=True) as batch:
+                for local, remote in todo:
+                    batch.put_file(local, remote)
+    logger.info("adapter at %s:%s (%d file(s) uploaded)", NAMES.volume, remote_dir, len(todo))
+    return container_dir
