@@ -46,7 +46,10 @@ def deploy_adapters(
             record = deploy_local(kit.base_dir, adapters, state_dir=Path(state_dir), timeout_s=timeout_s, port=port)
     elif target == "modal":
         reused = False
-        record = deploy_modal(expected=expected, state_dir=Path(state_dir), timeout_s=timeout_s)
+        # The trained adapter's own content-addressed folder; the SFT one from NGPT_SFT_ADAPTER. The deploy
+        # checks that the live server loaded exactly these folders (vLLM's `root`), else rolls back.
+        record = deploy_modal(expected=expected, adapters={NAMES.dpo_model_name: adapter.path},
+                              state_dir=Path(state_dir), timeout_s=timeout_s)
         _check_live_adapter(record, adapter)
     else:
         raise ValueError(f"target must be 'local' or 'modal', got {target!r}")
