@@ -85,7 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from arena.page import CSS, Arena, ArenaSettings, build_page  # imports Gradio (seconds)
+    from arena.page import Arena, ArenaSettings, build_page, serve  # imports Gradio (seconds)
 
     try:
         settings = ArenaSettings(baseline=args.baseline, challenger=args.challenger, sampling=sampling,
@@ -99,8 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or _free_port(args.host)
     _warm_up(arena)
     try:
-        _, url, _ = page.launch(server_name=args.host, server_port=port, prevent_thread_lock=True, quiet=True,
-                                ssr_mode=False, css=CSS, footer_links=["gradio", "settings"])
+        url = serve(page, args.host, port)
         print(json.dumps({"url": url, "endpoint": endpoint.public_url, "endpoint_from": endpoint.source,
                           "votes": str(votes.path), "held_out": str(scenes.path)}), flush=True)
         logger.info("the arena is at %s (Ctrl-C stops it)", url)

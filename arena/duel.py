@@ -135,11 +135,14 @@ async def _stream(client: openai.AsyncOpenAI, answer: Answer, prompt: list[dict[
 
 def describe_error(e: openai.OpenAIError, model: str, client: openai.AsyncOpenAI) -> str:
     """One line saying what failed and what to do about it (never the API key)."""
-    if isinstance(e, openai.APITimeoutError):
+    causes = _causes(e)
+    refused = next((c for c in causes if isinstance(c, ConnectionError)), None)  # the SDK may call it a timeout
+    if isinstance(e, openai.APITimeoutError) and refused is None:
         return (f"no answer within {client.timeout} s: the endpoint may still be starting; sample again in a "
                 "minute, or start the arena with a larger --timeout")
     if isinstance(e, openai.APIConnectionError):
-        return f"cannot reach the endpoint ({e.__cause__ or e}); is the server running? (check --serve-url / SERVE_URL)"
+        return (f"cannot reach the endpoint ({refused or causes[-1]}); is the server running? "
+                "(check --serve-url / SERVE_URL)")
     if isinstance(e, openai.AuthenticationError):
         return "the endpoint refused the API key (401): set SERVE_API_KEY to the server's key and restart the arena"
     if isinstance(e, openai.NotFoundError):
@@ -147,6 +150,13 @@ def describe_error(e: openai.OpenAIError, model: str, client: openai.AsyncOpenAI
     if isinstance(e, openai.APIStatusError):
         return f"the endpoint answered {e.status_code}: {_message(e)}"
     return f"{type(e).__name__}: {e}"
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    return chain
 
 
 def _message(e: openai.APIStatusError) -> str:

@@ -84,6 +84,13 @@ class Arena:
         return self.votes.tally(self.settings.baseline, self.settings.challenger)
 
 
+def serve(page: gr.Blocks, host: str, port: int) -> str:
+    """Start the page's web server in a background thread; returns its URL. `page.close()` stops it."""
+    _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                            ssr_mode=False, css=CSS, footer_links=["gradio", "settings"])
+    return url
+
+
 def build_page(arena: Arena) -> gr.Blocks:
     s = arena.settings
     with gr.Blocks(title="A/B arena") as page:
@@ -198,6 +205,9 @@ def _status(rnd: Round, timeout_s: float) -> str:
         return (f"**Waking the model**: no token yet. A cold endpoint (Modal scales to zero) takes a few "
                 f"minutes to load; waiting up to {timeout_s:g} s.")
     if all(a.finished for a in answers):
+        if answers[0].text == answers[1].text:
+            return ("Both answers are in and **identical**: a vote counts in the tally but makes no training pair "
+                    "(export leaves it out).")
         return "Both answers are in: which one is more Seinfeld? Vote below."
     return "Both models are writing…"
 
