@@ -83,6 +83,8 @@ def test_sample_vote_and_see_names_tally_and_the_vote_on_disk_against_local_vllm
     endpoint = Endpoint(local_vllm.base_url, "test", local_vllm.api_key)
     with arena_page(endpoint, votes) as url, chromium() as browser:
         page = browser.new_page(viewport=VIEWPORT)
+        outside: list[str] = []  # the page must work offline: no fonts, scripts or analytics from elsewhere
+        page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:")) else outside.append(r.url))
         left, right = sample(page, url)
         assert page.is_enabled("#vote-right") and page.is_enabled("#vote-tie") and page.is_enabled("#vote-both-bad")
         names_before = page.inner_text("#left-name") + page.inner_text("#right-name")
@@ -103,6 +105,7 @@ def test_sample_vote_and_see_names_tally_and_the_vote_on_disk_against_local_vllm
             page.screenshot(path=str(shot), full_page=True)
         content = page.content() + urllib.request.urlopen(url + "config", timeout=10).read().decode()
     assert local_vllm.api_key not in content
+    assert outside == []
     (line,) = read_lines(votes)
     assert line["vote"] == "left" and line["winner"] == shown_left and line["loser"] == shown_right
     assert line["left"]["model"] == shown_left
