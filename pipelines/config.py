@@ -80,6 +80,13 @@ class DeploySettings:
             raise PipelineConfigError(f"deploy.port must be 0 (any free port) or 1-65535, got {self.port}")
 
 
+EVALUATE_EXTRA_HELP = {
+    "prompts": "prompt file for the A/B evaluation (null: the split's val set, never trained on)",
+    "judge_backend": "openai or reference for the A/B judge (null: the judge section's backend)",
+    "max_cost_usd": "USD per run for the A/B judge (null: no cap)",
+}
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything one pipeline run needs, validated. Paths are absolute."""
@@ -97,6 +104,9 @@ class PipelineConfig:
     train: dict[str, Any]  # DPOTrainConfig overrides, already checked against DPOTrainConfig
     deploy: DeploySettings
     source: str  # the YAML file it came from
+    evaluate: Any = None  # engine.evaluate.EvaluateSettings
+    evaluate_judge: Any = None  # JudgeSettings of the A/B judge (both orders are judged regardless)
+    evaluate_prompts: Path | None = None  # None: the split's val set
 
     @property
     def is_local(self) -> bool:
@@ -118,6 +128,8 @@ TOP_LEVEL_HELP = {
     "split": "SplitSettings keys (val_fraction)",
     "train": "DPOTrainConfig overrides",
     "deploy": "DeploySettings keys (state_dir, timeout_s, port)",
+    "evaluate": "EvaluateSettings keys (min_win_rate, baseline, challenger, worst_losses) and prompts, "
+    "judge_backend, max_cost_usd",
 }
 
 
@@ -149,7 +161,8 @@ def load_config(
             f"--profile {profile} contradicts `profile: {file_profile}` in {path}; drop one of them"
         )
     chosen = profile or file_profile or DEFAULT_PROFILE
-    sections = {name: dict(_section(raw, name, path)) for name in ("generate", "judge", "split", "train", "deploy")}
+    sections = {name: dict(_section(raw, name, path))
+                for name in ("generate", "judge", "split", "train", "deploy", "evaluate")}
     for var, section, key in ENV_OVERRIDES:
         if env.get(var):
             sections[section][key] = env[var]
@@ -174,7 +187,11 @@ def load_config(
             f"the local profile never calls api.openai.com, so judge.backend {judge.backend!r} needs a judge_url "
             "(a local OpenAI-compatible server); use backend 'reference', or --profile modal for GPT-5"
         )
+    evaluate, evaluate_judge, evaluate_prompts = _evaluate_section(sections["evaluate"], judge)
     return PipelineConfig(
+        evaluate=evaluate,
+        evaluate_judge=evaluate_judge,
+        evaluate_prompts=evaluate_prompts,
         profile=chosen,
         prompts=prompts,
         limit=limit,
@@ -237,6 +254,30 @@ def _train_overrides(values: Mapping[str, Any], profile: str) -> dict[str, Any]:
     except ValueError as e:
         raise PipelineConfigError(f"train: {e}") from e
     return dict(values)
+
+
+def _evaluate_section(values: Mapping[str, Any], judge: Any) -> tuple[Any, Any, Path | None]:
+    """EvaluateSettings, the A/B judge's JudgeSettings (the judge section's, with overrides), the prompt file."""
+    from engine.evaluate import EvaluateSettings
+
+    values = dict(values)
+    extra = {k: values.pop(k) for k in list(values) if k in EVALUATE_EXTRA_HELP}
+    _reject_unknown(values, {**{f.name: "" for f in dataclasses.fields(EvaluateSettings)}, **EVALUATE_EXTRA_HELP},
+                    "evaluate")
+    settings = build(EvaluateSettings, values, "evaluate")
+    overrides = {"max_cost_usd": extra.get("max_cost_usd")}
+    if extra.get("judge_backend"):
+        overrides["backend"] = extra["judge_backend"]
+    try:
+        ab_judge = dataclasses.replace(judge, **overrides)
+    except ValueError as e:
+        raise PipelineConfigError(f"evaluate: {e}") from e
+    prompts = None
+    if extra.get("prompts"):
+        prompts = _resolve(extra["prompts"])
+        if not prompts.is_file():
+            raise PipelineConfigError(f"evaluate.prompts: no file at {prompts}; give a JSONL prompt file or null")
+    return settings, ab_judge, prompts
 
 
 def _judge_settings_class() -> type:

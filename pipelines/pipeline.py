@@ -1,4 +1,5 @@
-"""The ZenML pipeline: prompts -> completions -> preferences -> train/val -> uploaded data -> adapter -> deployment.
+"""The ZenML pipeline: prompts -> completions -> preferences -> train/val -> uploaded data -> adapter -> deployment
+-> A/B evaluation.
 
 Import this module only after `pipelines.zenml_home.init_zenml()` (it imports ZenML); the CLI does so.
 Every step gets only parameters that define its output (settings, content hashes, the model's key), so
@@ -11,12 +12,14 @@ from typing import Any
 
 from zenml import pipeline
 
+from engine.evaluate import EvaluateSettings
 from engine.generate import GenerateSettings
 from engine.judge_settings import JudgeSettings
 from engine.options import RunOptions
 from pipelines.config import PipelineConfig
 from steps import (
     deploy_adapters,
+    evaluate_adapters,
     generate_completions,
     judge_preferences,
     select_prompts,
@@ -45,8 +48,11 @@ def dpo_pipeline(
     deploy_timeout_s: float,
     deploy_port: int,
     model_key: str,
+    evaluate: EvaluateSettings,
+    evaluate_judge: JudgeSettings,
+    evaluate_prompts: str | None,
 ) -> None:
-    """Sample, judge, split, upload, train and redeploy; `profile` picks local (tiny kit, CPU) or modal."""
+    """Sample, judge, split, upload, train, redeploy and A/B-evaluate; `profile` picks local (tiny kit) or modal."""
     local = profile == "local"
     prompts = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256, limit=limit)
     completions = generate_completions(prompts, workdir=workdir, settings=generate, options=generate_run,
@@ -57,6 +63,9 @@ def dpo_pipeline(
     adapter = train_adapter(data_path, target=profile, workdir=workdir, overrides=train, model_key=model_key)
     deploy_adapters(adapter, target=profile, state_dir=deploy_state_dir, timeout_s=deploy_timeout_s,
                     port=deploy_port)
+    evaluate_adapters(adapter, val_set, workdir=workdir, generate=generate, judge=evaluate_judge,
+                      options=judge_run, settings=evaluate, target=profile, state_dir=deploy_state_dir,
+                      prompts_file=evaluate_prompts, after="deploy_adapters")
 
 
 def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
@@ -82,6 +91,9 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
         "deploy_timeout_s": cfg.deploy.timeout_s,
         "deploy_port": cfg.deploy.port,
         "model_key": model_key,
+        "evaluate": cfg.evaluate,
+        "evaluate_judge": cfg.evaluate_judge,
+        "evaluate_prompts": str(cfg.evaluate_prompts) if cfg.evaluate_prompts else None,
     }
 
 

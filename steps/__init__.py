@@ -18,6 +18,7 @@ _STEPS = {
     "upload_dataset": "steps.upload",
     "train_adapter": "steps.train",
     "deploy_adapters": "steps.deploy",
+    "evaluate_adapters": "steps.evaluate",
 }
 
 __all__ = sorted(_STEPS)

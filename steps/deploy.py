@@ -43,7 +43,13 @@ def deploy_adapters(
         record = live_local(Path(state_dir), adapters)  # the same adapter files answering: no restart
         reused = record is not None
         if record is None:
+            from serving.deploy import load_record
+            from serving.rollback import save_previous
+
+            replaced = load_record(Path(state_dir), "local")
             record = deploy_local(kit.base_dir, adapters, state_dir=Path(state_dir), timeout_s=timeout_s, port=port)
+            if replaced is not None:
+                save_previous(Path(state_dir), replaced)  # what a failed A/B gate rolls back to
     elif target == "modal":
         reused = False
         # The trained adapter's own content-addressed folder; the SFT one from NGPT_SFT_ADAPTER. The deploy

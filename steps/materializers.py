@@ -18,12 +18,13 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from steps.records import JsonlFile, Report
+from steps.records import ABEval, JsonlFile, Report
 
 DATA_FILE = "data.jsonl"
 PREVIEW_FILE = "preview.md"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+RESULT_JSON = "result.json"
 PREVIEW_ROWS = 3
 PREVIEW_CHARS = 600  # per row: enough to recognise a row without flooding the page
 
@@ -99,6 +100,53 @@ class ReportMaterializer(BaseMaterializer):
 
     def save_visualizations(self, data: Report) -> dict[str, VisualizationType]:
         return {os.path.join(self.uri, REPORT_MD): VisualizationType.MARKDOWN}
+
+
+class ABEvalMaterializer(BaseMaterializer):
+    """Stores result.json, report.md and the charts; the report and every chart are dashboard visualizations."""
+
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (ABEval,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+
+    def save(self, data: ABEval) -> None:
+        with fileio.open(os.path.join(self.uri, RESULT_JSON), "w") as f:
+            f.write(_canonical({"result": data.data, "charts": sorted(data.charts)}))
+        with fileio.open(os.path.join(self.uri, REPORT_MD), "w") as f:
+            f.write(data.markdown)
+        for name, png in data.charts.items():
+            with fileio.open(os.path.join(self.uri, name), "wb") as f:
+                f.write(png)
+
+    def load(self, data_type: type[Any]) -> ABEval:
+        with fileio.open(os.path.join(self.uri, RESULT_JSON), "r") as f:
+            saved = json.loads(f.read())
+        with fileio.open(os.path.join(self.uri, REPORT_MD), "r") as f:
+            markdown = f.read()
+        charts = {}
+        for name in saved["charts"]:
+            with fileio.open(os.path.join(self.uri, name), "rb") as f:
+                charts[name] = f.read()
+        return ABEval(data=saved["result"], markdown=markdown, charts=charts)
+
+    def extract_metadata(self, data: ABEval) -> dict[str, Any]:
+        """The numbers a dashboard reader wants without opening the artifact."""
+        r = data.data
+        w = r["win_rate"]
+        meta = {"wins": r["wins"], "losses": r["losses"], "ties": r["ties"], "n": r["judged"],
+                "win_rate_all": w["win_rate_all"], "ci95_all_low": w["ci95_all"][0], "ci95_all_high": w["ci95_all"][1],
+                "win_rate_decided": w["win_rate_decided"], "order_agreement": r["order_agreement"],
+                "cost_usd": r["cost_usd"]}
+        if r.get("gate"):
+            meta["gate_passed"] = r["gate"]["passed"]
+        return {k: v for k, v in meta.items() if v is not None}
+
+    def compute_content_hash(self, data: ABEval) -> str | None:
+        return hashlib.sha256(_canonical(data.data).encode()).hexdigest()
+
+    def save_visualizations(self, data: ABEval) -> dict[str, VisualizationType]:
+        shown = {os.path.join(self.uri, REPORT_MD): VisualizationType.MARKDOWN}
+        shown.update({os.path.join(self.uri, name): VisualizationType.IMAGE for name in sorted(data.charts)})
+        return shown
 
 
 def _canonical(data: dict[str, Any]) -> str:

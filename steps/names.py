@@ -22,6 +22,7 @@ class Artifact(StrEnum):
     DATA_PATH = "data_volume_path"  # where the train/val files were uploaded (Modal volume or local folder)
     ADAPTER = "dpo_adapter"  # reference to the trained adapter: path, content hash, metrics
     DEPLOYMENT = "deployment"  # what is live after the redeploy
+    AB_EVAL = "ab_eval"  # the judged A/B win rate of the DPO adapter over the SFT one, with charts
 
 
 class Step(StrEnum):
@@ -34,6 +35,7 @@ class Step(StrEnum):
     UPLOAD = "upload_dataset"
     TRAIN = "train_adapter"
     DEPLOY = "deploy_adapters"
+    EVALUATE = "evaluate_adapters"
 
 
 # The lineage every run has, in order: each artifact is made from the one before it.

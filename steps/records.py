@@ -53,3 +53,14 @@ class Report:
 
     data: dict[str, Any]
     markdown: str
+
+
+@dataclass(frozen=True)
+class ABEval:
+    """The A/B evaluation: result.json's data, the Markdown report and PNG charts (name -> bytes).
+
+    The dashboard shows the report and each chart (the win rate, the DPO training curves)."""
+
+    data: dict[str, Any]
+    markdown: str
+    charts: dict[str, bytes] = field(default_factory=dict)

@@ -69,6 +69,7 @@ def chain(tmp_path_factory, judge_server):
     config["deploy"]["state_dir"] = str(base / "serving")
     config["judge"] = {"backend": "openai", "judge_url": judge_server.url, "judge_model": "gpt-5",
                        "concurrency": 1, "progress": False}
+    config["evaluate"] = {"judge_backend": "reference"}  # the A/B judge: offline, so the server counts the pairs
     config_file = base / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = _clean_env(base / "zenml")
@@ -148,9 +149,13 @@ def probe() -> None:
             })
             for out, version in outputs.items():
                 artifacts[out] = {"id": str(version.id), "version": str(version.version)}
-                if out in (Artifact.DATA_PATH, Artifact.ADAPTER, Artifact.DEPLOYMENT):
+                if out in (Artifact.DATA_PATH, Artifact.ADAPTER, Artifact.DEPLOYMENT, Artifact.AB_EVAL):
                     value = version.load()
                     values[out] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                if out == Artifact.AB_EVAL:
+                    values["ab_eval_charts"] = sorted(values[out].pop("charts"))  # bytes: names only
+                    values["ab_eval_visualizations"] = sorted(str(v.type) for v in version.visualizations or [])
+                    values["ab_eval_metadata"] = dict(version.run_metadata)
         runs.append({"name": run.name, "status": run.status.value, "steps": steps, "artifacts": artifacts,
                      "values": values})
     print(json.dumps(runs, default=str))
@@ -220,6 +225,17 @@ def test_smoke_run_succeeds_with_versioned_artifacts_and_lineage(chain):
     assert steps["train_adapter"]["metadata"]["steps"] == 4
     assert steps["split_dataset"]["metadata"]["n_train"] + steps["split_dataset"]["metadata"]["n_val"] >= 1
     assert "artifact deployment: version" in chain["resumed"].stdout
+    # The A/B evaluation on the val split: a result, its numbers as metadata, the report and charts to look at.
+    ab = run["values"][Artifact.AB_EVAL]
+    n_val = steps["split_dataset"]["metadata"]["n_val"]
+    assert ab["data"]["pairs"] == n_val and ab["data"]["wins"] + ab["data"]["losses"] + ab["data"]["ties"] == n_val
+    assert ab["data"]["judge_backend"] == "reference" and ab["data"]["win_rate"]["interval"] == "wilson"
+    assert "win_rate.png" in run["values"]["ab_eval_charts"]
+    assert "training_curves.png" in run["values"]["ab_eval_charts"]
+    assert run["values"]["ab_eval_visualizations"].count("image") == len(run["values"]["ab_eval_charts"])
+    assert "markdown" in run["values"]["ab_eval_visualizations"]
+    assert run["values"]["ab_eval_metadata"]["n"] == n_val
+    assert "win_rate_all" in steps["evaluate_adapters"]["metadata"]
 
 
 def test_second_run_with_nothing_changed_is_served_from_cache(chain):

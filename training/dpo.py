@@ -147,6 +147,7 @@ def train_dpo(
         train_rows=len(inputs.train_rows),
         eval_rows=len(inputs.val_rows),
         run_id=checkpoint_dir.name,
+        log_history=_curve_points(trainer.state.log_history),  # for the dashboard's training-curves chart
     )
     metrics_path = adapter_dir / METRICS_FILE
     record = {"metrics": metrics, "adapter_sha256": sha, "config": config.to_dict()}
@@ -321,6 +322,17 @@ def _final_metrics(state: Any, train_metrics: dict, eval_metrics: dict) -> dict[
     metrics["steps"] = int(state.global_step)
     metrics["epoch"] = _num(state.epoch)
     return metrics
+
+
+def _curve_points(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Every logged step's loss, rewards/margins and rewards/accuracies (train and eval_), JSON-safe."""
+    keys = [f"{prefix}{k}" for prefix in ("", "eval_") for k in ("loss", "rewards/margins", "rewards/accuracies")]
+    points = []
+    for log in log_history:
+        point = {k: v for k in keys if (v := _num(log.get(k))) is not None}
+        if point and "step" in log:
+            points.append({"step": int(log["step"]), **point})
+    return points
 
 
 def _num(value: Any) -> float | None:

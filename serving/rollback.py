@@ -1,0 +1,53 @@
+"""Put the previous DPO adapter back when a new one fails the A/B gate.
+
+Local: each local deploy that changes the served adapters first saves the record it replaces as
+`local_deployment.previous.json` (steps/deploy.py); `rollback_local` redeploys those adapter folders, or
+serves the SFT adapter alone when there was no earlier DPO adapter. Modal: `modal app rollback APP`
+returns the serving app to its previous deployed version (Modal keeps them; the adapters live in
+content-addressed folders, so the previous version still finds its files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from serving.deploy import DeployRecord, deploy_local, record_path
+from serving.errors import DeployError
+
+logger = logging.getLogger(__name__)
+
+
+def previous_path(state_dir: Path, target: str) -> Path:
+    return record_path(state_dir, target).with_name(f"{target}_deployment.previous.json")
+
+
+def save_previous(state_dir: Path, record: DeployRecord) -> None:
+    """Keep `record` (what is live now, about to be replaced) for a rollback."""
+    path = previous_path(state_dir, record.target)
+    path.write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def rollback_local(state_dir: Path, base_dir: Path, sft: dict[str, Path]) -> DeployRecord:
+    """Redeploy the local server with the adapters of the previous deploy, or `sft` alone if there was none."""
+    path = previous_path(state_dir, "local")
+    adapters: dict[str, Path] = dict(sft)
+    if path.is_file():
+        previous = DeployRecord.from_dict(json.loads(path.read_text()))
+        kept = {a.name: Path(a.path) for a in previous.adapters if Path(a.path).is_dir()}
+        adapters.update(kept)
+    logger.warning("rolling the local server back to %s", {n: str(p) for n, p in adapters.items()})
+    return deploy_local(base_dir, adapters, state_dir=state_dir)
+
+
+def rollback_modal(app_name: str) -> None:
+    """`modal app rollback APP`: the serving app's previous deployed version goes live again."""
+    cmd = [sys.executable, "-m", "modal", "app", "rollback", app_name]
+    logger.warning("rolling the Modal app back: %s", " ".join(cmd[2:]))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise DeployError("deploy", f"`modal app rollback {app_name}` failed ({done.returncode}): "
+                                    f"{(done.stderr or done.stdout)[-500:]}")

@@ -1,0 +1,109 @@
+"""Step: did DPO make the model better? The judged A/B win rate of "seinfeld-dpo" over "seinfeld".
+
+Runs after the deploy step against what is live (local: the recorded local vLLM and its key; modal: the
+recorded Modal endpoint, key from SERVE_API_KEY), on the split's val set (prompts DPO never trained on)
+unless `prompts_file` names another. Records the `ab_eval` artifact: the numbers as metadata, the report, a
+win-rate chart and the DPO training curves as dashboard visualizations. With `settings.min_win_rate` set,
+a result whose 95% interval's lower end is below it fails the step, after putting the previous DPO adapter
+back (serving/rollback.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from zenml import ArtifactConfig, log_metadata, step
+
+from engine.evaluate import EvaluateSettings
+from engine.generate import GenerateSettings
+from engine.judge_settings import JudgeSettings
+from engine.options import RunOptions
+from steps.names import Artifact
+from steps.records import ABEval, AdapterRef, JsonlFile
+from steps.stage_io import log_summary, stage_dir
+
+logger = logging.getLogger(__name__)
+
+
+class GateFailed(RuntimeError):
+    """The DPO adapter did not beat the SFT one by the configured margin; the message has the numbers."""
+
+
+@step
+async def evaluate_adapters(
+    adapter: AdapterRef,
+    val_set: JsonlFile,
+    workdir: str,
+    generate: GenerateSettings,
+    judge: JudgeSettings,
+    options: RunOptions,
+    settings: EvaluateSettings,
+    target: str = "local",
+    state_dir: str = "data/runs/serving",
+    prompts_file: str | None = None,
+) -> Annotated[ABEval, ArtifactConfig(name=Artifact.AB_EVAL)]:
+    """Sample both served models on the held-out prompts, judge every pair in both orders, tally, gate."""
+    from engine.evaluate import run_evaluate
+    from serving.deploy import load_record, local_api_key
+    from steps.charts import training_curves, win_rate_chart
+
+    prompts = Path(prompts_file) if prompts_file else val_set.path
+    record = load_record(Path(state_dir), target)
+    if record is None:
+        raise RuntimeError(f"no {target} deployment recorded in {state_dir}: the deploy step must run first")
+    key = local_api_key(Path(state_dir)) if target == "local" else os.environ.get("SERVE_API_KEY")
+    import dataclasses
+
+    live = dataclasses.replace(generate, serve_url=record.base_url)
+    out = stage_dir(workdir, "evaluate", settings={"evaluate": dataclasses.asdict(settings),
+                                                   "generate": live.fingerprinted(),
+                                                   "judge": judge.fingerprinted()},
+                    input=prompts.name if prompts_file else val_set.sha256, model=adapter.sha256)
+    run = await run_evaluate(prompts, out, settings, live, judge, options, serve_api_key=key)
+    for summary in [*run.samples.values(), *([run.judge] if run.judge else [])]:
+        log_summary(summary)
+    result = run.result.to_dict()
+    charts = {"win_rate.png": win_rate_chart(result)}
+    curves = training_curves(adapter.metrics.get("log_history") or [])
+    if curves is not None:
+        charts["training_curves.png"] = curves
+    log_metadata(metadata=_metadata(result))
+    if run.exit_code not in (0,):
+        raise RuntimeError(f"the A/B evaluation left rows for a rerun (exit {run.exit_code}; {run.unpaired} prompts "
+                           f"unpaired); rerun the pipeline to finish them. Results so far: {run.result.headline()}")
+    gate = result.get("gate")
+    if gate is not None and not gate["passed"]:
+        _roll_back(target, Path(state_dir), record)
+        raise GateFailed(
+            f"{settings.challenger} did not pass the A/B gate: the 95% interval's lower end "
+            f"{gate['lower_bound']:.3f} is below evaluate.min_win_rate {gate['min_win_rate']:.3f} "
+            f"({run.result.headline()}). Serving was rolled back to the previous DPO adapter."
+        )
+    return ABEval(data=result, markdown=(out / "report.md").read_text(encoding="utf-8"), charts=charts)
+
+
+def _metadata(result: dict[str, Any]) -> dict[str, Any]:
+    w = result["win_rate"]
+    meta = {"wins": result["wins"], "losses": result["losses"], "ties": result["ties"], "n": result["judged"],
+            "win_rate_all": w["win_rate_all"], "ci95_all": w["ci95_all"], "win_rate_decided": w["win_rate_decided"],
+            "ci95_decided": w["ci95_decided"], "order_agreement": result["order_agreement"],
+            "cost_usd": result["cost_usd"], "interval": w["interval"]}
+    if result.get("gate"):
+        meta["gate"] = result["gate"]
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def _roll_back(target: str, state_dir: Path, record: Any) -> None:
+    from infra.names import NAMES
+    from serving.rollback import rollback_local, rollback_modal
+
+    if target == "local":
+        from training.tiny import ensure_tiny_kit
+
+        kit = ensure_tiny_kit()
+        rollback_local(state_dir, kit.base_dir, {NAMES.sft_model_name: kit.sft_adapter_dir})
+    else:
+        rollback_modal(record.app_name or NAMES.serve_app)
