@@ -184,7 +184,7 @@ def _rolled_back(error: DeployError, deployment: ModalDeployment) -> DeployError
         return DeployError(error.part, f"{error.detail}. This was the app's first version: nothing to roll back "
                            f"to; stop it with `modal app stop {deployment.app_name}` or fix and deploy again.")
     try:
-        _call_modal(lambda: _rollback_modal_app(deployment.app_name), 600.0)
+        _call_modal(lambda: rollback_modal_app(deployment.app_name), 600.0)
     except DeployError as e:
         return DeployError(error.part, f"{error.detail}. Rolling back to the previous version failed too ({e}): "
                            f"run `modal app rollback {deployment.app_name}`.")
@@ -281,7 +281,7 @@ def _deploy_modal_app(adapters: Mapping[str, str]) -> ModalDeployment:
                            previous_version=previous)
 
 
-def _rollback_modal_app(app_name: str) -> None:
+def rollback_modal_app(app_name: str) -> None:
     """Modal: `modal app rollback APP` (the previous version, its adapters included, serves again)."""
     done = subprocess.run([sys.executable, "-m", "modal", "app", "rollback", app_name], check=False)
     if done.returncode != 0:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 from serving.deploy import DeployRecord, deploy_local, record_path
-from serving.errors import DeployError
+from serving.deploy import rollback_modal_app as rollback_modal  # noqa: F401 - the Modal side, re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +39,3 @@ def rollback_local(state_dir: Path, base_dir: Path, sft: dict[str, Path]) -> Dep
         adapters.update(kept)
     logger.warning("rolling the local server back to %s", {n: str(p) for n, p in adapters.items()})
     return deploy_local(base_dir, adapters, state_dir=state_dir)
-
-
-def rollback_modal(app_name: str) -> None:
-    """`modal app rollback APP`: the serving app's previous deployed version goes live again."""
-    cmd = [sys.executable, "-m", "modal", "app", "rollback", app_name]
-    logger.warning("rolling the Modal app back: %s", " ".join(cmd[2:]))
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise DeployError("deploy", f"`modal app rollback {app_name}` failed ({done.returncode}): "
-                                    f"{(done.stderr or done.stdout)[-500:]}")

@@ -156,7 +156,7 @@ def modal_logged_in(monkeypatch, tmp_path) -> list[str]:
         deploy.NAMES, sft_adapter="/vol/adapters/seinfeld", dpo_adapter="/vol/adapters/seinfeld-dpo"))
     monkeypatch.setattr(deploy, "_check_volume_adapters", lambda adapters: dict.fromkeys(adapters))
     rollbacks: list[str] = []
-    monkeypatch.setattr(deploy, "_rollback_modal_app", rollbacks.append)
+    monkeypatch.setattr(deploy, "rollback_modal_app", rollbacks.append)
     return rollbacks
 
 
