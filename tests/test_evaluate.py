@@ -142,3 +142,17 @@ def test_against_the_local_vllm_with_the_reference_judge(local_vllm, tmp_path):
     assert r.pairs == 6 and r.judged == 6 and r.wins + r.losses + r.ties == 6
     assert r.judge_backend == "reference" and r.cost_usd == 0
     assert run.exit_code == 0
+
+
+def test_estimate_samples_and_forecasts_both_orders_without_judging(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", 5)
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}) as server:
+        done = subprocess.run(cli("evaluate", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "out"),
+                                  "--serve-url", server.url, "--max-tokens", "64", "--estimate", "--no-progress"),
+                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+        stats = server.stats(log=False)["by_kind"]
+    assert done.returncode == 0, done.stderr
+    assert stats.get("judge", 0) == 0 and stats.get("generate", 0) >= 10  # sampled both models, judged nothing
+    assert "5 pairs sampled" in done.stderr
+    assert "10" in done.stdout and "$" in done.stdout  # 5 pairs x 2 orders = 10 requests, priced
+    assert not (tmp_path / "out" / "judge").exists()
