@@ -110,7 +110,8 @@ def build_page(arena: Arena) -> gr.Blocks:
         with gr.Accordion("Settings (the same for both models)", open=False):
             with gr.Row():
                 temperature = gr.Slider(0, 2, value=s.sampling.temperature, step=0.05, label="temperature")
-                max_tokens = gr.Slider(16, 1024, value=s.sampling.max_tokens, step=16, label="max tokens")
+                max_tokens = gr.Slider(16, max(1024, s.sampling.max_tokens), value=s.sampling.max_tokens, step=16,
+                                       label="max tokens")
                 seed = gr.Number(value=s.sampling.seed, precision=0, label="seed (empty: a new one each round)")
         status = gr.Markdown("Type a scene or draw one, then sample.", elem_id="status")
         with gr.Row(equal_height=True):
