@@ -173,7 +173,9 @@ def test_the_arena_command_shows_server_errors_and_a_waking_model_and_keeps_the_
                 assert "the endpoint answered 500: the GPU caught fire (injected)" in status
                 body = page.inner_text("body")
                 assert "Traceback" not in body and "seinfeld-dpo" in body  # names shown: nothing to vote on
-                assert not page.is_enabled("#vote-left") and page.is_enabled("#sample")
+                # the round ends when the other side has finished too: sampling opens again, voting stays shut
+                page.wait_for_function("!document.querySelector('#sample').disabled", timeout=30_000)
+                assert not page.is_enabled("#vote-left")
 
                 behaviour["seinfeld-dpo"] = ("slow", 4)  # a cold endpoint: no token for a while
                 page.click("#sample")
