@@ -97,8 +97,8 @@ class JudgeStage:
         self.client = client
         self.prior_row_cost = prior_row_cost
         self._admitted = 0
-        self._finished_rows = 0
-        self._finished_cost = 0.0
+        self._paid_rows = 0  # finished rows that were billed something: the forecast's sample
+        self._paid_cost = 0.0
         self._row_done = asyncio.Event()
         self._fatal: str | None = None
         self._secret = secret if secret and len(secret) >= 8 else None  # never echoed into an error record
@@ -146,18 +146,22 @@ class JudgeStage:
             await self._row_done.wait()
 
     def row_cost_forecast(self) -> float:
-        """Mean cost per finished row, smoothed toward the pre-run estimate while few rows are done."""
-        return (self.prior_row_cost * PRIOR_WEIGHT_ROWS + self._finished_cost) / (
-            PRIOR_WEIGHT_ROWS + self._finished_rows
-        )
+        """Mean cost per paid row, smoothed toward the pre-run estimate while few rows are paid.
+
+        Free rows (degenerate skips, rows that failed before any billed answer) are left out: averaging
+        over them would shrink the forecast and let many rows in at once (a cap of $0.40 once spent $2.73
+        at concurrency 16 behind a run of free rows). Each admitted row reserves a paid row's forecast.
+        """
+        return (self.prior_row_cost * PRIOR_WEIGHT_ROWS + self._paid_cost) / (PRIOR_WEIGHT_ROWS + self._paid_rows)
 
     async def process(self, row: Row, ctx: RowContext) -> dict[str, Any]:
         usage = RowUsage()
         try:
             return await self._process(row, ctx, usage)
         finally:
-            self._finished_rows += 1
-            self._finished_cost += usage.cost_usd
+            if usage.cost_usd > 0:
+                self._paid_rows += 1
+                self._paid_cost += usage.cost_usd
             self._row_done.set()
 
     # -- one row ----------------------------------------------------------------------------------
@@ -375,8 +379,9 @@ async def run_judge(
         prior = 0.0
         if settings.max_cost_usd is not None and completions.exists():
             forecast = await asyncio.to_thread(estimate, completions, settings, PRIOR_SAMPLE_ROWS)
-            prior = forecast.cost_per_row_usd
-            log.info("max cost $%.2f per run; forecast before any answer: $%.4f per row", settings.max_cost_usd, prior)
+            prior = forecast.cost_per_paid_row_usd
+            log.info("max cost $%.2f per run; forecast before any answer: $%.4f per paid row",
+                     settings.max_cost_usd, prior)
         stage = JudgeStage(settings, client, prior_row_cost=prior, secret=key if client is not None else None)
         summary = await run_stage(stage, completions, out_dir, options, resume_command=resume_command)
     finally:

@@ -79,10 +79,16 @@ class Estimate:
     def cost_per_row_usd(self) -> float:
         return self.cost_usd / self.rows if self.rows else 0.0
 
+    @property
+    def cost_per_paid_row_usd(self) -> float:
+        """Per row that sends a request (skipped rows are free): the --max-cost forecast's prior."""
+        return self.cost_usd / self.rows_to_judge if self.rows_to_judge else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["completions"] = str(self.completions)
         d["cost_per_row_usd"] = self.cost_per_row_usd
+        d["cost_per_paid_row_usd"] = self.cost_per_paid_row_usd
         return d
 
     def render(self) -> str:

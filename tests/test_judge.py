@@ -241,6 +241,27 @@ async def test_max_cost_stops_scheduling_and_a_rerun_continues(tmp_path):
     assert len(final) == len(set(final)) == 12 and set(final) == set(ids)
 
 
+async def test_max_cost_holds_at_concurrency_16_when_free_rows_come_first(tmp_path):
+    """48 degenerate rows (skipped, no request, $0) before 40 paid ones. The forecast counts paid rows only, so the
+    free rows cannot shrink it and let 16 rows in at once. Bound asserted: cap + one row's cost. Admission keeps
+    spend + (rows in flight) x forecast <= cap, so only rows costing more than the forecast (the mean of paid rows)
+    can pass it; here rows differ by a few tokens, so the excess is far below one row."""
+    comp = tmp_path / "c.jsonl"
+    free = [{"prompt": prompt(500 + i), "completions": ["[JERRY] same", "[JERRY] same"]} for i in range(48)]
+    write(comp, free + [{"prompt": prompt(i), "completions": marked(i)} for i in range(40)])
+    out = tmp_path / "j"
+    cap = 0.40
+    async with run_in_process(latency=0.05) as server:
+        s = settings(server, prices=Prices(0.0, 0.0, 1000.0), expected_output_tokens=90, max_cost_usd=cap)
+        summary = await run_judge(comp, out, s, RunOptions(concurrency=16, **FAST))
+        requests = server.stats()["by_kind"]["judge"]
+    kept = read_jsonl(out / "preferences.jsonl")
+    row_cost = max(r["judge"]["usage"]["cost_usd"] for r in kept)
+    assert summary.skipped == 48 and "max cost reached" in summary.stopped_reason
+    assert summary.cost_usd <= cap + row_cost, (summary.cost_usd, row_cost, requests)
+    assert requests == len(kept) >= 3 and summary.exit_code == 1
+
+
 async def test_a_rejected_key_stops_scheduling_instead_of_failing_every_row(tmp_path):
     comp = tmp_path / "c.jsonl"
     write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(10)])
