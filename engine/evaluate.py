@@ -4,7 +4,8 @@
    with the same settings and seed: the generate stage, twice (resumable, rate-limited, same records);
 2. pair: each prompt both answered becomes `{prompt, reference, completions: [baseline, challenger]}`;
 3. judge: the judge stage with the swap check on, so every pair is judged in both orders (A/B and B/A);
-   resume, --max-cost, bad input and error records are the judge stage's own;
+   resume, --max-cost, bad input and error records are the judge stage's own. It starts once every prompt
+   has both answers (the judge resumes only against an unchanged input file);
 4. tally (engine/evaluate_tally.py): a win or a loss only when both orders agree, else a tie.
 """
 
@@ -93,7 +94,13 @@ async def run_evaluate(
                                                       serve_api_key=serve_api_key)
     pairs_path = out_dir / PAIRS_FILE
     judge_summary = None
-    if paired and not any(s.interrupted for s in samples.values()):
+    sampled = all(s.exit_code == 0 for s in samples.values()) and len(samples) == 2 and not unpaired
+    if not sampled:
+        # The judge resumes only against the same input file, so it waits for the complete set of pairs:
+        # judging part of them now would make the rerun's larger pairs.jsonl a different input.
+        log.warning("sampling left prompts without both answers (%d unpaired); not judging yet: rerun to finish "
+                    "sampling, then the pairs are judged", unpaired)
+    elif paired:
         both_orders = dataclasses.replace(judge, swap_check=True, min_confidence=None)
         judge_summary = await run_judge(pairs_path, out_dir / "judge", both_orders, judge_options or options,
                                         api_key=judge_api_key)

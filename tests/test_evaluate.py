@@ -156,3 +156,20 @@ def test_estimate_samples_and_forecasts_both_orders_without_judging(tmp_path):
     assert "5 pairs sampled" in done.stderr
     assert "10" in done.stdout and "$" in done.stdout  # 5 pairs x 2 orders = 10 requests, priced
     assert not (tmp_path / "out" / "judge").exists()
+
+
+def test_a_prompt_one_model_failed_waits_unjudged_and_a_rerun_finishes_it(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", 6)
+    fault = [{"substring": "row 3?", "kind": "400", "model": "seinfeld-dpo"}]  # one prompt fails for DPO only
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, fail_matching=fault) as server:
+        first = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out")
+        errors = read_jsonl(tmp_path / "out" / "samples" / "seinfeld-dpo" / "completions.errors.jsonl")
+        server.control(fail_matching=[])
+        judged_before = server.stats(log=False)["by_kind"].get("judge", 0)
+        second = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out")
+        judged_after = server.stats(log=False)["by_kind"].get("judge", 0)
+    assert first.unpaired == 1 and first.exit_code == 1
+    assert judged_before == 0 and first.judge is None  # no pair is judged until every prompt has both answers
+    assert len(errors) == 1 and errors[0]["status"] == 400
+    assert second.unpaired == 0 and second.exit_code == 0 and second.result.wins == 6
+    assert judged_after == 2 * 6  # each pair once, in both orders
