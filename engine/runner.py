@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -103,6 +103,32 @@ class RowContext:
                 await asyncio.sleep(delay)
 
 
+@dataclass(slots=True)
+class _Duplicate:
+    row: Row
+    first_line: int
+
+
+async def _in_scope(path: Path, validate: Validator, limit: int | None) -> AsyncIterator[Row | Reject | _Duplicate]:
+    """The input as the run sees it: rows, rejects and repeats, up to the `limit`-th valid unique row."""
+    seen: dict[int, int] = {}
+    taken = 0
+    async for item in iter_rows(path, validate):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        key = int(item.id, 16)
+        first = seen.get(key)
+        if first is not None:
+            yield _Duplicate(item, first)
+            continue
+        seen[key] = item.line
+        taken += 1
+        if limit is not None and taken > limit:
+            return
+        yield item
+
+
 @dataclass
 class _Prepass:
     sha256: str
@@ -182,6 +208,7 @@ class _Run:
         self.counters = counters
         self.writer = writer
         self.done = done
+        self.finished_ids: set[str] = set()  # rows finished this run (result, skip or error record)
         self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=options.concurrency)
         self.stop = asyncio.Event()
         self.stopped_reason: str | None = None
@@ -199,11 +226,8 @@ class _Run:
     # -- producer ---------------------------------------------------------------------------------
     async def produce(self) -> None:
         c = self.counters
-        seen: dict[int, int] = {}
-        taken = 0
-        limit = self.options.limit
         try:
-            async for item in iter_rows(self.input_path, self.stage.validate):
+            async for item in _in_scope(self.input_path, self.stage.validate, self.options.limit):
                 if self.stop.is_set():
                     break
                 if isinstance(item, Reject):
@@ -212,22 +236,17 @@ class _Run:
                     c.rejected += 1
                     c.total = max(0, c.total - 1)
                     continue
-                key = int(item.id, 16)
-                first = seen.get(key)
-                if first is not None:
+                if isinstance(item, _Duplicate):
+                    row, first = item.row, item.first_line
                     self.writer.reject(
-                        {"file": str(self.input_path), "line": item.line, "id": item.id,
+                        {"file": str(self.input_path), "line": row.line, "id": row.id,
                          "problem": f"duplicate prompt of line {first}; processed once", "duplicate_of": first}
                     )
-                    log.warning("%s:%d: duplicate prompt of line %d; processed once", self.input_path, item.line,
+                    log.warning("%s:%d: duplicate prompt of line %d; processed once", self.input_path, row.line,
                                 first)
                     c.duplicates += 1
                     c.total = max(0, c.total - 1)
                     continue
-                seen[key] = item.line
-                taken += 1
-                if limit is not None and taken > limit:
-                    break
                 if item.id in self.done:
                     continue
                 reason = self.stage.stop_reason(c)
@@ -245,6 +264,18 @@ class _Run:
         # End markers only on a normal end: when cancelled, no worker is left to make room in the queue.
         for _ in range(self.options.concurrency):
             await self.queue.put(None)
+
+    async def rows_left(self) -> int:
+        """After a stop: rows in scope (valid, unique, within --limit) neither done before nor finished now.
+
+        Counted exactly by reading the input again, so rejected and duplicate lines before the limit, and
+        rows queued or cut off when the stop came, are all counted right (the exit code depends on it).
+        """
+        left = 0
+        async for item in _in_scope(self.input_path, self.stage.validate, self.options.limit):
+            if isinstance(item, Row) and item.id not in self.done and item.id not in self.finished_ids:
+                left += 1
+        return left
 
     async def _unless_stopped(self, pending: Awaitable[str | None]) -> str | None:
         task = asyncio.ensure_future(pending)
@@ -268,6 +299,7 @@ class _Run:
                 continue  # not started: left for a rerun
             ctx = RowContext(row, c, self.pacer, self.backoff, self.options)
             self.progress.in_flight += 1
+            self.finished_ids.add(row.id)  # removed again below if the row is cut off unfinished
             try:
                 record = await self.stage.process(row, ctx)
                 self.writer.result({"id": row.id, **record})
@@ -283,6 +315,7 @@ class _Run:
                 log.warning("%s:%d (id %s) failed: %s", self.input_path, row.line, row.id, e.reason)
                 c.failed += 1
             except asyncio.CancelledError:
+                self.finished_ids.discard(row.id)  # cut off after the grace period: left for a rerun
                 raise
             except Exception as e:  # a bug in a stage must not kill the batch: record it, rerun retries it
                 log.exception("%s:%d (id %s): unexpected error", self.input_path, row.line, row.id)
@@ -361,6 +394,8 @@ class _Run:
             self.progress.finish()
         c = self.counters
         interrupted = self.signals > 0
+        unfinished = await self.rows_left() if self.stop.is_set() else 0
+        c.total = c.finished + unfinished  # exact now; the live total was an estimate from the line count
         return StageSummary(
             stage=self.stage.name,
             output=Path(),
@@ -369,5 +404,5 @@ class _Run:
             elapsed_s=0.0,
             interrupted=interrupted,
             stopped_reason=self.stopped_reason,
-            unfinished=max(0, c.total - c.finished) if self.stop.is_set() else 0,
+            unfinished=unfinished,
         )

@@ -262,6 +262,28 @@ async def test_max_cost_holds_at_concurrency_16_when_free_rows_come_first(tmp_pa
     assert requests == len(kept) >= 3 and summary.exit_code == 1
 
 
+async def test_a_stop_with_rows_left_exits_1_and_limit_counts_past_rejected_and_duplicate_lines(tmp_path):
+    """Two bad lines and a repeated prompt come before the limit: --limit 6 still means six valid unique rows,
+    and a stop by the cap leaves 6 - done of them, so the exit code is 1 until the last rerun."""
+    comp = tmp_path / "c.jsonl"
+    rows = [{"prompt": prompt(i), "completions": marked(i)} for i in range(10)]
+    lines = [b"{not json", orjson.dumps(rows[0]), b'{"prompt": ""}', orjson.dumps(rows[0])]
+    lines += [orjson.dumps(r) for r in rows[1:]]
+    comp.write_bytes(b"\n".join(lines) + b"\n")
+    ids = [prompt_id(r["prompt"]) for r in rows]
+    out = tmp_path / "j"
+    price = {"prices": Prices(0.0, 0.0, 1000.0), "expected_output_tokens": 90}
+    opts = RunOptions(concurrency=2, limit=6, **FAST)
+    async with run_in_process(latency=0.02) as server:
+        first = await run_judge(comp, out, settings(server, max_cost_usd=0.30, **price), opts)
+        assert (first.rejected, first.counters.duplicates) == (2, 1)
+        assert 1 <= first.succeeded < 6 and first.unfinished == 6 - first.succeeded
+        assert first.total == 6 and first.exit_code == 1 and "max cost reached" in first.stopped_reason
+        last = await run_judge(comp, out, settings(server, **price), opts)
+    assert (last.succeeded, last.unfinished, last.total, last.exit_code) == (6 - first.succeeded, 0, last.succeeded, 0)
+    assert sorted(r["id"] for r in read_jsonl(out / "preferences.jsonl")) == sorted(ids[:6])
+
+
 async def test_a_rejected_key_stops_scheduling_instead_of_failing_every_row(tmp_path):
     comp = tmp_path / "c.jsonl"
     write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(10)])
