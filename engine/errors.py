@@ -23,11 +23,16 @@ class InputError(ConfigError):
 class FatalError(Exception):
     """A row failed for good: it becomes an error record and a rerun retries it."""
 
-    def __init__(self, reason: str, *, attempts: int = 1, status: int | None = None):
+    def __init__(self, reason: str, *, attempts: int = 1, status: int | None = None, run_fatal: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
         self.status = status
+        self.run_fatal = run_fatal  # the endpoint refused the run (key, model, quota): no other row will pass
+
+
+class Halted(Exception):
+    """The endpoint refused the run while this row waited: its next request is not sent; a rerun does the row."""
 
 
 class MalformedResponse(Exception):

@@ -47,8 +47,6 @@ __all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge"]
 
 log = logging.getLogger(__name__)
 
-# Failures that no other row will escape: stop scheduling instead of failing every row the same way.
-RUN_FATAL_STATUS = frozenset({401, 403, 404})
 PRIOR_WEIGHT_ROWS = 2.0  # the --max-cost forecast counts the pre-run estimate as this many observed rows
 PRIOR_SAMPLE_ROWS = 200  # rows of the input the pre-run estimate reads
 _WAIT = object()  # the budget cannot tell yet: wait for a row in flight to finish
@@ -100,7 +98,6 @@ class JudgeStage:
         self._paid_rows = 0  # finished rows that were billed something: the forecast's sample
         self._paid_cost = 0.0
         self._row_done = asyncio.Event()
-        self._fatal: str | None = None
         self._secret = secret if secret and len(secret) >= 8 else None  # never echoed into an error record
 
     # -- the Stage protocol -----------------------------------------------------------------------
@@ -111,17 +108,15 @@ class JudgeStage:
         return validate_completions_row(obj)
 
     def stop_reason(self, counters: Counters) -> str | None | Coroutine[Any, Any, str | None]:
-        """Stop on a run-wide refusal (key, model, quota). With --max-cost, admit a row only while the spend
-        so far plus the forecast for the rows in flight and this one stays within the cap; when it would not,
-        return a coroutine that waits for rows in flight to finish (their real cost replaces the forecast)
-        and decides again. Stops only when nothing is in flight, so no paid request is cut off.
+        """With --max-cost, admit a row only while the spend so far plus the forecast for the rows in flight
+        and this one stays within the cap; when it would not, return a coroutine that waits for rows in flight
+        to finish (their real cost replaces the forecast) and decides again. Stops only when nothing is in
+        flight, so no paid request is cut off. (A refused key, model or quota stops the run in the runner.)
         """
         verdict = self._budget_verdict(counters)
         return self._wait_for_budget(counters) if verdict is _WAIT else verdict
 
     def _budget_verdict(self, counters: Counters) -> str | None | object:
-        if self._fatal:
-            return self._fatal
         cap = self.s.max_cost_usd
         if cap is None:
             return None
@@ -235,10 +230,9 @@ class JudgeStage:
             try:
                 response, answer = await ctx.request(call)
             except FatalError as e:
-                self._note_run_fatal(e)
                 if self._secret and self._secret in e.reason:  # a proxy echoed the key: keep it out of the files
                     raise FatalError(e.reason.replace(self._secret, "<OPENAI_API_KEY>"), attempts=e.attempts,
-                                     status=e.status) from None
+                                     status=e.status, run_fatal=e.run_fatal) from None
                 raise
             if isinstance(answer, Verdict):
                 return answer, response.get("model")
@@ -266,15 +260,6 @@ class JudgeStage:
         counters.add_usage(u.tokens_in, u.tokens_out, u.tokens_cached, cost)
         if u.tokens_reasoning:
             _bump(counters, "tokens_reasoning", u.tokens_reasoning)
-
-    def _note_run_fatal(self, e: FatalError) -> None:
-        if e.status in RUN_FATAL_STATUS or "quota" in e.reason.lower():
-            reason = e.reason.replace(self._secret, "<OPENAI_API_KEY>") if self._secret else e.reason
-            if self._fatal is None:
-                log.error("the judge endpoint refused the run: %s", reason)
-            self._fatal = (
-                f"the judge endpoint refused the run ({reason}); fix the API key, model name or billing, then rerun"
-            )
 
     # -- the output row ---------------------------------------------------------------------------
     def _result(

@@ -18,6 +18,9 @@ import openai
 from engine.errors import FatalError, MalformedResponse
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Answers no other row will escape (a rejected key, a forbidden or unknown model): the run stops at once.
+RUN_FATAL_STATUS = frozenset({401, 403, 404})
+QUOTA_CODE = "insufficient_quota"  # OpenAI's 429 for an exhausted quota or billing limit: retrying is pointless
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,13 @@ class Decision:
     status: int | None = None
     retry_after_s: float | None = None
     malformed: bool = False
+    run_fatal: bool = False  # no further request of this run can succeed: stop sending
 
 
 def classify(exc: BaseException) -> Decision:
     """Map an exception from one request to retry-or-not, with a reason fit for an error record."""
     if isinstance(exc, FatalError):
-        return Decision(False, exc.reason, exc.status)
+        return Decision(False, exc.reason, exc.status, run_fatal=exc.run_fatal)
     if isinstance(exc, MalformedResponse):
         return Decision(True, f"malformed response: {exc}", malformed=True)
     if isinstance(exc, openai.APITimeoutError):
@@ -42,6 +46,10 @@ def classify(exc: BaseException) -> Decision:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = _error_message(exc)
+        if status == 429 and _is_quota(exc, message):
+            return Decision(False, f"HTTP 429 (quota exhausted): {message}", status, run_fatal=True)
+        if status in RUN_FATAL_STATUS:
+            return Decision(False, f"HTTP {status}: {message}", status, run_fatal=True)
         if status in RETRYABLE_STATUS or status >= 500:
             return Decision(True, f"HTTP {status}: {message}", status, retry_after(exc.response.headers))
         return Decision(False, f"HTTP {status}: {message}", status)
@@ -52,6 +60,15 @@ def classify(exc: BaseException) -> Decision:
     if isinstance(exc, (asyncio.TimeoutError, ConnectionError)):
         return Decision(True, f"{type(exc).__name__}: {exc}")
     return Decision(False, f"{type(exc).__name__}: {exc}")
+
+
+def _is_quota(exc: openai.APIStatusError, message: str) -> bool:
+    """OpenAI marks it with code/type "insufficient_quota"; other servers at least say "quota" and give no
+    Retry-After (a rate limit's message says "rate limit" and its Retry-After says when to come back)."""
+    inner = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+    if isinstance(inner, dict) and QUOTA_CODE in (inner.get("code"), inner.get("type")):
+        return True
+    return "quota" in message.lower() and retry_after(exc.response.headers) is None
 
 
 def _error_message(exc: openai.APIStatusError) -> str:

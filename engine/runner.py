@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from engine.checkpoint import Checkpoint, Writer, atomic_write, fingerprint
-from engine.errors import ConfigError, FatalError, InputError, SkipRow
+from engine.errors import ConfigError, FatalError, Halted, InputError, SkipRow
 from engine.limits import Pacer
 from engine.options import RunOptions
 from engine.progress import Progress
@@ -72,6 +72,7 @@ class RowContext:
     pacer: Pacer
     backoff: Backoff
     options: RunOptions
+    halt: asyncio.Event  # set by the first run-wide refusal: no request is sent after it
 
     async def request(self, call: Callable[[], Awaitable[T]]) -> T:
         attempt = 0
@@ -79,6 +80,8 @@ class RowContext:
         while True:
             attempt += 1
             await self.pacer.before_request()
+            if self.halt.is_set():
+                raise Halted
             self.counters.requests += 1
             try:
                 return await call()
@@ -92,15 +95,21 @@ class RowContext:
                     or attempt >= self.options.max_attempts
                     or malformed >= self.options.max_malformed
                 )
+                if decision.run_fatal:
+                    self.halt.set()  # at once: rows waiting for a slot or a retry send nothing more
                 if give_up:
                     tries = f" after {attempt} attempts" if attempt > 1 else ""
-                    raise FatalError(f"{decision.reason}{tries}", attempts=attempt, status=decision.status) from e
+                    raise FatalError(f"{decision.reason}{tries}", attempts=attempt, status=decision.status,
+                                     run_fatal=decision.run_fatal) from e
                 if decision.status == 429 and decision.retry_after_s is not None:
                     self.pacer.cool_down.pause(min(decision.retry_after_s, self.options.max_retry_after_s))
                 self.counters.retries += 1
                 delay = self.backoff.delay(attempt, decision.retry_after_s)
                 log.debug("row %s: %s; retry %d in %.2fs", self.row.id, decision.reason, attempt, delay)
-                await asyncio.sleep(delay)
+                try:  # the wait ends early when the run is refused meanwhile (checked at the top of the loop)
+                    await asyncio.wait_for(self.halt.wait(), delay)
+                except TimeoutError:
+                    pass
 
 
 @dataclass(slots=True)
@@ -211,6 +220,7 @@ class _Run:
         self.finished_ids: set[str] = set()  # rows finished this run (result, skip or error record)
         self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=options.concurrency)
         self.stop = asyncio.Event()
+        self.halt = asyncio.Event()
         self.stopped_reason: str | None = None
         self.producer_error: Exception | None = None
         self.signals = 0
@@ -295,9 +305,9 @@ class _Run:
             row = await self.queue.get()
             if row is None:
                 return
-            if self.stop.is_set():
+            if self.stop.is_set() or self.halt.is_set():
                 continue  # not started: left for a rerun
-            ctx = RowContext(row, c, self.pacer, self.backoff, self.options)
+            ctx = RowContext(row, c, self.pacer, self.backoff, self.options, self.halt)
             self.progress.in_flight += 1
             self.finished_ids.add(row.id)  # removed again below if the row is cut off unfinished
             try:
@@ -314,6 +324,10 @@ class _Run:
                 )
                 log.warning("%s:%d (id %s) failed: %s", self.input_path, row.line, row.id, e.reason)
                 c.failed += 1
+                if e.run_fatal:
+                    self._refused(e.reason)
+            except Halted:
+                self.finished_ids.discard(row.id)  # not finished: left for a rerun
             except asyncio.CancelledError:
                 self.finished_ids.discard(row.id)  # cut off after the grace period: left for a rerun
                 raise
@@ -326,6 +340,15 @@ class _Run:
                 c.failed += 1
             finally:
                 self.progress.in_flight -= 1
+
+    def _refused(self, reason: str) -> None:
+        self.halt.set()
+        if not self.stop.is_set():
+            log.error("the %s endpoint refused the run: %s", self.stage.name, reason)
+        self.request_stop(
+            f"the {self.stage.name} endpoint refused the run ({reason}); fix the API key, model name or billing, "
+            "then rerun"
+        )
 
     # -- signals ----------------------------------------------------------------------------------
     def _on_signal(self, signame: str) -> None:

@@ -156,6 +156,26 @@ def test_status_classification(status, retryable):
     assert decision.status == status and f"HTTP {status}" in decision.reason
 
 
+@pytest.mark.parametrize("status,run_fatal", [(401, True), (403, True), (404, True), (400, False), (422, False),
+                                               (429, False), (500, False)])
+def test_only_a_refused_key_or_model_stops_the_run(status, run_fatal):
+    assert classify(_status_error(status)).run_fatal is run_fatal
+
+
+def test_a_quota_429_is_not_retried_and_stops_the_run_but_a_rate_limit_429_is_retried():
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    quota = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                       "code": "insufficient_quota"}}
+    limited = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+    for body, headers, fatal in ((quota, {}, True), (limited, {"retry-after": "1"}, False), (limited, {}, False)):
+        response = httpx2.Response(429, headers=headers, request=request, json=body)
+        decision = classify(openai.RateLimitError("m", response=response, body=body))
+        assert (decision.retryable, decision.run_fatal) == (not fatal, fatal)
+    other = {"error": {"message": "Monthly quota exceeded for this key"}}  # another server's wording, no code
+    response = httpx2.Response(429, request=request, json=other)
+    assert classify(openai.RateLimitError("m", response=response, body=other)).run_fatal
+
+
 def test_connection_timeout_and_malformed_are_retryable():
     request = httpx2.Request("POST", "http://127.0.0.1/")
     assert classify(openai.APIConnectionError(request=request)).retryable
