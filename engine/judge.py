@@ -252,6 +252,7 @@ class JudgeStage:
     def _account(self, counters: Counters, usage: RowUsage, data: dict[str, Any]) -> None:
         u = usage_of(data)
         cost = self.s.price.cost(u.tokens_in, u.tokens_cached, u.tokens_out)
+        usage.answered += 1
         usage.tokens_in += u.tokens_in
         usage.tokens_cached += u.tokens_cached
         usage.tokens_out += u.tokens_out

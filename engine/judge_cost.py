@@ -51,7 +51,8 @@ def known_prices(model: str) -> Prices | None:
 class RowUsage:
     """Tokens and dollars one row spent over all its requests (retries and swap check included)."""
 
-    requests: int = 0
+    requests: int = 0  # attempts, 429s and 5xx included
+    answered: int = 0  # requests that came back with an answer (billed), usable or not
     tokens_in: int = 0
     tokens_cached: int = 0
     tokens_out: int = 0

@@ -120,7 +120,10 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
     usage_keys = ("requests", "tokens_in", "tokens_cached", "tokens_out", "tokens_reasoning", "cost_usd")
     usage = {k: sum(j.get("usage", {}).get(k, 0) for j in judged) for k in usage_keys}
     usage["cost_usd"] = round(usage["cost_usd"], 6)
-    usage["tokens_out_per_request"] = round(usage["tokens_out"] / usage["requests"]) if usage["requests"] else None
+    # Output per ANSWERED request: a 429 or 500 returns no tokens, so dividing by attempts would understate the
+    # forecast. Rows written before "answered" was recorded count their requests.
+    usage["answered"] = sum(j.get("usage", {}).get("answered", j.get("usage", {}).get("requests", 0)) for j in judged)
+    usage["tokens_out_per_request"] = round(usage["tokens_out"] / usage["answered"]) if usage["answered"] else None
     error_reasons = Counter(str(e.get("error", "unknown"))[:160] for e in errors)
 
     report: dict[str, Any] = {
@@ -239,11 +242,12 @@ def render_markdown(r: dict[str, Any]) -> str:
                   f"({100 * s['agreement']:.0f}%); the others are filtered.", ""]
     u = r["usage"]
     lines += ["## Tokens and cost", "",
-              f"Rows with a judgement (kept and filtered), all runs: {u['requests']} requests, "
+              f"Rows with a judgement (kept and filtered), all runs: {u['requests']} requests "
+              f"({u.get('answered', u['requests'])} answered), "
               f"{u['tokens_in']:,} input tokens ({u['tokens_cached']:,} cached), {u['tokens_out']:,} output "
               f"({u['tokens_reasoning']:,} reasoning), ${u['cost_usd']:.4f}."]
     if u["tokens_out_per_request"]:
-        lines.append(f"Output per request: {u['tokens_out_per_request']:,} tokens; forecast a full run with "
+        lines.append(f"Output per answered request: {u['tokens_out_per_request']:,} tokens; forecast a full run with "
                      f"`estimate --expected-output-tokens {u['tokens_out_per_request']}`.")
     run = r["latest_run"]
     if run:

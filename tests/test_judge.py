@@ -115,6 +115,19 @@ async def test_malformed_non_permutation_and_refused_answers_retry_then_error(tm
     assert sorted(r["id"] for r in read_jsonl(out / "preferences.jsonl")) == sorted(ids)
 
 
+async def test_report_gives_output_tokens_per_answered_request_not_per_attempt(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(4)])
+    out = tmp_path / "j"
+    async with run_in_process(fail_next=[{"kind": "500", "count": 3}]) as server:
+        summary = await run_judge(comp, out, settings(server), RunOptions(concurrency=1, **FAST))
+    assert (summary.succeeded, summary.counters.requests) == (4, 7)
+    u = orjson.loads((out / "report.json").read_bytes())["usage"]
+    assert (u["requests"], u["answered"]) == (7, 4)  # three 500s: attempts without an answer or tokens
+    assert u["tokens_out_per_request"] == round(u["tokens_out"] / 4)
+    assert f"Output per answered request: {u['tokens_out_per_request']:,} tokens" in (out / "report.md").read_text()
+
+
 async def test_answer_cut_by_length_is_retried_with_a_doubled_budget_up_to_the_cap(tmp_path):
     comp = tmp_path / "c.jsonl"
     ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(2)])
