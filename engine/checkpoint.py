@@ -77,6 +77,17 @@ class Checkpoint:
             self._lock_file.close()
             self._lock_file = None
 
+    def undo_start(self, *, remove_lock: bool, remove_dir: bool) -> None:
+        """After a failed start: remove the lock file and the folder if this start created them (and the
+        folder is empty), so a mistyped command leaves nothing behind. Called while the lock is held."""
+        if remove_lock:
+            self.lock_path.unlink(missing_ok=True)
+        if remove_dir:
+            try:
+                self.dir.rmdir()
+            except OSError:  # not empty: something else is there now; keep it
+                pass
+
     # -- fingerprint ------------------------------------------------------------------------------
     def check_fingerprint(self, fingerprint: dict[str, Any], *, fresh: bool) -> None:
         """Refuse to resume results made with other settings or input; `fresh` moves them aside first."""

@@ -10,10 +10,10 @@ from typing import Any
 import openai
 
 from engine.chat import chat_completion, usage_of
-from engine.client import make_client
+from engine.client import check_endpoint, make_client
 from engine.errors import ConfigError, FatalError
 from engine.options import RunOptions
-from engine.rows import Row, validate_prompt_row
+from engine.rows import Row, check_input_file, validate_prompt_row
 from engine.runner import RowContext, run_stage
 from engine.summary import Counters, StageSummary
 
@@ -66,6 +66,7 @@ def as_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
 class GenerateStage:
     name = "generate"
     output_name = "completions"
+    input_flag = "--prompts"
 
     def __init__(self, settings: GenerateSettings, client: openai.AsyncOpenAI):
         self.s = settings
@@ -137,9 +138,11 @@ async def run_generate(
     resume_command: str | None = None,
 ) -> StageSummary:
     """Sample `settings.n` completions per prompt into out_dir/completions.jsonl (resumable)."""
+    check_input_file(prompts, "--prompts")
     key = api_key or os.environ.get("SERVE_API_KEY")
     client = make_client(settings.serve_url, key, timeout_s=settings.timeout_s, concurrency=options.concurrency)
     try:
+        await check_endpoint(client, url_setting="--serve-url / SERVE_URL", key_setting="SERVE_API_KEY")
         return await run_stage(GenerateStage(settings, client), prompts, out_dir, options,
                                resume_command=resume_command)
     finally:

@@ -20,7 +20,7 @@ from typing import Any
 import openai
 
 from engine.chat import post_chat, usage_of
-from engine.client import make_client
+from engine.client import check_endpoint, make_client
 from engine.errors import ConfigError, FatalError, SkipRow
 from engine.judge_answer import Verdict, read_answer
 from engine.judge_cost import RowUsage
@@ -39,7 +39,7 @@ from engine.judge_rows import validate_completions_row
 from engine.judge_settings import JudgeSettings
 from engine.options import RunOptions
 from engine.report import write_report
-from engine.rows import Row
+from engine.rows import Row, check_input_file
 from engine.runner import RowContext, run_stage
 from engine.summary import Counters, StageSummary
 
@@ -80,6 +80,7 @@ def _bump(counters: Counters, key: str, by: float = 1) -> None:
 class JudgeStage:
     name = "judge"
     output_name = "preferences"
+    input_flag = "--completions"
 
     def __init__(
         self,
@@ -351,6 +352,7 @@ async def run_judge(
     resume_command: str | None = None,
 ) -> StageSummary:
     """Judge out_dir/preferences.jsonl from a completions file (resumable); writes report.json and report.md."""
+    check_input_file(completions, "--completions")
     client = None
     key = None
     if settings.backend == "openai":
@@ -362,8 +364,10 @@ async def run_judge(
             )
         client = make_client(settings.judge_url, key, timeout_s=settings.timeout_s, concurrency=options.concurrency)
     try:
+        if client is not None:
+            await check_endpoint(client, url_setting="--judge-url / OPENAI_BASE_URL", key_setting="OPENAI_API_KEY")
         prior = 0.0
-        if settings.max_cost_usd is not None and completions.exists():
+        if settings.max_cost_usd is not None:
             forecast = await asyncio.to_thread(estimate, completions, settings, PRIOR_SAMPLE_ROWS)
             prior = forecast.cost_per_paid_row_usd
             log.info("max cost $%.2f per run; forecast before any answer: $%.4f per paid row",

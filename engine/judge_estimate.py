@@ -21,7 +21,7 @@ from engine.errors import ConfigError
 from engine.judge_prompt import build_messages, prepare_candidates, response_format, shown_order
 from engine.judge_rows import validate_completions_row
 from engine.judge_settings import JudgeSettings
-from engine.rows import prompt_id
+from engine.rows import BOM, check_input_file, prompt_id
 
 # Measured with o200k_base on the real SFT validation set's judge requests: 3.99 characters per token overall,
 # 4.44 on the rubric's prose (the shared, cacheable prefix).
@@ -135,8 +135,7 @@ def _m(n: int) -> str:
 
 def estimate(completions: Path, settings: JudgeSettings, limit: int | None = None) -> Estimate:
     """Read the completions file and forecast a judge run over its first `limit` valid rows. No requests."""
-    if not completions.exists():
-        raise ConfigError(f"completions file {completions} does not exist; check --completions")
+    check_input_file(completions, "--completions")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 or unset, got {limit}")
     passes = 2 if settings.swap_check else 1
@@ -146,7 +145,9 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
     seen: set[str] = set()
     prefix: str | None = None
     with open(completions, "rb") as f:
-        for raw in f:
+        for lineno, raw in enumerate(f):
+            if lineno == 0:
+                raw = raw.removeprefix(BOM)
             if not raw.strip():
                 continue
             try:

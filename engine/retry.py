@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 
 import openai
 
+from engine.client import refused
 from engine.errors import FatalError, MalformedResponse
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -39,6 +40,8 @@ def classify(exc: BaseException) -> Decision:
         return Decision(False, exc.reason, exc.status, run_fatal=exc.run_fatal)
     if isinstance(exc, MalformedResponse):
         return Decision(True, f"malformed response: {exc}", malformed=True)
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)) and refused(exc):
+        return Decision(True, "connection refused: nothing is listening at the URL")  # not a timeout
     if isinstance(exc, openai.APITimeoutError):
         return Decision(True, "request timed out")
     if isinstance(exc, openai.APIConnectionError):

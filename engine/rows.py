@@ -14,8 +14,25 @@ from typing import Any
 import aiofiles
 import orjson
 
+from engine.errors import ConfigError
+
 ROLES = frozenset({"system", "user", "assistant"})
 CHUNK = 1 << 20  # bytes per read: one thread hop per MiB, not per line
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark some editors put first: not part of the first row
+
+
+def check_input_file(path: Path, flag: str) -> None:
+    """Fail before anything is created when the input is missing, a folder or unreadable (ConfigError: exit 2)."""
+    if not path.exists():
+        raise ConfigError(f"input file {path} does not exist; check {flag}")
+    if not path.is_file():
+        raise ConfigError(f"{path} is a {'folder' if path.is_dir() else 'special file'}, not a JSONL file; "
+                          f"give {flag} the file itself (e.g. {path / 'completions.jsonl'})")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path} ({e.strerror}); check {flag} and the file's permissions") from e
 
 
 @dataclass(slots=True)
@@ -117,11 +134,15 @@ async def iter_lines(path: Path) -> AsyncIterator[tuple[int, bytes]]:
     """Yield (line number, line bytes) for non-blank lines, reading the file a chunk at a time."""
     lineno = 0
     tail = b""
+    first = True
     async with aiofiles.open(path, "rb") as f:
         while True:
             chunk = await f.read(CHUNK)
             if not chunk:
                 break
+            if first:
+                chunk = chunk.removeprefix(BOM)
+                first = False
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
             for line in lines:

@@ -24,12 +24,12 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from engine.checkpoint import Checkpoint, Writer, atomic_write, fingerprint
-from engine.errors import ConfigError, FatalError, Halted, InputError, SkipRow
+from engine.errors import FatalError, Halted, InputError, SkipRow
 from engine.limits import Pacer
 from engine.options import RunOptions
 from engine.progress import Progress
 from engine.retry import Backoff, classify
-from engine.rows import Reject, Row, Validator, file_sha256, iter_lines, iter_rows, parse_line
+from engine.rows import Reject, Row, Validator, check_input_file, file_sha256, iter_lines, iter_rows, parse_line
 from engine.summary import Counters, StageSummary
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,6 @@ class _Prepass:
 
 async def _prepass(path: Path, validate: Validator, strict: bool) -> _Prepass:
     """Hash and count the input; in strict mode also validate every row before any request."""
-    if not path.exists():
-        raise ConfigError(f"input file {path} does not exist; check --prompts / --completions")
     sha = await asyncio.to_thread(file_sha256, path)
     lines = 0
     problems: list[str] = []
@@ -172,14 +170,21 @@ async def run_stage(
 ) -> StageSummary:
     """Run `stage` over `input_path`, resuming from `out_dir`; returns the summary (also written as JSON)."""
     started = time.monotonic()
+    check_input_file(input_path, getattr(stage, "input_flag", "the input path"))
+    pre = await _prepass(input_path, stage.validate, options.strict)  # before --out is touched
+    if pre.problems:
+        raise InputError(pre.problems)
     checkpoint = Checkpoint(out_dir, stage.output_name)
+    new_dir, new_lock = not out_dir.exists(), not checkpoint.lock_path.exists()
     checkpoint.acquire_lock()
     try:
-        pre = await _prepass(input_path, stage.validate, options.strict)
-        if pre.problems:
-            raise InputError(pre.problems)
-        checkpoint.check_fingerprint(fingerprint(stage.name, stage.settings(), pre.sha256), fresh=options.fresh)
-        scan = checkpoint.scan()
+        try:
+            checkpoint.check_fingerprint(fingerprint(stage.name, stage.settings(), pre.sha256),
+                                         fresh=options.fresh)
+            scan = checkpoint.scan()
+        except BaseException:
+            checkpoint.undo_start(remove_lock=new_lock, remove_dir=new_dir)  # a failed start leaves nothing
+            raise
         counters = Counters(done_before=len(scan.done))
         wanted = min(options.limit or pre.lines, pre.lines)
         counters.total = max(0, wanted - len(scan.done))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -65,6 +66,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.generate import GenerateSettings, run_generate
 
     try:
+        if not (args.serve_url or os.environ.get("SERVE_URL")):
+            raise ConfigError(
+                "no endpoint to sample from: pass --serve-url URL or set SERVE_URL (the OpenAI-compatible base URL "
+                "ending in /v1; `deploy --local` serves at http://127.0.0.1:8000/v1)"
+            )
         kwargs = {"serve_url": args.serve_url} if args.serve_url else {}
         settings = GenerateSettings(
             model=args.model, n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,

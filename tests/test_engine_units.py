@@ -308,3 +308,37 @@ def test_an_input_read_error_fails_the_run_instead_of_hanging(tmp_path, monkeypa
 
     with pytest.raises(OSError, match="disk went away"):
         asyncio.run(main())
+
+
+def test_a_utf8_bom_before_the_first_row_is_not_part_of_it(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + orjson.dumps({"prompt": "first"}) + b"\r\n" + orjson.dumps({"prompt": "b"}))
+
+    async def collect():
+        return [r async for r in iter_rows(path, validate_prompt_row)]
+
+    rows = asyncio.run(collect())
+    assert [(r.line, r.data) for r in rows] == [(1, {"prompt": "first"}), (2, {"prompt": "b"})]  # CRLF too
+
+
+def test_a_failed_start_leaves_no_out_folder_or_lock_behind(tmp_path):
+    from engine.errors import InputError
+    from engine.runner import run_stage
+
+    opts = RunOptions(progress=False)
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a folder, not a JSONL file"):
+        asyncio.run(run_stage(_SlowStage(), folder, tmp_path / "a", opts))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": ""}\n')
+    with pytest.raises(InputError):
+        asyncio.run(run_stage(_SlowStage(), bad, tmp_path / "b", RunOptions(progress=False, strict=True)))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # a folder that was there stays, with its rows; only the lock file this start made is removed
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "out.jsonl").write_bytes(orjson.dumps({"id": "0123456789abcdef", "x": 1}) + b"\n")
+    with pytest.raises(ConfigError, match="no out.fingerprint.json"):
+        asyncio.run(run_stage(_SlowStage(), _prompt_file(tmp_path / "p.jsonl", 3), out, opts))
+    assert sorted(p.name for p in out.iterdir()) == ["out.jsonl"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 
 import orjson
 import pytest
@@ -295,3 +296,24 @@ def test_a_live_progress_bar_on_a_terminal(tmp_path):
     frames = [f for f in screen.split("\r\x1b[2K") if f.startswith("generate ")]
     assert len(frames) >= 3  # redrawn in place while running
     assert "generate 20/20 100%" in frames[-1] and "ETA" in frames[0] and "retries 0" in frames[-1]
+
+
+def test_first_use_errors_name_the_fix_exit_2_and_create_nothing(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 3)
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    cases = {
+        "folder": (["generate", "--prompts", str(tmp_path), "--serve-url", closed], "is a folder, not a JSONL file"),
+        "no_url": (["generate", "--prompts", str(prompts)], "pass --serve-url URL or set SERVE_URL"),
+        "refused": (["generate", "--prompts", str(prompts), "--serve-url", closed, "--max-attempts", "2"],
+                    f"connection refused by {closed}"),
+        "judge_folder": (["judge", "--completions", str(tmp_path), "--backend", "reference"], "is a folder"),
+    }
+    for name, (args, message) in cases.items():
+        out = tmp_path / f"out-{name}"
+        done = run_cli(*args, "--out", str(out), "--no-progress")  # helpers.env() drops SERVE_URL
+        assert (done.returncode, message in done.stderr) == (2, True), (name, done.stderr[-1500:])
+        assert "Traceback" not in done.stderr and "timed out" not in done.stderr
+        assert not out.exists(), name

@@ -223,3 +223,14 @@ async def test_an_api_key_echoed_by_a_proxy_is_scrubbed_from_error_records_and_t
         await stage.process(row, Ctx())
     assert secret not in e.value.reason and "<OPENAI_API_KEY>" in e.value.reason and e.value.status == 401
     assert e.value.run_fatal  # still stops the run: the runner builds its stop reason from this scrubbed reason
+
+
+def test_estimate_reads_a_bom_first_row_refuses_a_folder_and_prices_paid_rows(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [{"prompt": "p1", "completions": ["a", "b"]}, {"prompt": "p2", "completions": ["same", "same"]}]
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(orjson.dumps(r) for r in rows) + b"\r\n")
+    e = estimate(path, JudgeSettings(judge_model="gpt-5"))
+    assert (e.rows, e.invalid, e.rows_to_judge) == (2, 0, 1)
+    assert e.cost_per_paid_row_usd == pytest.approx(2 * e.cost_per_row_usd)  # the skipped row is free
+    with pytest.raises(ConfigError, match="is a folder"):
+        estimate(tmp_path, JudgeSettings(judge_model="gpt-5"))
