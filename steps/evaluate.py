@@ -76,11 +76,11 @@ async def evaluate_adapters(
                            f"unpaired); rerun the pipeline to finish them. Results so far: {run.result.headline()}")
     gate = result.get("gate")
     if gate is not None and not gate["passed"]:
-        _roll_back(target, Path(state_dir), record)
+        restored = _roll_back(target, Path(state_dir), record)
         raise GateFailed(
             f"{settings.challenger} did not pass the A/B gate: the 95% interval's lower end "
             f"{gate['lower_bound']:.3f} is below evaluate.min_win_rate {gate['min_win_rate']:.3f} "
-            f"({run.result.headline()}). Serving was rolled back to the previous DPO adapter."
+            f"({run.result.headline()}). Serving was rolled back: {restored}."
         )
     return ABEval(data=result, markdown=(out / "report.md").read_text(encoding="utf-8"), charts=charts)
 
@@ -96,7 +96,8 @@ def _metadata(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def _roll_back(target: str, state_dir: Path, record: Any) -> None:
+def _roll_back(target: str, state_dir: Path, record: Any) -> str:
+    """Put the previous DPO adapter back; says what serves now."""
     from infra.names import NAMES
     from serving.rollback import rollback_local, rollback_modal
 
@@ -104,6 +105,11 @@ def _roll_back(target: str, state_dir: Path, record: Any) -> None:
         from training.tiny import ensure_tiny_kit
 
         kit = ensure_tiny_kit()
-        rollback_local(state_dir, kit.base_dir, {NAMES.sft_model_name: kit.sft_adapter_dir})
-    else:
-        rollback_modal(record.app_name or NAMES.serve_app)
+        live = rollback_local(state_dir, kit.base_dir, {NAMES.sft_model_name: kit.sft_adapter_dir})
+        served = {a.name: a.path for a in live.adapters}
+        if NAMES.dpo_model_name not in served:
+            return f"the local server serves {NAMES.sft_model_name} alone (no earlier DPO adapter to go back to)"
+        return f"the local server serves {NAMES.dpo_model_name} from {served[NAMES.dpo_model_name]} again"
+    app = record.app_name or NAMES.serve_app
+    rollback_modal(app)
+    return f"`modal app rollback {app}` restored the serving app's previous version"
