@@ -130,6 +130,25 @@ def test_metrics_present_finite_and_written(first_run):
     assert [log["step"] for log in store["logs"] if "loss" in log] == [1, 2]  # the progress hook
 
 
+def test_a_finished_run_returns_its_adapter_unchanged(first_run, monkeypatch):
+    """Rerunning a finished run (a pipeline rerun, --no-cache, a Modal retry) never trains past its plan."""
+    import training.dpo as dpo
+
+    result, _, config, _ = first_run
+    monkeypatch.setattr(dpo, "_load_policy", lambda config: pytest.fail("a finished run was trained again"))
+    again = train_dpo(config)
+    assert (again.adapter_dir, again.adapter_sha256, again.steps) == (result.adapter_dir, result.adapter_sha256, 2)
+    assert again.metrics == result.metrics
+    weights = result.adapter_dir / "adapter_model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(b"changed")  # the adapter the run saved was modified: say so, do not retrain silently
+    try:
+        with pytest.raises(TrainingInputError, match="gone or changed"):
+            train_dpo(config)
+    finally:
+        weights.write_bytes(original)
+
+
 def test_resume_continues_from_checkpoint(first_run, tiny_kit, data_dir, capfd, caplog):
     caplog.set_level("INFO", logger="training.dpo")
     _, _, config, work = first_run

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 POLICY_ADAPTER = "default"  # the only trainable name TRL 1.16 accepts; `ref` is the frozen copy it adds
 REF_ADAPTER = "ref"
 METRICS_FILE = "training_metrics.json"
+FINISHED_FILE = "finished.json"  # in the run's checkpoint folder: the plan it finished and the adapter it saved
 # Keys of the final metrics: the last training log and the final evaluation.
 _TRAIN_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
@@ -97,6 +98,9 @@ def train_dpo(
     inputs = check_inputs(config)
     _check_device(config)
     checkpoint_dir, resume_from = checkpoint_to_resume(config)
+    finished = _finished_run(config, checkpoint_dir)
+    if finished is not None:
+        return finished
     tokenizer = _load_tokenizer(config)
     if inputs.row_format == "conversational" and not tokenizer.chat_template:
         raise TrainingInputError(
@@ -153,7 +157,37 @@ def train_dpo(
     record = {"metrics": metrics, "adapter_sha256": sha, "config": config.to_dict()}
     metrics_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     logger.info("DPO adapter saved to %s (%d steps, sha256 %s)", adapter_dir, metrics["steps"], sha[:12])
+    done = {"plan": _plan(config), "adapter_dir": str(adapter_dir), "adapter_sha256": sha}
+    (checkpoint_dir / FINISHED_FILE).write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
     return TrainResult(adapter_dir, metrics, metrics_path, sha, int(metrics["steps"]), checkpoint_dir)
+
+
+def _plan(config: DPOTrainConfig) -> dict[str, Any]:
+    """How far the run was asked to go (not part of the run id: a longer plan continues the same run)."""
+    return {"max_steps": config.max_steps, "num_train_epochs": config.num_train_epochs}
+
+
+def _finished_run(config: DPOTrainConfig, checkpoint_dir: Path) -> TrainResult | None:
+    """This run's result when it already finished this plan: a rerun (or a Modal retry, or --no-cache) returns
+    the same adapter instead of resuming from its last checkpoint and training past the plan."""
+    marker = checkpoint_dir / FINISHED_FILE
+    if not marker.is_file():
+        return None
+    done = json.loads(marker.read_text())
+    if done.get("plan") != _plan(config):
+        return None  # a longer (or shorter) plan: train on from the newest checkpoint
+    adapter_dir = Path(done["adapter_dir"])
+    metrics_path = adapter_dir / METRICS_FILE
+    if not metrics_path.is_file() or adapter_sha256(adapter_dir) != done["adapter_sha256"]:
+        raise TrainingInputError(
+            f"run {checkpoint_dir.name} finished before, but its adapter {adapter_dir} is gone or changed; "
+            "restore it, or set restart=<label> to train the run again in a new folder"
+        )
+    metrics = json.loads(metrics_path.read_text())["metrics"]
+    logger.info("run %s finished this plan before: returning its adapter %s unchanged", checkpoint_dir.name,
+                adapter_dir)
+    return TrainResult(adapter_dir, metrics, metrics_path, done["adapter_sha256"], int(metrics["steps"]),
+                       checkpoint_dir)
 
 
 def save_policy_adapter(model: Any, adapters_root: Path, max_lora_rank: int) -> Path:
