@@ -270,6 +270,21 @@ def _nonempty(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete record of a checkpoint-style JSONL file ([] when absent); a torn last line is left out
+    (the next run of the stage repairs it)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.strip():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+    return out
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:

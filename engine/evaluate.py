@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from engine.checkpoint import read_records
 from engine.errors import ConfigError
 from engine.evaluate_tally import EvalResult, tally, write_result
 from engine.generate import GenerateSettings, run_generate
@@ -158,13 +159,4 @@ def write_pairs(path: Path, summaries: list[StageSummary]) -> tuple[int, int]:
 
 
 def _by_id(path: Path) -> dict[str, dict[str, Any]]:
-    rows: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return rows
-    with path.open("rb") as f:
-        for line in f:
-            if line.strip():
-                row = orjson.loads(line)
-                if row.get("completions"):
-                    rows[row["id"]] = row
-    return rows
+    return {row["id"]: row for row in read_records(path) if row.get("completions")}

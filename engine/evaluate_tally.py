@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from engine.checkpoint import atomic_write, read_records
 from engine.winrate import WinRate
 
 CHALLENGER = 1  # index of the challenger's text in a pair's completions (the baseline is 0)
@@ -62,9 +61,9 @@ class EvalResult:
 
 def tally(judge_dir: Path, settings: Any, pairs_path: Path) -> EvalResult:
     """EvalResult from the judge's output files in `judge_dir` (`settings`: EvaluateSettings)."""
-    agreed = _read(judge_dir / "preferences.jsonl")
-    skipped = _read(judge_dir / "preferences.skipped.jsonl")
-    pairs = {r["id"]: r for r in _read(pairs_path)}
+    agreed = read_records(judge_dir / "preferences.jsonl")
+    skipped = read_records(judge_dir / "preferences.skipped.jsonl")
+    pairs = {r["id"]: r for r in read_records(pairs_path)}
     wins, losses, ties_by_reason = [], [], {}
     for row in agreed:
         (wins if row["judge"]["chosen_index"] == CHALLENGER else losses).append(row)
@@ -138,10 +137,8 @@ def _worst(losses: list[dict[str, Any]], pairs: dict[str, dict[str, Any]], k: in
 def write_result(out_dir: Path, result: EvalResult) -> tuple[Path, Path]:
     """result.json and report.md in `out_dir` (each written whole, then renamed into place)."""
     json_path, md_path = out_dir / "result.json", out_dir / "report.md"
-    for path, text in ((json_path, json.dumps(result.to_dict(), indent=2) + "\n"), (md_path, render(result))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+    atomic_write(json_path, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    atomic_write(md_path, render(result).encode())
     return json_path, md_path
 
 
@@ -196,10 +193,3 @@ def _cost(row: dict[str, Any]) -> float:
     judge = row.get("judge")
     usage = judge.get("usage") if isinstance(judge, dict) else None
     return float(usage.get("cost_usd", 0.0)) if isinstance(usage, dict) else 0.0
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open("rb") as f:
-        return [orjson.loads(line) for line in f if line.strip()]

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from engine.checkpoint import atomic_write
+from engine.checkpoint import atomic_write, read_records
 
 FILTER_REASONS = ("low_confidence", "swap_disagreement")
 MAIN_CHARACTERS = ("JERRY", "GEORGE", "ELAINE", "KRAMER")
@@ -25,19 +25,6 @@ _TAG = re.compile(r"^\s*\[([^\]\n]{1,40})\]", re.MULTILINE)
 P_VALUE_ALARM = 0.01
 LENGTH_SHARE_ALARM = 0.70
 SWAP_AGREEMENT_ALARM = 0.70
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_bytes().splitlines():
-        if line.strip():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                continue  # a torn last line: the next run repairs it
-    return out
 
 
 def _text(value: Any) -> str:
@@ -96,9 +83,9 @@ def _tags(texts: list[str]) -> Counter[str]:
 
 
 def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
-    kept = _read(out_dir / f"{name}.jsonl")
-    skipped = _read(out_dir / f"{name}.skipped.jsonl")
-    errors = _read(out_dir / f"{name}.errors.jsonl")
+    kept = read_records(out_dir / f"{name}.jsonl")
+    skipped = read_records(out_dir / f"{name}.skipped.jsonl")
+    errors = read_records(out_dir / f"{name}.errors.jsonl")
     summary_path = out_dir / f"{name}.summary.json"
     summary = orjson.loads(summary_path.read_bytes()) if summary_path.exists() else None
 

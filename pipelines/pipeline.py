@@ -16,6 +16,7 @@ from engine.evaluate import EvaluateSettings
 from engine.generate import GenerateSettings
 from engine.judge_settings import JudgeSettings
 from engine.options import RunOptions
+from engine.rows import file_sha256
 from pipelines.config import PipelineConfig
 from steps import (
     deploy_adapters,
@@ -28,7 +29,6 @@ from steps import (
     upload_dataset,
 )
 from steps.names import PIPELINE_NAME
-from steps.prompts import file_sha256
 
 
 @pipeline(name=PIPELINE_NAME)

@@ -327,7 +327,7 @@ def deploy_local(
         raise DeployError("adapter missing", f"the new server loaded {wrong}, not {dict(adapters)}")
     if old:
         stop_pid(int(old["pid"]))
-    _write_json(state_dir / LOCAL_STATE, {"pid": server.pid, "url": server.url, "port": server.port,
+    write_json(state_dir / LOCAL_STATE, {"pid": server.pid, "url": server.url, "port": server.port,
                                           "started_at": started.isoformat(), "log": str(server.log_path),
                                           "api_key": server.api_key}, private=True)
     record = _record("local", server.url, served_model_name or str(base_dir), ready, started,
@@ -407,11 +407,11 @@ def _record(target: str, url: str, base_model: str, ready, started: datetime,
 
 def _write_record(state_dir: Path, record: DeployRecord) -> None:
     path = record_path(state_dir, record.target)
-    _write_json(path, record.to_dict())
+    write_json(path, record.to_dict())
     logger.info("deployed %s at %s; record %s", [a.name for a in record.adapters], record.url, path)
 
 
-def _write_json(path: Path, data: dict, *, private: bool = False) -> None:
+def write_json(path: Path, data: dict, *, private: bool = False) -> None:
     """Write atomically: a temp file in the same folder, then rename over the old one.
 
     `private`: readable by the owner only (the file holds a key)."""

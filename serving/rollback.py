@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from serving.deploy import DeployRecord, deploy_local, record_path
+from serving.deploy import DeployRecord, deploy_local, record_path, write_json
 from serving.deploy import rollback_modal_app as rollback_modal  # noqa: F401 - the Modal side, re-exported
 
 logger = logging.getLogger(__name__)
@@ -24,9 +24,8 @@ def previous_path(state_dir: Path, target: str) -> Path:
 
 
 def save_previous(state_dir: Path, record: DeployRecord) -> None:
-    """Keep `record` (what is live now, about to be replaced) for a rollback."""
-    path = previous_path(state_dir, record.target)
-    path.write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
+    """Keep `record` (what is live now, about to be replaced) for a rollback, written as deploy records are."""
+    write_json(previous_path(state_dir, record.target), record.to_dict())
 
 
 def rollback_local(state_dir: Path, base_dir: Path, sft: dict[str, Path]) -> DeployRecord:

@@ -10,6 +10,7 @@ back (serving/rollback.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -21,8 +22,9 @@ from engine.evaluate import EvaluateSettings
 from engine.generate import GenerateSettings
 from engine.judge_settings import JudgeSettings
 from engine.options import RunOptions
+from engine.rows import file_sha256
 from steps.names import Artifact
-from steps.records import ABEval, AdapterRef, JsonlFile
+from steps.records import ABEval, AdapterRef, JsonlFile, ab_eval_metadata
 from steps.stage_io import log_summary, stage_dir
 
 logger = logging.getLogger(__name__)
@@ -55,13 +57,11 @@ async def evaluate_adapters(
     if record is None:
         raise RuntimeError(f"no {target} deployment recorded in {state_dir}: the deploy step must run first")
     key = local_api_key(Path(state_dir)) if target == "local" else os.environ.get("SERVE_API_KEY")
-    import dataclasses
-
     live = dataclasses.replace(generate, serve_url=record.base_url)
     out = stage_dir(workdir, "evaluate", settings={"evaluate": dataclasses.asdict(settings),
                                                    "generate": live.fingerprinted(),
                                                    "judge": judge.fingerprinted()},
-                    input=prompts.name if prompts_file else val_set.sha256, model=adapter.sha256)
+                    input=file_sha256(prompts) if prompts_file else val_set.sha256, model=adapter.sha256)
     run = await run_evaluate(prompts, out, settings, live, judge, options, serve_api_key=key)
     for summary in [*run.samples.values(), *([run.judge] if run.judge else [])]:
         log_summary(summary)
@@ -70,8 +70,8 @@ async def evaluate_adapters(
     curves = training_curves(adapter.metrics.get("log_history") or [])
     if curves is not None:
         charts["training_curves.png"] = curves
-    log_metadata(metadata=_metadata(result))
-    if run.exit_code not in (0,):
+    log_metadata(metadata=ab_eval_metadata(result))
+    if run.exit_code != 0:
         raise RuntimeError(f"the A/B evaluation left rows for a rerun (exit {run.exit_code}; {run.unpaired} prompts "
                            f"unpaired); rerun the pipeline to finish them. Results so far: {run.result.headline()}")
     gate = result.get("gate")
@@ -83,17 +83,6 @@ async def evaluate_adapters(
             f"({run.result.headline()}). Serving was rolled back: {restored}."
         )
     return ABEval(data=result, markdown=(out / "report.md").read_text(encoding="utf-8"), charts=charts)
-
-
-def _metadata(result: dict[str, Any]) -> dict[str, Any]:
-    w = result["win_rate"]
-    meta = {"wins": result["wins"], "losses": result["losses"], "ties": result["ties"], "n": result["judged"],
-            "win_rate_all": w["win_rate_all"], "ci95_all": w["ci95_all"], "win_rate_decided": w["win_rate_decided"],
-            "ci95_decided": w["ci95_decided"], "order_agreement": result["order_agreement"],
-            "cost_usd": result["cost_usd"], "interval": w["interval"]}
-    if result.get("gate"):
-        meta["gate"] = result["gate"]
-    return {k: v for k, v in meta.items() if v is not None}
 
 
 def _roll_back(target: str, state_dir: Path, record: Any) -> str:

@@ -18,7 +18,7 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from steps.records import ABEval, JsonlFile, Report
+from steps.records import ABEval, JsonlFile, Report, ab_eval_metadata
 
 DATA_FILE = "data.jsonl"
 PREVIEW_FILE = "preview.md"
@@ -129,16 +129,7 @@ class ABEvalMaterializer(BaseMaterializer):
         return ABEval(data=saved["result"], markdown=markdown, charts=charts)
 
     def extract_metadata(self, data: ABEval) -> dict[str, Any]:
-        """The numbers a dashboard reader wants without opening the artifact."""
-        r = data.data
-        w = r["win_rate"]
-        meta = {"wins": r["wins"], "losses": r["losses"], "ties": r["ties"], "n": r["judged"],
-                "win_rate_all": w["win_rate_all"], "ci95_all_low": w["ci95_all"][0], "ci95_all_high": w["ci95_all"][1],
-                "win_rate_decided": w["win_rate_decided"], "order_agreement": r["order_agreement"],
-                "cost_usd": r["cost_usd"]}
-        if r.get("gate"):
-            meta["gate_passed"] = r["gate"]["passed"]
-        return {k: v for k, v in meta.items() if v is not None}
+        return ab_eval_metadata(data.data)
 
     def compute_content_hash(self, data: ABEval) -> str | None:
         return hashlib.sha256(_canonical(data.data).encode()).hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -10,18 +9,11 @@ from typing import Annotated
 
 from zenml import ArtifactConfig, log_metadata, step
 
+from engine.rows import file_sha256
 from steps.names import Artifact
 from steps.records import JsonlFile
 
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @step

@@ -64,3 +64,17 @@ class ABEval:
     data: dict[str, Any]
     markdown: str
     charts: dict[str, bytes] = field(default_factory=dict)
+
+
+def ab_eval_metadata(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a dashboard reader wants from an A/B result (step and artifact metadata alike)."""
+    w = result["win_rate"]
+    meta = {"wins": result["wins"], "losses": result["losses"], "ties": result["ties"], "n": result["judged"],
+            "win_rate_all": w["win_rate_all"], "ci95_all_low": w["ci95_all"][0], "ci95_all_high": w["ci95_all"][1],
+            "win_rate_decided": w["win_rate_decided"], "ci95_decided_low": w["ci95_decided"][0],
+            "ci95_decided_high": w["ci95_decided"][1], "order_agreement": result["order_agreement"],
+            "cost_usd": result["cost_usd"], "interval": w["interval"]}
+    if result.get("gate"):
+        meta["gate_passed"] = result["gate"]["passed"]
+        meta["gate_min_win_rate"] = result["gate"]["min_win_rate"]
+    return {k: v for k, v in meta.items() if v is not None}
