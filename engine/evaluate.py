@@ -24,7 +24,7 @@ from engine.errors import ConfigError
 from engine.evaluate_tally import EvalResult, tally, write_result
 from engine.generate import GenerateSettings, run_generate
 from engine.judge import run_judge
-from engine.judge_settings import JudgeSettings
+from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from engine.summary import StageSummary
 

@@ -14,7 +14,7 @@ from engine.errors import ConfigError
 from engine.options import RunOptions
 
 if TYPE_CHECKING:
-    from engine.judge_settings import JudgeSettings
+    from engine.judge.settings import JudgeSettings
 
 
 def _engine_flags(p: argparse.ArgumentParser, concurrency: int) -> None:
@@ -84,8 +84,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _judge_settings(args: argparse.Namespace) -> JudgeSettings:
-    from engine.judge_cost import Prices
-    from engine.judge_settings import JudgeSettings
+    from engine.judge.cost import Prices
+    from engine.judge.settings import JudgeSettings
 
     kwargs: dict = {}
     if args.judge_model:

@@ -98,7 +98,7 @@ class PipelineConfig:
     enable_cache: bool
     generate: GenerateSettings
     generate_run: RunOptions
-    judge: Any  # engine.judge_settings.JudgeSettings (imported lazily with the judge)
+    judge: Any  # engine.judge.settings.JudgeSettings (imported lazily with the judge)
     judge_run: RunOptions
     split: SplitSettings
     train: dict[str, Any]  # DPOTrainConfig overrides, already checked against DPOTrainConfig
@@ -230,7 +230,7 @@ def _settings_and_options(cls: type, values: Mapping[str, Any], where: str) -> t
     settings = {k: v for k, v in values.items() if k in setting_names}
     options = {k: v for k, v in values.items() if k in option_names and k not in setting_names}
     if "prices" in settings and isinstance(settings["prices"], Mapping):
-        from engine.judge_cost import Prices
+        from engine.judge.cost import Prices
 
         settings["prices"] = build(Prices, settings["prices"], f"{where}.prices")
     options["handle_signals"] = True  # see PIPELINE_RUN_OPTIONS
@@ -281,7 +281,7 @@ def _evaluate_section(values: Mapping[str, Any], judge: Any) -> tuple[Any, Any, 
 
 
 def _judge_settings_class() -> type:
-    from engine.judge_settings import JudgeSettings
+    from engine.judge.settings import JudgeSettings
 
     return JudgeSettings
 

@@ -14,7 +14,7 @@ from zenml import pipeline
 
 from engine.evaluate import EvaluateSettings
 from engine.generate import GenerateSettings
-from engine.judge_settings import JudgeSettings
+from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from engine.rows import file_sha256
 from pipelines.config import PipelineConfig

@@ -20,7 +20,7 @@ from zenml import ArtifactConfig, log_metadata, step
 
 from engine.evaluate import EvaluateSettings
 from engine.generate import GenerateSettings
-from engine.judge_settings import JudgeSettings
+from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from engine.rows import file_sha256
 from steps.names import Artifact

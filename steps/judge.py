@@ -8,7 +8,7 @@ from typing import Annotated
 import orjson
 from zenml import ArtifactConfig, log_metadata, step
 
-from engine.judge_settings import JudgeSettings
+from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from steps.names import Artifact
 from steps.records import JsonlFile, Report

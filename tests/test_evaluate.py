@@ -17,7 +17,7 @@ import pytest
 
 from engine.evaluate import EvaluateSettings, run_evaluate
 from engine.generate import GenerateSettings
-from engine.judge_settings import JudgeSettings
+from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from engine.winrate import wilson_interval
 from tests.helpers import ROOT, SAMPLE, cli, env, read_jsonl, wait_for_lines, write_prompts

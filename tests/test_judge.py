@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from engine.judge import JudgeSettings, run_judge
-from engine.judge_cost import Prices
+from engine.judge.cost import Prices
 from engine.options import RunOptions
 from engine.rows import prompt_id
 from tests.helpers import ROOT, cli, env, read_jsonl, wait_for_lines

@@ -9,11 +9,11 @@ import pytest
 
 from engine.errors import ConfigError, MalformedResponse
 from engine.judge import JudgeSettings, estimate
-from engine.judge_answer import CUT_BY_LENGTH, parse_verdict, read_answer
-from engine.judge_cost import Prices, known_prices
-from engine.judge_prompt import RUBRIC, build_messages, label, prepare_candidates, response_format, shown_order
-from engine.judge_reference import rank_by_reference
-from engine.report import chi2_sf
+from engine.judge.answer import CUT_BY_LENGTH, parse_verdict, read_answer
+from engine.judge.cost import Prices, known_prices
+from engine.judge.prompt import RUBRIC, build_messages, label, prepare_candidates, response_format, shown_order
+from engine.judge.reference import rank_by_reference
+from engine.judge.report import chi2_sf
 from engine.rows import prompt_id
 from testserver import COMPLETION_PATTERN
 

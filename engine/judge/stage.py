@@ -22,10 +22,10 @@ import openai
 from engine.chat import post_chat, usage_of
 from engine.client import check_endpoint, make_client
 from engine.errors import ConfigError, FatalError, SkipRow
-from engine.judge_answer import Verdict, read_answer
-from engine.judge_cost import RowUsage
-from engine.judge_estimate import Estimate, estimate
-from engine.judge_prompt import (
+from engine.judge.answer import Verdict, read_answer
+from engine.judge.cost import RowUsage
+from engine.judge.estimate import Estimate, estimate
+from engine.judge.prompt import (
     PROMPT_VERSION,
     Candidates,
     build_messages,
@@ -34,11 +34,11 @@ from engine.judge_prompt import (
     response_format,
     shown_order,
 )
-from engine.judge_reference import confidence_from_gap, rank_by_reference
-from engine.judge_rows import validate_completions_row
-from engine.judge_settings import JudgeSettings
+from engine.judge.reference import confidence_from_gap, rank_by_reference
+from engine.judge.report import write_report
+from engine.judge.rows import validate_completions_row
+from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
-from engine.report import write_report
 from engine.rows import Row, check_input_file
 from engine.runner import RowContext, run_stage
 from engine.summary import Counters, StageSummary

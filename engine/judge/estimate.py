@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 
 from engine.errors import ConfigError
-from engine.judge_prompt import build_messages, prepare_candidates, response_format, shown_order
-from engine.judge_rows import validate_completions_row
-from engine.judge_settings import JudgeSettings
+from engine.judge.prompt import build_messages, prepare_candidates, response_format, shown_order
+from engine.judge.rows import validate_completions_row
+from engine.judge.settings import JudgeSettings
 from engine.rows import BOM, check_input_file, prompt_id
 
 # Measured with o200k_base on the real SFT validation set's judge requests: 3.99 characters per token overall,

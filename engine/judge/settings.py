@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.judge_cost import FREE, Prices, known_prices
-from engine.judge_prompt import PROMPT_VERSION
-from engine.judge_reference import REFERENCE_MODEL
+from engine.judge.cost import FREE, Prices, known_prices
+from engine.judge.prompt import PROMPT_VERSION
+from engine.judge.reference import REFERENCE_MODEL
 
 BACKENDS = ("openai", "reference")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
