@@ -1,11 +1,17 @@
 """The crash-safe output: an append-only JSONL checkpoint, its fingerprint and its lock.
 
 Files beside each other in the output folder, for a stage output named NAME:
-- NAME.jsonl           results, one complete line per finished row, `"id"` first (append-only)
+- NAME.jsonl           results, one complete line per finished row, `"id"` then `"input"` first (append-only)
 - NAME.skipped.jsonl   rows finished without a result, with the reason (append-only; count as done)
+- NAME.superseded.jsonl  records whose input row changed since (moved here when a run redoes the row)
 - NAME.errors.jsonl    rows that failed in the latest run (rewritten per run; a rerun retries them)
 - NAME.rejects.jsonl   bad or duplicate input rows of the latest run, as `file:line: problem`
-- NAME.fingerprint.json  the settings and input the results were made with
+- NAME.fingerprint.json  the settings the results were made with (and the latest input file's hash)
+
+Resume is keyed by row content: a record's `"input"` is the hash of the input row it was made from
+(`engine.rows.row_key`), so an input file that grew, was regenerated or converted to CRLF is resumed row by
+row: unchanged rows are never redone, changed rows are redone (their old records moved to the superseded
+file, never deleted), new rows are done. Only a change of settings refuses the resume.
 - NAME.summary.json    the latest run's summary
 - NAME.lock            held while a process writes here
 """
@@ -29,12 +35,13 @@ from engine.errors import ConfigError
 log = logging.getLogger(__name__)
 
 ID_PREFIX = b'{"id":"'
+KEY_INFIX = b'","input":"'
 SCAN_CHUNK = 1 << 22
 
 
 @dataclass
 class ScanResult:
-    done: set[str] = field(default_factory=set)
+    done: dict[str, str | None] = field(default_factory=dict)  # id -> input key (None: a record from before keys)
     repaired: list[str] = field(default_factory=list)  # human-readable notes on torn lines cut off
 
 
@@ -44,6 +51,7 @@ class Checkpoint:
         self.name = name
         self.results = out_dir / f"{name}.jsonl"
         self.skipped = out_dir / f"{name}.skipped.jsonl"
+        self.superseded = out_dir / f"{name}.superseded.jsonl"
         self.errors = out_dir / f"{name}.errors.jsonl"
         self.rejects = out_dir / f"{name}.rejects.jsonl"
         self.fingerprint_path = out_dir / f"{name}.fingerprint.json"
@@ -90,7 +98,8 @@ class Checkpoint:
 
     # -- fingerprint ------------------------------------------------------------------------------
     def check_fingerprint(self, fingerprint: dict[str, Any], *, fresh: bool) -> None:
-        """Refuse to resume results made with other settings or input; `fresh` moves them aside first."""
+        """Refuse to resume results made with other settings; `fresh` moves them aside first. The input may
+        change: rows are matched by content (see the module docstring)."""
         has_results = _nonempty(self.results) or _nonempty(self.skipped)
         if fresh and (has_results or self.fingerprint_path.exists()):
             moved = self.move_aside()
@@ -106,7 +115,7 @@ class Checkpoint:
             diffs = _differences(old, fingerprint)
             if diffs:
                 raise ConfigError(
-                    f"{self.results} was made with different settings or input, so it cannot be resumed:\n  "
+                    f"{self.results} was made with different settings, so it cannot be resumed:\n  "
                     + "\n  ".join(diffs)
                     + "\nRun with the same settings to resume, or pass --fresh to move the old output aside "
                     "(it is kept, never deleted) and start over."
@@ -121,7 +130,7 @@ class Checkpoint:
             n += 1
             target = self.dir / "previous" / f"{self.name}-{stamp}-{n}"
         target.mkdir(parents=True)
-        for path in (self.results, self.skipped, self.errors, self.rejects, self.fingerprint_path,
+        for path in (self.results, self.skipped, self.superseded, self.errors, self.rejects, self.fingerprint_path,
                      self.summary_path):
             if path.exists():
                 path.rename(target / path.name)
@@ -139,6 +148,33 @@ class Checkpoint:
                     log.warning(note)
                 scan_ids(path, result.done)
         return result
+
+    def supersede(self, ids: set[str]) -> int:
+        """Move the records of `ids` (rows whose input changed) from the results and skipped files to the
+        superseded file; returns how many records moved. Crash-safe: the moved lines are appended and
+        fsynced before each file is replaced by its filtered copy, so a kill leaves a record in both
+        places at worst (moved again next time), never in neither."""
+        if not ids:
+            return 0
+        moved = 0
+        with open(self.superseded, "ab") as out:
+            for path in (self.results, self.skipped):
+                if not path.exists():
+                    continue
+                keep_tmp = path.with_suffix(path.suffix + ".tmp")
+                with open(path, "rb") as src, open(keep_tmp, "wb") as keep:
+                    for line in src:
+                        if line.strip() and _line_id(path, line) in ids:
+                            out.write(line)
+                            moved += 1
+                        else:
+                            keep.write(line)
+                    keep.flush()
+                    os.fsync(keep.fileno())
+                out.flush()
+                os.fsync(out.fileno())
+                os.replace(keep_tmp, path)
+        return moved
 
     def open_writer(self, fsync_every_s: float) -> Writer:
         return Writer(self, fsync_every_s)
@@ -162,12 +198,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in sorted(set(old_settings) | set(new_settings)):
         if old_settings.get(key) != new_settings.get(key):
             diffs.append(f"{key}: was {old_settings.get(key)!r}, now {new_settings.get(key)!r}")
-    if old.get("input_sha256") != new.get("input_sha256"):
-        diffs.append(
-            f"input file content: sha256 was {str(old.get('input_sha256'))[:12]}…, "
-            f"now {str(new.get('input_sha256'))[:12]}…"
-        )
-    return diffs
+    return diffs  # the input file may differ: rows are matched by their content, one by one
 
 
 def repair_torn_tail(path: Path) -> str | None:
@@ -221,8 +252,9 @@ def _count_lines(path: Path) -> int:
     return n
 
 
-def scan_ids(path: Path, into: set[str]) -> None:
-    """Add every line's id to `into`, reading the id from the line's prefix (we write "id" first).
+def scan_ids(path: Path, into: dict[str, str | None]) -> None:
+    """Map every line's id to its input key in `into`, read from the line's prefix (we write "id" then
+    "input" first); other lines are parsed. A later line of the same id wins.
 
     One reusable buffer filled with readinto and searched with find: fresh multi-MB buffers per chunk
     cost more in page faults than the scan itself (see bench/engine_bench.py --scan).
@@ -242,23 +274,35 @@ def scan_ids(path: Path, into: set[str]) -> None:
             while (nl := buf.find(b"\n", start, end)) >= 0:
                 lineno += 1
                 quote = buf.find(b'"', start + prefix_len, nl)
-                if quote > 0 and buf.startswith(ID_PREFIX, start) and buf[nl - 1] == 0x7D:  # line ends with "}"
-                    into.add(buf[start + prefix_len : quote].decode())
+                key_at = quote + len(KEY_INFIX)
+                key_end = buf.find(b'"', key_at, nl)
+                if (quote > 0 and key_end > 0 and buf.startswith(ID_PREFIX, start)
+                        and buf.startswith(KEY_INFIX, quote) and buf[nl - 1] == 0x7D):  # line ends with "}"
+                    into[buf[start + prefix_len : quote].decode()] = buf[key_at:key_end].decode()
                 else:
-                    into.add(_parse_id(path, lineno, bytes(buf[start:nl])))
+                    row_id, key = _parse_id(path, lineno, bytes(buf[start:nl]))
+                    into[row_id] = key
                 start = nl + 1
             have = end - start
             buf[:have] = buf[start:end]
             if have == len(buf):  # one line longer than the buffer: grow it
                 buf.extend(bytes(len(buf)))
     if bytes(buf[:have]).strip():
-        into.add(_parse_id(path, lineno + 1, bytes(buf[:have])))
+        row_id, key = _parse_id(path, lineno + 1, bytes(buf[:have]))
+        into[row_id] = key
 
 
-def _parse_id(path: Path, lineno: int, line: bytes) -> str:
+def _line_id(path: Path, line: bytes) -> str:
+    if line.startswith(ID_PREFIX) and (quote := line.find(b'"', len(ID_PREFIX))) > 0:
+        return line[len(ID_PREFIX) : quote].decode()
+    return _parse_id(path, 0, line)[0]
+
+
+def _parse_id(path: Path, lineno: int, line: bytes) -> tuple[str, str | None]:
     try:
         obj = orjson.loads(line)
-        return str(obj["id"])
+        key = obj.get("input")
+        return str(obj["id"]), key if isinstance(key, str) else None
     except (orjson.JSONDecodeError, KeyError, TypeError) as e:
         raise ConfigError(
             f"{path}:{lineno}: checkpoint line is not a JSON object with an id ({e}); the file was edited or "

@@ -1,6 +1,8 @@
 """Streaming JSONL input: rows are read lazily, validated, given a content-derived id, or rejected.
 
-A row's id is a hash of its prompt, so resume and the train/val split never depend on line order.
+A row's id is a hash of its prompt, so resume and the train/val split never depend on line order. Its
+key is a hash of everything the stage reads from it (the validated row: prompt, completions, reference),
+so a resume redoes a row whose content changed and never a row whose content did not.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Row:
     id: str
     line: int
     data: dict[str, Any]  # the validated, normalised row (always has "prompt")
+    key: str = ""  # row_key(data): results record it as "input"; a resume redoes the row when it differs
 
 
 @dataclass(slots=True)
@@ -64,6 +67,12 @@ def prompt_id(prompt: str | list[dict[str, str]]) -> str:
     """A stable 16-hex-digit id for a prompt: sha256 of its canonical JSON."""
     canonical = orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def row_key(data: dict[str, Any]) -> str:
+    """A 16-hex-digit hash of a validated row's content (key order, line endings and fields the stage
+    ignores make no difference)."""
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 def check_prompt(value: Any) -> str | list[dict[str, str]]:
@@ -123,7 +132,7 @@ def parse_line(file: str, lineno: int, raw: bytes, validate: Validator) -> Row |
         data = validate(obj)
     except ValueError as e:
         return Reject(file, lineno, str(e), _preview(raw))
-    return Row(prompt_id(data["prompt"]), lineno, data)
+    return Row(prompt_id(data["prompt"]), lineno, data, row_key(data))
 
 
 def _preview(raw: bytes) -> str:

@@ -185,12 +185,16 @@ async def run_stage(
         except BaseException:
             checkpoint.undo_start(remove_lock=new_lock, remove_dir=new_dir)  # a failed start leaves nothing
             raise
-        counters = Counters(done_before=len(scan.done))
+        done = await _unchanged(checkpoint, input_path, stage.validate, options.limit, scan.done)
+        before_run = getattr(stage, "before_run", None)
+        if before_run is not None:
+            before_run(checkpoint)  # e.g. the judge applies its result filters to the rows in hand
+        counters = Counters(done_before=len(done))
         wanted = min(options.limit or pre.lines, pre.lines)
-        counters.total = max(0, wanted - len(scan.done))
+        counters.total = max(0, wanted - len(done))
         writer = checkpoint.open_writer(options.fsync_every_s)
         try:
-            summary = await _Run(stage, input_path, options, counters, writer, scan.done).run()
+            summary = await _Run(stage, input_path, options, counters, writer, set(done)).run()
         finally:
             writer.close()
         summary.elapsed_s = time.monotonic() - started
@@ -200,6 +204,25 @@ async def run_stage(
         return summary
     finally:
         checkpoint.release_lock()
+
+
+async def _unchanged(
+    checkpoint: Checkpoint, path: Path, validate: Validator, limit: int | None, done: dict[str, str | None]
+) -> dict[str, str | None]:
+    """The finished rows still valid for this input: a row in scope whose content changed since its record
+    was made is redone, its old records moved to the superseded file (kept, never deleted). Records from
+    before content keys (key None) count as unchanged."""
+    if not done:
+        return done
+    changed: set[str] = set()
+    async for item in _in_scope(path, validate, limit):
+        if isinstance(item, Row) and (key := done.get(item.id, item.key)) is not None and key != item.key:
+            changed.add(item.id)
+    if changed:
+        moved = await asyncio.to_thread(checkpoint.supersede, changed)
+        log.warning("%d row(s) of %s changed since they were done: redoing them (%d old record(s) moved to %s)",
+                    len(changed), path, moved, checkpoint.superseded.name)
+    return {k: v for k, v in done.items() if k not in changed}
 
 
 def _write_summary(checkpoint: Checkpoint, summary: StageSummary) -> None:
@@ -214,7 +237,7 @@ class _Run:
         options: RunOptions,
         counters: Counters,
         writer: Writer,
-        done: set[str],
+        done: set[str],  # rows finished before (unchanged since): not scheduled again
     ):
         self.stage = stage
         self.input_path = input_path
@@ -317,10 +340,10 @@ class _Run:
             self.finished_ids.add(row.id)  # removed again below if the row is cut off unfinished
             try:
                 record = await self.stage.process(row, ctx)
-                self.writer.result({"id": row.id, **record})
+                self.writer.result({"id": row.id, "input": row.key, **record})
                 c.succeeded += 1
             except SkipRow as s:
-                self.writer.skip({"id": row.id, "line": row.line, "reason": s.reason, **s.record})
+                self.writer.skip({"id": row.id, "input": row.key, "line": row.line, "reason": s.reason, **s.record})
                 c.skipped += 1
             except FatalError as e:
                 self.writer.error(

@@ -79,11 +79,12 @@ def test_torn_line_with_newline_but_invalid_json_is_cut(tmp_path):
     assert path.read_bytes() == b'{"id":"a"}\n'
 
 
-def test_scan_reads_ids_from_results_and_skipped(tmp_path):
+def test_scan_reads_ids_and_input_keys_from_results_and_skipped(tmp_path):
     ck = Checkpoint(tmp_path, "completions")
-    ck.results.write_bytes(b'{"id":"aa","v":1}\n{"v":2,"id":"bb"}\n')
-    ck.skipped.write_bytes(b'{"id":"cc","reason":"x"}\n')
-    assert ck.scan().done == {"aa", "bb", "cc"}
+    ck.results.write_bytes(b'{"id":"aa","input":"k1","v":1}\n{"v":2,"id":"bb","input":"k2"}\n{"id":"dd","v":3}\n')
+    ck.skipped.write_bytes(b'{"id":"cc","input":"k3","reason":"x"}\n')
+    # fast path (id and input first), parsed path (other order), a record from before keys (None)
+    assert ck.scan().done == {"aa": "k1", "bb": "k2", "cc": "k3", "dd": None}
 
 
 def test_scan_names_a_damaged_middle_line(tmp_path):
@@ -102,8 +103,8 @@ def test_fingerprint_mismatch_is_refused_and_fresh_moves_aside(tmp_path):
     fp2 = fingerprint("generate", {"n": 3, "temperature": 0.7}, "abc")
     with pytest.raises(ConfigError, match=r"(?s)temperature: was 0.9, now 0.7.*--fresh"):
         ck.check_fingerprint(fp2, fresh=False)
-    with pytest.raises(ConfigError, match="input file content"):
-        ck.check_fingerprint(fingerprint("generate", {"n": 3, "temperature": 0.9}, "xyz"), fresh=False)
+    # another input file is not refused: rows are matched by content (see test_resume_by_content)
+    ck.check_fingerprint(fingerprint("generate", {"n": 3, "temperature": 0.9}, "xyz"), fresh=False)
     ck.check_fingerprint(fp2, fresh=True)
     assert not ck.results.exists()
     kept = list((tmp_path / "previous").glob("completions-*/completions.jsonl"))
@@ -223,10 +224,10 @@ def test_scan_handles_lines_longer_than_its_buffer(tmp_path, monkeypatch):
     path = tmp_path / "x.jsonl"
     ids = [f"{i:016x}" for i in range(50)]
     texts = {i: "y" * (n * 7) for n, i in enumerate(ids)}
-    path.write_bytes(b"".join(orjson.dumps({"id": i, "text": texts[i]}) + b"\n" for i in ids))
-    found: set[str] = set()
+    path.write_bytes(b"".join(orjson.dumps({"id": i, "input": i[::-1], "text": texts[i]}) + b"\n" for i in ids))
+    found: dict[str, str | None] = {}
     checkpoint.scan_ids(path, found)
-    assert found == set(ids)
+    assert found == {i: i[::-1] for i in ids}
 
 
 def test_status_line_shows_progress_rate_eta_failures_retries_tokens_and_cost():

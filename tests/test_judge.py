@@ -12,8 +12,9 @@ import pytest
 
 from engine.judge import JudgeSettings, run_judge
 from engine.judge.cost import Prices
+from engine.judge.rows import validate_completions_row
 from engine.options import RunOptions
-from engine.rows import prompt_id
+from engine.rows import prompt_id, row_key
 from tests.helpers import ROOT, cli, env, read_jsonl, wait_for_lines
 from testserver import AVOID_MARKER, PREFER_MARKER, run_in_process, start_server
 
@@ -358,7 +359,7 @@ async def test_reference_backend_picks_the_closest_to_the_reference_and_says_so(
         assert j["reason"].startswith("[reference judge]") and j["usage"]["cost_usd"] == 0
         assert j["scores"][j["chosen_index"]] == max(j["scores"])
     assert read_jsonl(out / "preferences.skipped.jsonl")[0] | {"id": ids[6]} == {
-        "id": ids[6], "line": 7, "reason": "no_reference",
+        "id": ids[6], "input": row_key(validate_completions_row(rows[6])), "line": 7, "reason": "no_reference",
         "detail": 'the reference judge needs the row\'s "reference" (the SFT completion); this row has none'}
     assert "reference judge" in (out / "report.md").read_text()
 

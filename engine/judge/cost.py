@@ -29,6 +29,14 @@ class Prices:
             uncached * self.input_per_m + tokens_cached * self.cached_input_per_m + tokens_out * self.output_per_m
         ) / 1e6
 
+    def batch(self) -> Prices:
+        """The Batch API's prices: BATCH_DISCOUNT of every live price (input, cached input and output)."""
+        return Prices(self.input_per_m * BATCH_DISCOUNT, self.cached_input_per_m * BATCH_DISCOUNT,
+                      self.output_per_m * BATCH_DISCOUNT)
+
+
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the live price (NOTES: OpenAI SDK 3.x and GPT-5)
+
 
 FREE = Prices(0.0, 0.0, 0.0)
 

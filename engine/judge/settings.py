@@ -14,6 +14,9 @@ from engine.judge.reference import REFERENCE_MODEL
 BACKENDS = ("openai", "reference")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 DEFAULT_JUDGE_MODEL = "gpt-5"
+MODES = ("live", "batch")
+BATCH_MAX_REQUESTS = 50_000  # the Batch API's limits per input file (NOTES: OpenAI SDK 3.x and GPT-5)
+BATCH_MAX_BYTES = 200 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,21 @@ class JudgeSettings:
                           "(None: a guess per reasoning effort)"},
     )
     timeout_s: float = field(default=300.0, metadata={"help": "per-request timeout"})
+    mode: str = field(
+        default="live",
+        metadata={"help": "live: one request per row as rows come; batch: OpenAI's Batch API (half price, "
+                          "answers within 24 h; engine/judge/batch.py)"},
+    )
+    finish_live: bool = field(
+        default=False, metadata={"help": "batch mode: rows the first batch round leaves undone are judged live"}
+    )
+    poll_interval_s: float = field(default=30.0, metadata={"help": "batch mode: seconds between status polls"})
+    batch_max_requests: int = field(
+        default=BATCH_MAX_REQUESTS, metadata={"help": "batch mode: most requests per input file (API limit 50,000)"}
+    )
+    batch_max_bytes: int = field(
+        default=BATCH_MAX_BYTES, metadata={"help": "batch mode: largest input file in bytes (API limit 200 MB)"}
+    )
 
     def __post_init__(self) -> None:
         def rule(ok: bool, message: str) -> None:
@@ -94,6 +112,21 @@ class JudgeSettings:
             f"expected_output_tokens must be >= 1 or unset, got {self.expected_output_tokens}",
         )
         rule(self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s}")
+        rule(self.mode in MODES, f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        rule(
+            self.mode == "live" or self.backend == "openai",
+            "mode 'batch' needs the openai backend (the reference judge sends no requests); use --mode live",
+        )
+        rule(not self.finish_live or self.mode == "batch", "finish_live applies to mode 'batch' only")
+        rule(self.poll_interval_s > 0, f"poll_interval_s must be > 0, got {self.poll_interval_s}")
+        rule(
+            1 <= self.batch_max_requests <= BATCH_MAX_REQUESTS,
+            f"batch_max_requests must be 1-{BATCH_MAX_REQUESTS:,} (the Batch API limit), got {self.batch_max_requests}",
+        )
+        rule(
+            1 <= self.batch_max_bytes <= BATCH_MAX_BYTES,
+            f"batch_max_bytes must be 1-{BATCH_MAX_BYTES:,} (the Batch API's 200 MB), got {self.batch_max_bytes}",
+        )
         if self.backend == "reference":
             object.__setattr__(self, "prices", FREE)
         elif self.prices is None:
@@ -111,18 +144,23 @@ class JudgeSettings:
         return self.prices
 
     @property
+    def billed_price(self) -> Prices:
+        """What a request costs in this mode: the Batch API bills half of every live price."""
+        return self.price.batch() if self.mode == "batch" else self.price
+
+    @property
     def model_label(self) -> str:
         """The judge named in every output row."""
         return REFERENCE_MODEL if self.backend == "reference" else self.judge_model
 
     def fingerprinted(self) -> dict[str, Any]:
-        """What changes the pairs. URL, budgets, timeout, prices and the spending cap do not."""
+        """What changes the judgments. URL, budgets, timeout, prices, the spending cap and --min-confidence (a
+        filter on judgments in hand, applied at the start of each run) do not."""
         d: dict[str, Any] = {
             "backend": self.backend,
             "judge_model": self.model_label,
             "prompt_version": PROMPT_VERSION,
             "swap_check": self.swap_check,
-            "min_confidence": self.min_confidence,
         }
         if self.backend == "openai":
             d["reasoning_effort"] = self.reasoning_effort

@@ -20,11 +20,13 @@ from typing import Any
 import openai
 
 from engine.chat import post_chat, usage_of
+from engine.checkpoint import Checkpoint
 from engine.client import check_endpoint, make_client
 from engine.errors import ConfigError, FatalError, SkipRow
 from engine.judge.answer import Verdict, read_answer
 from engine.judge.cost import RowUsage
 from engine.judge.estimate import Estimate, estimate
+from engine.judge.filters import LOW_CONFIDENCE, apply_min_confidence, low_confidence_detail, passes
 from engine.judge.prompt import (
     PROMPT_VERSION,
     Candidates,
@@ -73,6 +75,12 @@ class Judgement:
         return self.ranking[-1]
 
 
+def judgement(order: list[int], ids: list[str], verdict: Verdict, model_version: str | None) -> Judgement:
+    """A model's verdict over candidates shown in `order` (ids A, B, ...), mapped back to candidate positions."""
+    ranking = [order[ids.index(x)] for x in verdict.ranking]
+    return Judgement(order, ranking, verdict.ranking, verdict.confidence, verdict.reason, model_version)
+
+
 def _bump(counters: Counters, key: str, by: float = 1) -> None:
     counters.extra[key] = counters.extra.get(key, 0) + by
 
@@ -107,6 +115,10 @@ class JudgeStage:
 
     def validate(self, obj: dict[str, Any]) -> dict[str, Any]:
         return validate_completions_row(obj)
+
+    def before_run(self, checkpoint: Checkpoint) -> None:
+        """Apply --min-confidence to the pairs judged before (not a fingerprinted setting: no request)."""
+        apply_min_confidence(checkpoint, self.s.min_confidence)
 
     def stop_reason(self, counters: Counters) -> str | None | Coroutine[Any, Any, str | None]:
         """With --max-cost, admit a row only while the spend so far plus the forecast for the rows in flight
@@ -155,13 +167,27 @@ class JudgeStage:
         try:
             return await self._process(row, ctx, usage)
         finally:
-            if usage.cost_usd > 0:
-                self._paid_rows += 1
-                self._paid_cost += usage.cost_usd
+            self.row_paid(usage.cost_usd)
             self._row_done.set()
+
+    def row_paid(self, cost_usd: float) -> None:
+        """A row finished having spent `cost_usd`: the --max-cost forecast learns from the rows that paid."""
+        if cost_usd > 0:
+            self._paid_rows += 1
+            self._paid_cost += cost_usd
 
     # -- one row ----------------------------------------------------------------------------------
     async def _process(self, row: Row, ctx: RowContext, usage: RowUsage) -> dict[str, Any]:
+        cands, dropped, order = self.candidates(row)
+        first = await self._judge(row, ctx, cands, order, usage)
+        second = None
+        if self.s.swap_check:
+            second = await self._judge(row, ctx, cands, order[::-1], usage)
+        return self.result(row, ctx.counters, cands, dropped, first, second, usage)
+
+    def candidates(self, row: Row) -> tuple[Candidates, dict[str, list[int]], list[int]]:
+        """(the row's distinct candidates, the completions dropped, the order shown first); SkipRow when there is
+        nothing to judge. Live and batch mode alike."""
         completions: list[str] = row.data["completions"]
         cands = prepare_candidates(completions)
         dropped = {"empty": list(cands.empty), "duplicate": list(cands.duplicate)}
@@ -175,12 +201,7 @@ class JudgeStage:
                 "no_reference",
                 {"detail": 'the reference judge needs the row\'s "reference" (the SFT completion); this row has none'},
             )
-        order = shown_order(row.id, len(cands))
-        first = await self._judge(row, ctx, cands, order, usage)
-        second = None
-        if self.s.swap_check:
-            second = await self._judge(row, ctx, cands, order[::-1], usage)
-        return self._result(row, ctx.counters, cands, dropped, first, second, usage)
+        return cands, dropped, shown_order(row.id, len(cands))
 
     async def _judge(
         self, row: Row, ctx: RowContext, cands: Candidates, order: list[int], usage: RowUsage
@@ -202,8 +223,7 @@ class JudgeStage:
                 confidence_from_gap(scores[b] - scores[w]), reason, scores=by_candidate,
             )
         verdict, model_version = await self._ask(row, ctx, shown, ids, usage)
-        ranking = [order[ids.index(x)] for x in verdict.ranking]
-        return Judgement(order, ranking, verdict.ranking, verdict.confidence, verdict.reason, model_version)
+        return judgement(order, ids, verdict, model_version)
 
     async def _ask(
         self, row: Row, ctx: RowContext, shown: list[str], ids: list[str], usage: RowUsage
@@ -211,21 +231,14 @@ class JudgeStage:
         s = self.s
         assert self.client is not None
         client = self.client
-        messages = build_messages(row.data["prompt"], shown)
-        fmt = response_format(len(shown))
         budget = s.max_completion_tokens
         while True:
+            body = self.request_body(row.data["prompt"], shown, budget)
 
-            async def call(budget: int = budget) -> tuple[dict[str, Any], Any]:
+            async def call(body: dict[str, Any] = body) -> tuple[dict[str, Any], Any]:
                 usage.requests += 1
-                data = await post_chat(client, {
-                    "model": s.judge_model,
-                    "messages": messages,
-                    "response_format": fmt,
-                    "reasoning_effort": s.reasoning_effort,
-                    "max_completion_tokens": budget,
-                })
-                self._account(ctx.counters, usage, data)  # billed even when the answer is unusable
+                data = await post_chat(client, body)
+                self.account(ctx.counters, usage, data)  # billed even when the answer is unusable
                 return data, read_answer(data, ids)
 
             try:
@@ -238,21 +251,38 @@ class JudgeStage:
             if isinstance(answer, Verdict):
                 return answer, response.get("model")
             if budget >= s.max_completion_tokens_cap:
-                raise FatalError(
-                    f"the answer was cut by the token budget (finish_reason 'length') even at the cap of "
-                    f"{s.max_completion_tokens_cap} max_completion_tokens; raise --max-completion-tokens-cap "
-                    "or lower --reasoning-effort",
-                    attempts=usage.requests,
-                )
+                raise self.cut_at_cap(usage.requests)
             new_budget = min(s.max_completion_tokens_cap, budget * 2)
             log.debug("row %s: answer cut by length at %d tokens; retrying with %d", row.id, budget, new_budget)
             budget = new_budget
             ctx.counters.retries += 1
             _bump(ctx.counters, "length_retries")
 
-    def _account(self, counters: Counters, usage: RowUsage, data: dict[str, Any]) -> None:
+    def request_body(self, prompt: str | list[dict[str, str]], shown: list[str], budget: int) -> dict[str, Any]:
+        """The chat.completions body for one judgement of `shown` (candidate texts, ids A, B, ... in order):
+        what live mode posts and what batch mode writes as a line's `body`."""
+        s = self.s
+        return {
+            "model": s.judge_model,
+            "messages": build_messages(prompt, shown),
+            "response_format": response_format(len(shown)),
+            "reasoning_effort": s.reasoning_effort,
+            "max_completion_tokens": budget,
+        }
+
+    def cut_at_cap(self, attempts: int) -> FatalError:
+        s = self.s
+        return FatalError(
+            f"the answer was cut by the token budget (finish_reason 'length') even at the cap of "
+            f"{s.max_completion_tokens_cap} max_completion_tokens; raise --max-completion-tokens-cap "
+            "or lower --reasoning-effort",
+            attempts=attempts,
+        )
+
+    def account(self, counters: Counters, usage: RowUsage, data: dict[str, Any]) -> None:
+        """Price one answered request at this mode's prices (the Batch API's are half) into the row and run."""
         u = usage_of(data)
-        cost = self.s.price.cost(u.tokens_in, u.tokens_cached, u.tokens_out)
+        cost = self.s.billed_price.cost(u.tokens_in, u.tokens_cached, u.tokens_out)
         usage.answered += 1
         usage.tokens_in += u.tokens_in
         usage.tokens_cached += u.tokens_cached
@@ -264,7 +294,7 @@ class JudgeStage:
             _bump(counters, "tokens_reasoning", u.tokens_reasoning)
 
     # -- the output row ---------------------------------------------------------------------------
-    def _result(
+    def result(
         self,
         row: Row,
         counters: Counters,
@@ -332,13 +362,9 @@ class JudgeStage:
                 {"detail": f"shown in order {judge['order_shown']} the judge ranked {judge['ranking']}; in reversed "
                            f"order {swap['ranking']}: best and worst differ", **record},
             )
-        confidence = min(first.confidence, second.confidence) if second is not None else first.confidence
-        if s.min_confidence is not None and confidence < s.min_confidence:
+        if not passes(judge, s.min_confidence):
             _bump(counters, "filtered_low_confidence")
-            raise SkipRow(
-                "low_confidence",
-                {"detail": f"confidence {confidence} is below --min-confidence {s.min_confidence}", **record},
-            )
+            raise SkipRow(LOW_CONFIDENCE, {"detail": low_confidence_detail(judge, s.min_confidence), **record})
         return record
 
 

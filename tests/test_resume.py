@@ -1,0 +1,175 @@
+"""Resume keyed by row content, and filters applied to judgments in hand (issue 11).
+
+Over real HTTP against the test server's judge, counting the requests it gets: an input that grew, was
+converted to CRLF or had one row regenerated is resumed row by row (unchanged rows never paid again);
+`--min-confidence` changed between runs re-sorts the pairs without a request; every setting that changes
+results refuses the resume, and only those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+
+from engine.checkpoint import Checkpoint, fingerprint
+from engine.errors import ConfigError
+from engine.generate import GenerateSettings, GenerateStage
+from engine.judge import JudgeSettings, JudgeStage, run_judge
+from engine.options import RunOptions
+from engine.rows import prompt_id
+from tests.helpers import read_jsonl
+from testserver import AVOID_MARKER, PREFER_MARKER, run_in_process
+
+FAST = {"progress": False, "backoff_base_s": 0.0, "backoff_cap_s": 0.0, "fsync_every_s": 0.05}
+
+
+def prompt(i: int) -> str:
+    return f"[JERRY] Scene {i}: what is the deal with row {i}?"
+
+
+def marked(i: int) -> list[str]:  # the test judge rates these 5
+    return [f"[JERRY] good {i} {PREFER_MARKER}", f"[KRAMER] bad {i} {AVOID_MARKER}", f"[GEORGE] plain {i}, longer"]
+
+
+def plain(i: int) -> list[str]:  # no markers, different lengths: the test judge rates these 3
+    return [f"[GEORGE] a plain line {i}", f"[ELAINE] a plainer, longer line for {i}", f"[NEWMAN] {i}"]
+
+
+def rows(n: int, start: int = 0) -> list[dict]:
+    return [{"prompt": prompt(i), "completions": marked(i) if i % 2 else plain(i)} for i in range(start, n)]
+
+
+def write(path, items: list[dict], *, crlf: bool = False) -> None:
+    end = b"\r\n" if crlf else b"\n"
+    path.write_bytes(b"".join(orjson.dumps(r) + end for r in items))
+
+
+async def judge(server, comp, out, **kw):
+    settings = JudgeSettings(judge_model="gpt-5", judge_url=server.url, **kw)
+    return await run_judge(comp, out, settings, RunOptions(**FAST), api_key="sk-test-resume")
+
+
+def judged(server) -> int:
+    return server.stats(log=False)["by_kind"].get("judge", 0)
+
+
+async def test_grown_crlf_input_is_resumed_row_by_row_and_a_changed_row_is_redone(tmp_path):
+    comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
+    async with run_in_process() as server:
+        write(comp, rows(5))
+        first = await judge(server, comp, out)
+        assert (first.succeeded, judged(server)) == (5, 5)
+        before = {r["id"]: r for r in read_jsonl(out / "preferences.jsonl")}
+
+        grown = rows(8)  # a generate rerun with more prompts, saved with CRLF line endings
+        write(comp, grown, crlf=True)
+        second = await judge(server, comp, out)
+        assert (second.succeeded, second.counters.done_before, judged(server)) == (3, 5, 8)  # only the new rows
+        after = {r["id"]: r for r in read_jsonl(out / "preferences.jsonl")}
+        assert set(after) == {prompt_id(r["prompt"]) for r in grown}
+        assert all(after[i] == before[i] for i in before), "an unchanged row's pair was rewritten"
+
+        grown[2] = {"prompt": prompt(2), "completions": [f"[JERRY] new {PREFER_MARKER}", f"x {AVOID_MARKER}"]}
+        write(comp, grown)  # one row regenerated: same prompt, new completions
+        third = await judge(server, comp, out)
+        assert (third.succeeded, judged(server)) == (1, 9)
+        results = read_jsonl(out / "preferences.jsonl")
+        changed = prompt_id(prompt(2))
+        assert len(results) == 8 and len({r["id"] for r in results}) == 8, "a redone row left two pairs"
+        new = next(r for r in results if r["id"] == changed)
+        assert new["chosen"] == f"[JERRY] new {PREFER_MARKER}"
+        assert read_jsonl(out / "preferences.superseded.jsonl") == [before[changed]]  # kept, not deleted
+
+        fourth = await judge(server, comp, out)  # nothing changed: nothing sent
+        assert (fourth.succeeded, fourth.exit_code, judged(server)) == (0, 0, 9)
+
+
+async def test_min_confidence_is_a_filter_on_pairs_in_hand_no_request_to_change_it(tmp_path):
+    comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
+    write(comp, rows(10))
+    async with run_in_process() as server:
+        await judge(server, comp, out)
+        all_pairs = read_jsonl(out / "preferences.jsonl")
+        assert len(all_pairs) == 10 and judged(server) == 10
+
+        strict = await judge(server, comp, out, min_confidence=4)
+        kept = read_jsonl(out / "preferences.jsonl")
+        low = read_jsonl(out / "preferences.skipped.jsonl")
+        assert judged(server) == 10 and strict.exit_code == 0  # not one request
+        assert sorted(r["judge"]["confidence"] for r in kept) == [5] * 5
+        assert [(r["reason"], r["judge"]["confidence"]) for r in low] == [("low_confidence", 3)] * 5
+        assert "below --min-confidence 4" in low[0]["detail"]
+        report = orjson.loads((out / "report.json").read_bytes())
+        assert report["rows"]["filtered"]["low_confidence"] == 5
+
+        again = await judge(server, comp, out, min_confidence=4)  # same filter: nothing moves, no duplicate
+        assert again.exit_code == 0
+        assert read_jsonl(out / "preferences.jsonl") == kept and read_jsonl(out / "preferences.skipped.jsonl") == low
+
+        await judge(server, comp, out, min_confidence=3)  # lowered: every pair is back, byte-identical
+        assert judged(server) == 10
+        assert sorted(read_jsonl(out / "preferences.jsonl"), key=lambda r: r["id"]) == sorted(
+            all_pairs, key=lambda r: r["id"])
+        assert read_jsonl(out / "preferences.skipped.jsonl") == []
+
+
+def test_a_kill_between_the_two_rewrites_is_resolved_next_run(tmp_path):
+    """The filter writes the gaining file first: a kill then leaves a pair in both files; the next re-sort
+    leaves it in exactly one."""
+    from engine.judge.filters import apply_min_confidence
+
+    ck = Checkpoint(tmp_path, "preferences")
+    pair = {"id": "aa", "input": "k", "prompt": "p", "chosen": "c", "rejected": "r", "judge": {"confidence": 2}}
+    ck.results.write_bytes(orjson.dumps(pair) + b"\n")
+    ck.skipped.write_bytes(orjson.dumps({**pair, "reason": "low_confidence", "detail": "x"}) + b"\n")
+    for threshold, in_results in ((3, False), (None, True)):
+        apply_min_confidence(ck, threshold)
+        ids_results = [r["id"] for r in read_jsonl(ck.results)]
+        ids_skipped = [r["id"] for r in read_jsonl(ck.skipped)]
+        assert (ids_results, ids_skipped) == ((["aa"], []) if in_results else ([], ["aa"]))
+
+
+def _refused(stage_settings, changed, stage_cls) -> bool:
+    """Would a resume with `changed` settings be refused after a run with `stage_settings`?"""
+    def fp(s):
+        stage = stage_cls.__new__(stage_cls)
+        stage.s = s
+        return fingerprint(stage_cls.name, stage.settings(), "same-input")
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        ck = Checkpoint(Path(d), "x")
+        ck.check_fingerprint(fp(stage_settings), fresh=False)
+        ck.results.write_bytes(b'{"id":"aa","input":"k"}\n')
+        try:
+            ck.check_fingerprint(fp(changed), fresh=False)
+        except ConfigError:
+            return True
+        return False
+
+
+GEN = GenerateSettings(serve_url="http://127.0.0.1:1/v1", model="seinfeld")
+JUDGE = JudgeSettings(judge_model="gpt-5", judge_url="http://127.0.0.1:1/v1")
+
+
+@pytest.mark.parametrize("change, refused", [
+    ({"n": 4}, True), ({"temperature": 0.7}, True), ({"seed": 7}, True), ({"model": "seinfeld-dpo"}, True),
+    ({"max_tokens": GEN.max_tokens + 1}, True),
+    ({"serve_url": "http://127.0.0.1:2/v1"}, False),  # where the model is served does not change its answers
+])
+def test_generate_resume_refused_exactly_for_result_settings(change, refused):
+    assert _refused(GEN, dataclasses.replace(GEN, **change), GenerateStage) is refused
+
+
+@pytest.mark.parametrize("change, refused", [
+    ({"judge_model": "gpt-5-mini"}, True), ({"reasoning_effort": "high"}, True), ({"swap_check": True}, True),
+    ({"backend": "reference"}, True),
+    ({"min_confidence": 4}, False), ({"max_cost_usd": 1.0}, False), ({"timeout_s": 5.0}, False),
+    ({"judge_url": "http://127.0.0.1:2/v1"}, False), ({"max_completion_tokens": 8192}, False),
+])
+def test_judge_resume_refused_exactly_for_result_settings(change, refused):
+    assert _refused(JUDGE, dataclasses.replace(JUDGE, **change), JudgeStage) is refused
