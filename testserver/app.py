@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from testserver.batches import BatchService
 from testserver.faults import STATUS_FAULTS, FaultKind, FaultPicker
 from testserver.options import ServerOptions
 from testserver.replies import choice, distort, error_response, json_response, status_fault
@@ -58,6 +59,7 @@ class FakeOpenAIServer:
         self.port: int | None = None
         self._counter = 0
         self._stats = Stats(self._initial.log_size)
+        self.batches = BatchService(self)
         self._apply(self._initial)
         self.app = self._make_app()
 
@@ -69,6 +71,7 @@ class FakeOpenAIServer:
         self._pattern = re.compile(options.completion_pattern, re.DOTALL)
         self._models = frozenset(options.models)
         self._stats.resize(options.log_size)
+        self.batches.configure(options, changed)
         if changed is None:
             self.picker = FaultPicker(options)
             self._jitter_rng = random.Random(options.seed + 1)
@@ -92,7 +95,8 @@ class FakeOpenAIServer:
 
     def reset(self) -> None:
         """Clear the stats, restore the start options, then clear every fault (rate 0, no rules)."""
-        clean = self._initial.updated({"fault_rate": 0.0, "fail_next": [], "fail_matching": []})
+        clean = self._initial.updated({"fault_rate": 0.0, "fail_next": [], "fail_matching": [],
+                                       "batch_fail_validation": 0, "batch_expire_half": 0})
         self._stats = Stats(clean.log_size)
         self._apply(clean)
 
@@ -138,6 +142,7 @@ class FakeOpenAIServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._list_models)
+        self.batches.add_routes(app)  # /v1/files and /v1/batches (testserver/batches.py)
         app.router.add_get("/_stats", self._get_stats)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._post_control)

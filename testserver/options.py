@@ -98,6 +98,14 @@ class ServerOptions:
         default=False, metadata={"help": "the judge ranks completions in the order shown, ignoring their text"}
     )
     log_size: int = field(default=10_000, metadata={"help": "entries kept in the request log ring"})
+    batch_slow_polls: int = field(
+        default=0, metadata={"help": "a batch stays in_progress for at least this many retrieves (slow progress)"}
+    )
+    batch_fail_validation: int = field(default=0, metadata={"help": "the next N batches created fail validation"})
+    batch_expire_half: int = field(
+        default=0, metadata={"help": "the next N batches expire with only the first half of their requests run"}
+    )
+    batch_concurrency: int = field(default=8, metadata={"help": "lines of one batch answered at once"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -167,6 +175,12 @@ class ServerOptions:
             raise ValueError(f"model_markers maps model names to 'PREFER-ME' or 'AVOID-ME', got {self.model_markers!r}")
         if not isinstance(self.judge_position_bias, bool):
             raise ValueError(f"judge_position_bias must be true or false, got {self.judge_position_bias!r}")
+        for name in ("batch_slow_polls", "batch_fail_validation", "batch_expire_half"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.batch_concurrency, int) or self.batch_concurrency < 1:
+            raise ValueError(f"batch_concurrency must be an integer >= 1, got {self.batch_concurrency!r}")
         if not isinstance(self.log_size, int) or self.log_size < 1:
             raise ValueError(f"log_size must be an integer >= 1, got {self.log_size!r}")
 

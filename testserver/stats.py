@@ -31,6 +31,7 @@ class Stats:
         self.usage: dict[str, Counter[str]] = {}
         self.in_flight = 0
         self.in_flight_max = 0
+        self.batch: Counter[str] = Counter()  # files_uploaded, batches_created, retrieves, downloads
         self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
 
     def resize(self, log_size: int) -> None:
@@ -92,6 +93,7 @@ class Stats:
             "usage": {m: dict(c) for m, c in self.usage.items()},
             "in_flight": self.in_flight,
             "in_flight_max": self.in_flight_max,
+            "batch": dict(self.batch),
             "started": self.started,
             "started_wall": self.started_wall,
             "now": time.monotonic(),

@@ -34,14 +34,14 @@ import orjson
 
 from engine.checkpoint import Checkpoint, Writer, atomic_write, fingerprint
 from engine.client import check_endpoint, make_client
-from engine.errors import ConfigError, FatalError, InputError, MalformedResponse, SkipRow
+from engine.errors import FatalError, InputError, MalformedResponse, SkipRow
 from engine.judge.answer import CUT_BY_LENGTH, Verdict, read_answer
 from engine.judge.batch_state import BatchState, Chunk, custom_id, row_of, state_path
 from engine.judge.cost import BATCH_DISCOUNT, RowUsage
 from engine.judge.prompt import label
 from engine.judge.report import write_report
 from engine.judge.settings import JudgeSettings
-from engine.judge.stage import JudgeStage, Judgement, judgement, judge_api_key, max_cost_prior
+from engine.judge.stage import Judgement, JudgeStage, judge_api_key, judgement, max_cost_prior
 from engine.options import RunOptions
 from engine.progress import _duration
 from engine.retry import RETRYABLE_STATUS, Backoff, classify
@@ -83,8 +83,13 @@ async def run_judge_batch(
 
 
 async def _finish_live(
-    batch: StageSummary, completions: Path, out_dir: Path, settings: JudgeSettings, options: RunOptions,
-    key: str | None, resume_command: str | None,
+    batch: StageSummary,
+    completions: Path,
+    out_dir: Path,
+    settings: JudgeSettings,
+    options: RunOptions,
+    key: str | None,
+    resume_command: str | None,
 ) -> StageSummary:
     """Judge live what the batch round left (failed, expired, malformed, never sent), within what --max-cost left."""
     from engine.judge.stage import run_judge
@@ -92,8 +97,9 @@ async def _finish_live(
     cap = settings.max_cost_usd
     if cap is not None and cap - batch.cost_usd <= 0:
         return batch
-    live_settings = dataclasses.replace(settings, mode="live", finish_live=False,
-                                        max_cost_usd=None if cap is None else cap - batch.cost_usd)
+    live_settings = dataclasses.replace(
+        settings, mode="live", finish_live=False, max_cost_usd=None if cap is None else cap - batch.cost_usd
+    )
     log.info("--finish-live: judging the %d row(s) the batches left, live", batch.failed + batch.unfinished)
     live = await run_judge(completions, out_dir, live_settings, options, api_key=key, resume_command=resume_command)
     b, c = batch.counters, live.counters
@@ -111,7 +117,11 @@ async def _finish_live(
 
 
 async def _start(
-    stage: JudgeStage, client: openai.AsyncOpenAI, path: Path, out_dir: Path, options: RunOptions,
+    stage: JudgeStage,
+    client: openai.AsyncOpenAI,
+    path: Path,
+    out_dir: Path,
+    options: RunOptions,
     resume_command: str | None,
 ) -> StageSummary:
     """As the runner starts a stage (engine/runner.py: run_stage): input checked before --out is touched, the
@@ -138,8 +148,9 @@ async def _start(
         counters = Counters(done_before=len(done))
         writer = checkpoint.open_writer(options.fsync_every_s)
         try:
-            summary = await _BatchRun(stage, client, path, out_dir, checkpoint.name, options, counters, writer,
-                                      set(done), state).run()
+            summary = await _BatchRun(
+                stage, client, path, out_dir, checkpoint.name, options, counters, writer, set(done), state
+            ).run()
         finally:
             writer.close()
         summary.elapsed_s = time.monotonic() - started
@@ -192,8 +203,17 @@ class BatchApiError(Exception):
 
 class _BatchRun:
     def __init__(
-        self, stage: JudgeStage, client: openai.AsyncOpenAI, path: Path, out_dir: Path, name: str,
-        options: RunOptions, counters: Counters, writer: Writer, done: set[str], state: BatchState,
+        self,
+        stage: JudgeStage,
+        client: openai.AsyncOpenAI,
+        path: Path,
+        out_dir: Path,
+        name: str,
+        options: RunOptions,
+        counters: Counters,
+        writer: Writer,
+        done: set[str],
+        state: BatchState,
     ):
         self.stage, self.s, self.client = stage, stage.s, client
         self.path, self.out_dir, self.name = path, out_dir, name
@@ -239,8 +259,16 @@ class _BatchRun:
         c.total = c.finished + len(left)
         if c.extra.get("batch_cost_usd"):
             c.extra["batch_saving_usd"] = round(c.extra["batch_cost_usd"] * (1 / BATCH_DISCOUNT - 1), 8)
-        return StageSummary(stage=self.stage.name, output=Path(), input=self.path, counters=c, elapsed_s=0.0,
-                            interrupted=self.signals > 0, stopped_reason=self.stopped_reason, unfinished=len(left))
+        return StageSummary(
+            stage=self.stage.name,
+            output=Path(),
+            input=self.path,
+            counters=c,
+            elapsed_s=0.0,
+            interrupted=self.signals > 0,
+            stopped_reason=self.stopped_reason,
+            unfinished=len(left),
+        )
 
     async def _scan_input(self) -> None:
         c = self.counters
@@ -251,9 +279,15 @@ class _BatchRun:
                 c.rejected += 1
             elif isinstance(item, _Duplicate):
                 row, first = item.row, item.first_line
-                self.writer.reject({"file": str(self.path), "line": row.line, "id": row.id,
-                                    "problem": f"duplicate prompt of line {first}; processed once",
-                                    "duplicate_of": first})
+                self.writer.reject(
+                    {
+                        "file": str(self.path),
+                        "line": row.line,
+                        "id": row.id,
+                        "problem": f"duplicate prompt of line {first}; processed once",
+                        "duplicate_of": first,
+                    }
+                )
                 c.duplicates += 1
             elif item.id not in self.done:
                 self.todo.add(item.id)
@@ -296,7 +330,7 @@ class _BatchRun:
             except SkipRow as skip:
                 self._skip(row, skip)
                 continue
-            for second in ((False, True) if s.swap_check else (False,)):
+            for second in (False, True) if s.swap_check else (False,):
                 cid = custom_id(row.id, second)
                 req = self.state.requests.get(cid)
                 if cid in self.state.held or (req is not None and s.finish_live):
@@ -321,7 +355,8 @@ class _BatchRun:
             self._request_stop(
                 f"max cost reached: ${self.counters.cost_usd:.4f} spent this run and the rows left would pass "
                 f"--max-cost ${s.max_cost_usd:.2f} at batch prices (forecast ${self.stage.row_cost_forecast():.4f} "
-                "per row); rerun to continue (the cap is per run)")
+                "per row); rerun to continue (the cap is per run)"
+            )
         submitted = 0
         for chunk_lines, chunk_keys in chunks:
             chunk = Chunk(self.state.next_name(), round_no, chunk_keys, sum(map(len, chunk_lines)))
@@ -353,8 +388,9 @@ class _BatchRun:
     async def _send(self, chunk: Chunk) -> None:
         if chunk.input_file_id is None:
             data = chunk.file(self.out_dir, self.name, "input").read_bytes()
-            uploaded = await self._api(lambda: self.client.files.create(
-                file=(f"{self.name}.{chunk.name}.jsonl", data), purpose="batch"))
+            uploaded = await self._api(
+                lambda: self.client.files.create(file=(f"{self.name}.{chunk.name}.jsonl", data), purpose="batch")
+            )
             chunk.input_file_id, chunk.status = uploaded.id, "uploaded"
             self.state.save()
         else:  # uploaded before a kill: was the batch created too?
@@ -365,14 +401,20 @@ class _BatchRun:
                     self.state.save()
                     log.info("%s: found batch %s created before the interruption", chunk.name, b.id)
                     return
-        batch = await self._api(lambda: self.client.batches.create(
-            input_file_id=chunk.input_file_id, endpoint=ENDPOINT, completion_window="24h",
-            metadata={"chunk": chunk.name, "output": str(self.out_dir / self.name)[-500:]}))
+        batch = await self._api(
+            lambda: self.client.batches.create(
+                input_file_id=chunk.input_file_id,
+                endpoint=ENDPOINT,
+                completion_window="24h",
+                metadata={"chunk": chunk.name, "output": str(self.out_dir / self.name)[-500:]},
+            )
+        )
         chunk.batch_id = batch.id
         chunk.update(batch)
         self.state.save()
-        log.info("%s: batch %s created (%d requests, %.1f MB)", chunk.name, batch.id, len(chunk.requests),
-                 chunk.bytes / 1e6)
+        log.info(
+            "%s: batch %s created (%d requests, %.1f MB)", chunk.name, batch.id, len(chunk.requests), chunk.bytes / 1e6
+        )
 
     async def _api(self, call: Callable[[], Awaitable[T]]) -> T:
         """One Files/Batches call under the engine's retry policy (the SDK's own retries are off)."""
@@ -451,8 +493,13 @@ class _BatchRun:
         chunk.collected = True
         self.state.save()
         rc = chunk.request_counts or {}
-        log.info("%s: %s, %s of %s request(s) answered; collected", chunk.name, chunk.status,
-                 rc.get("completed", "?"), rc.get("total", len(chunk.requests)))
+        log.info(
+            "%s: %s, %s of %s request(s) answered; collected",
+            chunk.name,
+            chunk.status,
+            rc.get("completed", "?"),
+            rc.get("total", len(chunk.requests)),
+        )
 
     def _settle(self, row: Row, chunk: Chunk, cids: list[str], answers: dict[str, dict[str, Any]]) -> None:
         """Read this chunk's answers for one row: hold verdicts, plan retries, or finish the row."""
@@ -492,8 +539,12 @@ class _BatchRun:
             else:
                 assert out.verdict is not None
                 v = out.verdict
-                self.state.held[cid] = {"ranking": v.ranking, "confidence": v.confidence, "reason": v.reason,
-                                        "model": out.model}
+                self.state.held[cid] = {
+                    "ranking": v.ranking,
+                    "confidence": v.confidence,
+                    "reason": v.reason,
+                    "model": out.model,
+                }
         self.state.usage[row.id] = dataclasses.asdict(usage)
         if failure is not None:
             self.stage.row_paid(usage.cost_usd)
@@ -558,8 +609,16 @@ class _BatchRun:
         self.state.forget_row(row.id)
 
     def _fail(self, row: Row, e: FatalError) -> None:
-        self.writer.error({"id": row.id, "line": row.line, "stage": self.stage.name, "error": e.reason,
-                           "attempts": e.attempts, "status": e.status})
+        self.writer.error(
+            {
+                "id": row.id,
+                "line": row.line,
+                "stage": self.stage.name,
+                "error": e.reason,
+                "attempts": e.attempts,
+                "status": e.status,
+            }
+        )
         log.warning("%s:%d (id %s) failed: %s", self.path, row.line, row.id, e.reason)
         self.counters.failed += 1
         self.finished.add(row.id)
@@ -573,11 +632,20 @@ class _BatchRun:
         parts = []
         for chunk in self.state.open_chunks():
             rc = chunk.request_counts or {}
-            parts.append(f"{chunk.name} {chunk.status} {rc.get('completed', 0)}/{rc.get('total', len(chunk.requests))}"
-                         + (f" ({rc['failed']} failed)" if rc.get("failed") else ""))
+            parts.append(
+                f"{chunk.name} {chunk.status} {rc.get('completed', 0)}/{rc.get('total', len(chunk.requests))}"
+                + (f" ({rc['failed']} failed)" if rc.get("failed") else "")
+            )
         c = self.counters
-        log.info("judge batch: %s | rows %d ok, %d skipped, %d failed | $%.4f | elapsed %s", "; ".join(parts),
-                 c.succeeded, c.skipped, c.failed, c.cost_usd, _duration(time.monotonic() - self.started))
+        log.info(
+            "judge batch: %s | rows %d ok, %d skipped, %d failed | $%.4f | elapsed %s",
+            "; ".join(parts),
+            c.succeeded,
+            c.skipped,
+            c.failed,
+            c.cost_usd,
+            _duration(time.monotonic() - self.started),
+        )
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -606,8 +674,10 @@ class _BatchRun:
     def _on_signal(self, signame: str) -> None:
         self.signals += 1
         if self.signals == 1:
-            self._request_stop(f"{signame} received: the batches keep running at OpenAI; rerun the same command "
-                               "to resume polling and collect them")
+            self._request_stop(
+                f"{signame} received: the batches keep running at OpenAI; rerun the same command "
+                "to resume polling and collect them"
+            )
         else:
             self.writer.fsync()
             self.state.save()

@@ -64,8 +64,11 @@ class Chunk:
     def update(self, batch: Any) -> bool:
         """Take the status, counts, file ids and errors of an openai `Batch`; whether anything changed."""
         counts = batch.request_counts.model_dump() if batch.request_counts is not None else None
-        errors = [f"line {e.line}: {e.message}" if e.line else str(e.message)
-                  for e in (batch.errors.data or [])] if batch.errors is not None else []
+        errors = (
+            [f"line {e.line}: {e.message}" if e.line else str(e.message) for e in (batch.errors.data or [])]
+            if batch.errors is not None
+            else []
+        )
         new = (batch.status, counts, batch.output_file_id, batch.error_file_id, errors)
         old = (self.status, self.request_counts, self.output_file_id, self.error_file_id, self.errors)
         if new == old:
@@ -102,8 +105,13 @@ class BatchState:
             ) from e
 
     def save(self) -> None:
-        data = {"version": VERSION, "chunks": [asdict(c) for c in self.chunks], "requests": self.requests,
-                "held": self.held, "usage": self.usage}
+        data = {
+            "version": VERSION,
+            "chunks": [asdict(c) for c in self.chunks],
+            "requests": self.requests,
+            "held": self.held,
+            "usage": self.usage,
+        }
         atomic_write(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
     def open_chunks(self) -> list[Chunk]:

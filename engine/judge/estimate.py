@@ -189,7 +189,7 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
     tokens_cached = cacheable * max(0, requests - 1) if to_judge > 1 else 0
     tokens_out = per_request_out * requests
     tokens_out_max = max(settings.max_completion_tokens, per_request_out) * requests
-    price = settings.price
+    price = settings.billed_price  # batch mode: half of every live price
     notes = []
     if per_request_out >= settings.max_completion_tokens:
         notes.append(

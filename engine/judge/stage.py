@@ -24,6 +24,7 @@ from engine.checkpoint import Checkpoint
 from engine.client import check_endpoint, make_client
 from engine.errors import ConfigError, FatalError, SkipRow
 from engine.judge.answer import Verdict, read_answer
+from engine.judge.batch_state import uncollected_batches
 from engine.judge.cost import RowUsage
 from engine.judge.estimate import Estimate, estimate
 from engine.judge.filters import LOW_CONFIDENCE, apply_min_confidence, low_confidence_detail, passes
@@ -368,6 +369,27 @@ class JudgeStage:
         return record
 
 
+def judge_api_key(settings: JudgeSettings, api_key: str | None) -> str | None:
+    """The OpenAI key (given, else OPENAI_API_KEY); ConfigError when api.openai.com would get none."""
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not key and settings.judge_url is None:
+        raise ConfigError(
+            "OPENAI_API_KEY is not set: export it for the OpenAI judge, point --judge-url at another "
+            "OpenAI-compatible server, or use --backend reference (offline, free)"
+        )
+    return key
+
+
+async def max_cost_prior(completions: Path, settings: JudgeSettings) -> float:
+    """With --max-cost: the pre-run forecast per paid row at this mode's prices (0 without a cap)."""
+    if settings.max_cost_usd is None:
+        return 0.0
+    forecast = await asyncio.to_thread(estimate, completions, settings, PRIOR_SAMPLE_ROWS)
+    log.info("max cost $%.2f per run; forecast before any answer: $%.4f per paid row (%s prices)",
+             settings.max_cost_usd, forecast.cost_per_paid_row_usd, settings.mode)
+    return forecast.cost_per_paid_row_usd
+
+
 async def run_judge(
     completions: Path,
     out_dir: Path,
@@ -377,27 +399,30 @@ async def run_judge(
     api_key: str | None = None,
     resume_command: str | None = None,
 ) -> StageSummary:
-    """Judge out_dir/preferences.jsonl from a completions file (resumable); writes report.json and report.md."""
+    """Judge out_dir/preferences.jsonl from a completions file (resumable); writes report.json and report.md.
+    settings.mode "batch" goes through the Batch API (engine/judge/batch.py)."""
+    if settings.mode == "batch":
+        from engine.judge.batch import run_judge_batch
+
+        return await run_judge_batch(completions, out_dir, settings, options, api_key=api_key,
+                                     resume_command=resume_command)
     check_input_file(completions, "--completions")
+    pending = uncollected_batches(out_dir, JudgeStage.output_name)
+    if pending:
+        raise ConfigError(
+            f"{out_dir} has {len(pending)} batch(es) submitted in batch mode and not collected yet "
+            f"({', '.join(c.batch_id or c.name for c in pending)}): judging live now would pay for those rows twice; "
+            "rerun with --mode batch to collect them (add --finish-live to judge what they leave live)"
+        )
     client = None
     key = None
     if settings.backend == "openai":
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key and settings.judge_url is None:
-            raise ConfigError(
-                "OPENAI_API_KEY is not set: export it for the OpenAI judge, point --judge-url at another "
-                "OpenAI-compatible server, or use --backend reference (offline, free)"
-            )
+        key = judge_api_key(settings, api_key)
         client = make_client(settings.judge_url, key, timeout_s=settings.timeout_s, concurrency=options.concurrency)
     try:
         if client is not None:
             await check_endpoint(client, url_setting="--judge-url / OPENAI_BASE_URL", key_setting="OPENAI_API_KEY")
-        prior = 0.0
-        if settings.max_cost_usd is not None:
-            forecast = await asyncio.to_thread(estimate, completions, settings, PRIOR_SAMPLE_ROWS)
-            prior = forecast.cost_per_paid_row_usd
-            log.info("max cost $%.2f per run; forecast before any answer: $%.4f per paid row",
-                     settings.max_cost_usd, prior)
+        prior = await max_cost_prior(completions, settings)
         stage = JudgeStage(settings, client, prior_row_cost=prior, secret=key if client is not None else None)
         summary = await run_stage(stage, completions, out_dir, options, resume_command=resume_command)
     finally:
