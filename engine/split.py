@@ -16,7 +16,7 @@ import orjson
 
 from engine.checkpoint import atomic_write
 from engine.errors import ConfigError
-from engine.rows import check_prompt, prompt_id
+from engine.preference_rows import check_preference_file
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +48,6 @@ def split_value(pid: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def check_pair(obj: object) -> str:
-    """The prompt id of a valid TRL preference row; ValueError(problem) otherwise."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    prompt = check_prompt(obj.get("prompt"))
-    chosen, rejected = obj.get("chosen"), obj.get("rejected")
-    for name, value in (("chosen", chosen), ("rejected", rejected)):
-        if value is None:
-            raise ValueError(f'missing "{name}"')
-        if isinstance(prompt, str) and not isinstance(value, str):
-            raise ValueError(f'"{name}" must be a string when the prompt is a string, got {type(value).__name__}')
-        if isinstance(prompt, list) and not (
-            isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value)
-        ):
-            raise ValueError(f'"{name}" must be a list of messages when the prompt is a message list')
-    if chosen == rejected:
-        raise ValueError('"chosen" equals "rejected": the pair teaches nothing')
-    return prompt_id(prompt)
-
-
 def split_preferences(preferences: Path, out_dir: Path, val_fraction: float = 0.1) -> SplitResult:
     """Write out_dir/train.jsonl, out_dir/val.jsonl and out_dir/split.json from a preferences file."""
     if not 0 < val_fraction < 1:
@@ -76,15 +56,11 @@ def split_preferences(preferences: Path, out_dir: Path, val_fraction: float = 0.
         raise ConfigError(f"preferences file {preferences} does not exist; run the judge first")
     rows: list[tuple[float, bytes]] = []
     problems: list[str] = []
-    for lineno, raw in enumerate(preferences.read_bytes().split(b"\n"), start=1):
-        if not raw.strip():
+    for line in check_preference_file(preferences):  # the same rules training applies (one check, one place)
+        if line.problem is not None:
+            problems.append(line.message)
             continue
-        try:
-            pid = check_pair(orjson.loads(raw))
-        except ValueError as e:  # includes orjson.JSONDecodeError
-            problems.append(f"{preferences}:{lineno}: {e}")
-            continue
-        rows.append((split_value(pid), raw))
+        rows.append((split_value(line.prompt_id), line.raw))
     if problems:
         shown = "\n  ".join(problems[:MAX_PROBLEMS_SHOWN])
         more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""

@@ -206,7 +206,7 @@ def test_row_without_rejected_names_file_and_line(tiny_kit, good_data, tmp_path)
     rows = sample_preference_rows()[:3]
     del rows[1]["rejected"]
     write_rows(good_data / "train.jsonl", rows)
-    with pytest.raises(TrainingInputError, match=r"train\.jsonl:2: row lacks rejected"):
+    with pytest.raises(TrainingInputError, match=r'train\.jsonl:2: missing "rejected"'):
         train_dpo(make_config(tiny_kit, good_data, tmp_path))
 
 
