@@ -107,6 +107,9 @@ def _judge_settings(args: argparse.Namespace) -> JudgeSettings:
         min_confidence=getattr(args, "min_confidence", None),
         expected_output_tokens=args.expected_output_tokens,
         timeout_s=getattr(args, "timeout", 300.0),
+        mode=args.mode,
+        finish_live=getattr(args, "finish_live", False),
+        poll_interval_s=getattr(args, "poll_interval", 30.0),
         **kwargs,
     )
 
@@ -136,6 +139,10 @@ def _report_highlights(out: Path) -> str:
     lines = [f"  pairs: {rows['pairs']} kept; filtered: {filtered}; skipped: {skipped}"]
     if r["swap"]:
         lines.append(f"  swap agreement: {r['swap']['agreed']}/{r['swap']['checked']}")
+    u = r["usage"]
+    if u.get("batch_rows"):
+        lines.append(f"  batch API: {u['batch_rows']} row(s) for ${u['batch_cost_usd']:.4f}, "
+                     f"${u['batch_saving_usd']:.4f} saved vs live prices")
     lines += [f"  warning: {w}" for w in r["warnings"]]
     lines.append(f"  quality report: {out / 'report.md'}")
     return "\n".join(lines)
@@ -191,6 +198,16 @@ def _judge_flags(p: argparse.ArgumentParser, *, completions: bool = True) -> Non
     p.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens, reasoning included")
     p.add_argument("--expected-output-tokens", type=int, default=None,
                    help="output tokens per request for the forecast (default: a guess per reasoning effort)")
+    p.add_argument("--mode", choices=("live", "batch"), default="live",
+                   help="live (default): one request per row as it goes; batch: OpenAI's Batch API, half the price, "
+                        "answers within 24 h (resumable: rerun the same command to keep polling)")
+
+
+def _batch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--finish-live", action="store_true",
+                   help="--mode batch: judge live what the first batches leave (failed, expired, malformed)")
+    p.add_argument("--poll-interval", type=float, default=30.0,
+                   help="--mode batch: seconds between batch status polls")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -213,6 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-confidence", type=int, default=None,
                    help="drop pairs the judge rates below this confidence, 1-5 (recorded in the skipped file)")
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
+    _batch_flags(p)
     _engine_flags(p, concurrency=16)
     p.set_defaults(func=cmd_judge)
 

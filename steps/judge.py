@@ -8,6 +8,7 @@ from typing import Annotated
 import orjson
 from zenml import ArtifactConfig, log_metadata, step
 
+from engine.judge.batch_state import batch_metadata
 from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from steps.names import Artifact
@@ -45,6 +46,8 @@ async def judge_preferences(
         **summary_metadata(summary),
         "judge_backend": settings.backend,
         "judge_model": settings.model_label,
+        "judge_mode": settings.mode,
+        **batch_metadata(out_dir),
         "pairs": rows.get("pairs", 0),
         "report_warnings": len(report.get("warnings", [])),
     })

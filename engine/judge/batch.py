@@ -225,6 +225,7 @@ class _BatchRun:
         self.backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, options.max_retry_after_s)
         self.stop = asyncio.Event()
         self.stopped_reason: str | None = None
+        self.capped: str | None = None  # why the latest round left requests unsent (--max-cost)
         self.signals = 0
         self.started = time.monotonic()
 
@@ -243,6 +244,8 @@ class _BatchRun:
                     break
                 if not self.state.open_chunks():
                     if not await self._submit_round():
+                        if self.capped:
+                            self._request_stop(self.capped)
                         break
                     continue
                 self._progress()
@@ -351,8 +354,9 @@ class _BatchRun:
                 allowed -= 1
         if lines:
             chunks.append((lines, keys))
-        if capped:
-            self._request_stop(
+        self.capped = None
+        if capped:  # the batches sent are still polled and collected; the run stops when nothing more fits
+            self.capped = (
                 f"max cost reached: ${self.counters.cost_usd:.4f} spent this run and the rows left would pass "
                 f"--max-cost ${s.max_cost_usd:.2f} at batch prices (forecast ${self.stage.row_cost_forecast():.4f} "
                 "per row); rerun to continue (the cap is per run)"

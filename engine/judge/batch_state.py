@@ -135,6 +135,28 @@ def state_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}.batches.json"
 
 
+def batch_metadata(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
+    """What a dashboard shows of batch mode: the batch and file ids, each batch's status and counts ({} if none)."""
+    path = state_path(out_dir, name)
+    if not path.exists():
+        return {}
+    chunks = BatchState.load(path).chunks
+    return {
+        "batch_ids": [c.batch_id for c in chunks if c.batch_id],
+        "batch_input_file_ids": [c.input_file_id for c in chunks if c.input_file_id],
+        "batches": {
+            c.name: {
+                "batch_id": c.batch_id,
+                "status": c.status,
+                "round": c.round,
+                "requests": len(c.requests),
+                "request_counts": c.request_counts,
+            }
+            for c in chunks
+        },
+    }
+
+
 def uncollected_batches(out_dir: Path, name: str) -> list[Chunk]:
     """Chunks submitted to the Batch API whose answers are not in the checkpoint yet (for live mode's guard)."""
     path = state_path(out_dir, name)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from engine.errors import ConfigError
+from engine.judge.cost import BATCH_DISCOUNT
 from engine.judge.prompt import build_messages, prepare_candidates, response_format, shown_order
 from engine.judge.rows import validate_completions_row
 from engine.judge.settings import JudgeSettings
@@ -74,6 +75,7 @@ class Estimate:
     cost_usd: float  # expected
     cost_max_usd: float
     notes: list[str] = field(default_factory=list)
+    mode: str = "live"  # batch: the prices are the Batch API's (BATCH_DISCOUNT of live)
 
     @property
     def cost_per_row_usd(self) -> float:
@@ -115,7 +117,9 @@ class Estimate:
             "(the judge's budget; length retries aside)",
             f"  cost:     ${self.cost_usd:,.2f} expected, at most ${self.cost_max_usd:,.2f} "
             f"(per 1M tokens: ${p['input_per_m']:g} in, ${p['cached_input_per_m']:g} cached in, "
-            f"${p['output_per_m']:g} out)",
+            f"${p['output_per_m']:g} out"
+            + (f", Batch API prices: {BATCH_DISCOUNT:.0%} of live, which would cost "
+               f"${self.cost_usd / BATCH_DISCOUNT:,.2f})" if self.mode == "batch" else ")"),
             "How the tokens were counted:",
             f"  - input: the exact requests the judge would send (rubric, brief, scene, shuffled completion blocks, "
             f"JSON schema), as characters / {CHARS_PER_TOKEN:g} + {MESSAGE_OVERHEAD_TOKENS} per message (o200k "
@@ -221,4 +225,5 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
         cost_usd=price.cost(tokens_in, tokens_cached, tokens_out),
         cost_max_usd=price.cost(tokens_in, tokens_cached, tokens_out_max),
         notes=notes,
+        mode=settings.mode,
     )

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from engine.checkpoint import atomic_write, read_records
+from engine.judge.cost import BATCH_DISCOUNT
 
 FILTER_REASONS = ("low_confidence", "swap_disagreement")
 MAIN_CHARACTERS = ("JERRY", "GEORGE", "ELAINE", "KRAMER")
@@ -111,6 +112,11 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
     # forecast. Rows written before "answered" was recorded count their requests.
     usage["answered"] = sum(j.get("usage", {}).get("answered", j.get("usage", {}).get("requests", 0)) for j in judged)
     usage["tokens_out_per_request"] = round(usage["tokens_out"] / usage["answered"]) if usage["answered"] else None
+    # Rows judged through the Batch API (`--mode batch`) were billed BATCH_DISCOUNT of the live price.
+    batch_costs = [j["usage"].get("cost_usd", 0) for j in judged if j.get("usage", {}).get("mode") == "batch"]
+    usage["batch_rows"] = len(batch_costs)
+    usage["batch_cost_usd"] = round(sum(batch_costs), 6)
+    usage["batch_saving_usd"] = round(sum(batch_costs) * (1 / BATCH_DISCOUNT - 1), 6)
     error_reasons = Counter(str(e.get("error", "unknown"))[:160] for e in errors)
 
     report: dict[str, Any] = {
@@ -233,6 +239,10 @@ def render_markdown(r: dict[str, Any]) -> str:
               f"({u.get('answered', u['requests'])} answered), "
               f"{u['tokens_in']:,} input tokens ({u['tokens_cached']:,} cached), {u['tokens_out']:,} output "
               f"({u['tokens_reasoning']:,} reasoning), ${u['cost_usd']:.4f}."]
+    if u.get("batch_rows"):
+        lines.append(f"Batch API: {u['batch_rows']} row(s) judged for ${u['batch_cost_usd']:.4f}; at live prices they "
+                     f"would have cost ${u['batch_cost_usd'] + u['batch_saving_usd']:.4f} (saved "
+                     f"${u['batch_saving_usd']:.4f}).")
     if u["tokens_out_per_request"]:
         lines.append(f"Output per answered request: {u['tokens_out_per_request']:,} tokens; forecast a full run with "
                      f"`estimate --expected-output-tokens {u['tokens_out_per_request']}`.")

@@ -1,0 +1,294 @@
+"""`judge --mode batch` against the test server's /v1/files and /v1/batches (real loopback HTTP through the openai
+SDK): the same pairs as live mode, resume after kill -9 without a second batch, the lock, failed / expired /
+malformed requests retried within the live limits, --finish-live, --max-cost and estimate at batch prices."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import orjson
+import pytest
+
+from engine.judge import JudgeSettings, estimate, run_judge
+from engine.judge.batch_state import batch_metadata
+from engine.judge.cost import Prices
+from engine.options import RunOptions
+from tests.helpers import ROOT, cli, env, read_jsonl
+from tests.test_judge import FAST, marked, prompt, settings, write
+from testserver import run_in_process, start_server
+
+POLL = {"mode": "batch", "poll_interval_s": 0.02}
+
+
+def batch(server, **kw) -> JudgeSettings:
+    return settings(server, **(POLL | kw))
+
+
+def rows_by_id(path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_jsonl(path)}
+
+
+def without_usage(record: dict) -> dict:
+    judge = {k: v for k, v in record["judge"].items() if k != "usage"}
+    return {**record, "judge": judge}
+
+
+@pytest.mark.parametrize("swap_check", [False, True])
+async def test_batch_pairs_equal_live_pairs_at_half_the_price(tmp_path, swap_check):
+    comp = tmp_path / "c.jsonl"
+    rows = [{"prompt": prompt(i), "completions": marked(i)} for i in range(11)]
+    rows.append({"prompt": prompt(50), "completions": ["[JERRY] same", "[JERRY] same"]})  # skipped, no request
+    ids = write(comp, rows)
+    async with run_in_process(batch_slow_polls=2) as server:
+        live = await run_judge(comp, tmp_path / "live", settings(server, swap_check=swap_check), RunOptions(**FAST))
+        live_requests = server.stats()["by_kind"]["judge"]
+        server.reset()
+        s = batch(server, swap_check=swap_check, batch_max_requests=4)
+        got = await run_judge(comp, tmp_path / "batch", s, RunOptions(**FAST))
+        stats = server.stats()
+    passes = 2 if swap_check else 1
+    assert (got.succeeded, got.skipped, got.failed, got.exit_code) == (11, 1, 0, 0)
+    assert stats["by_kind"]["judge"] == live_requests == 11 * passes  # each request answered once
+    assert stats["batch"]["batches_created"] == -(-11 * passes // 4)  # chunks of at most 4 requests
+    live_rows, batch_rows = (
+        rows_by_id(tmp_path / "live" / "preferences.jsonl"),
+        rows_by_id(tmp_path / "batch" / "preferences.jsonl"),
+    )
+    assert set(batch_rows) == set(ids[:11])
+    for i in ids[:11]:
+        assert without_usage(batch_rows[i]) == without_usage(live_rows[i])  # same prompt, shuffle, verdict, input key
+        b, lv = batch_rows[i]["judge"]["usage"], live_rows[i]["judge"]["usage"]
+        assert b["mode"] == "batch" and b["tokens_out"] == lv["tokens_out"] and b["requests"] == passes
+        assert b["cost_usd"] == pytest.approx(lv["cost_usd"] / 2, abs=1e-8)
+    assert read_jsonl(tmp_path / "batch" / "preferences.skipped.jsonl")[0]["reason"] == "fewer_than_two_distinct"
+    assert got.cost_usd == pytest.approx(live.cost_usd / 2, rel=1e-6)
+    assert got.counters.extra["batch_saving_usd"] == pytest.approx(got.cost_usd, rel=1e-6)
+    report = orjson.loads((tmp_path / "batch" / "report.json").read_bytes())
+    assert report["usage"]["batch_rows"] == 11 and report["usage"]["batch_saving_usd"] == pytest.approx(
+        got.cost_usd, abs=1e-6
+    )
+    assert "saved $" in (tmp_path / "batch" / "report.md").read_text()
+    meta = batch_metadata(tmp_path / "batch")
+    state = orjson.loads((tmp_path / "batch" / "preferences.batches.json").read_bytes())
+    assert meta["batch_ids"] == [c["batch_id"] for c in state["chunks"]] and len(meta["batch_ids"]) == len(
+        state["chunks"]
+    )
+    assert all(c["collected"] and c["status"] == "completed" for c in state["chunks"])
+    assert sorted(cid for c in state["chunks"] for cid in c["requests"]) == sorted(
+        i + suffix for i in ids[:11] for suffix in ([""] + [".swap"] * swap_check)
+    )
+
+
+async def test_chunks_respect_the_byte_limit(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(6)])
+    async with run_in_process() as server:
+        got = await run_judge(comp, tmp_path / "b", batch(server, batch_max_bytes=7000), RunOptions(**FAST))
+        created = server.stats()["batch"]["batches_created"]
+    inputs = sorted((tmp_path / "b").glob("preferences.batch-*.input.jsonl"))
+    assert got.succeeded == 6 and created == len(inputs) >= 2
+    assert all(p.stat().st_size <= 7000 for p in inputs) and sum(len(read_jsonl(p)) for p in inputs) == 6
+
+
+async def test_failed_validation_and_expired_half_are_retried_in_follow_up_batches_only(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(10)])
+    # chunk 1 (5 rows) fails validation, chunk 2 (5 rows) expires with 2 answered: 8 requests go to round 2
+    async with run_in_process(batch_fail_validation=1, batch_expire_half=1) as server:
+        got = await run_judge(comp, tmp_path / "b", batch(server, batch_max_requests=5), RunOptions(**FAST))
+        stats = server.stats()
+    assert (got.succeeded, got.failed, got.exit_code) == (10, 0, 0)
+    assert stats["by_kind"]["judge"] == 10  # a failed or expired request was never answered: nothing paid twice
+    assert stats["batch"]["batches_created"] == 4 and got.retries == 8
+    state = orjson.loads((tmp_path / "b" / "preferences.batches.json").read_bytes())
+    assert [(c["round"], c["status"], len(c["requests"])) for c in state["chunks"]] == [
+        (1, "failed", 5),
+        (1, "expired", 5),
+        (2, "completed", 5),
+        (2, "completed", 3),
+    ]
+    assert "failed validation" in state["chunks"][0]["errors"][0]
+    assert sorted(rows_by_id(tmp_path / "b" / "preferences.jsonl")) == sorted(ids)
+    assert all(r["judge"]["usage"]["requests"] in (1, 2) for r in read_jsonl(tmp_path / "b" / "preferences.jsonl"))
+
+
+async def test_error_lines_and_malformed_answers_fail_as_live_within_the_attempt_limits(tmp_path):
+    tags = ["OK1", "OK2", "E500", "E400", "BADJSON", "NONPERM"]
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i, f" ROW-{t}"), "completions": marked(i)} for i, t in enumerate(tags)])
+    faults = [
+        {"substring": "ROW-E500", "kind": "500"},
+        {"substring": "ROW-E400", "kind": "400"},
+        {"substring": "ROW-BADJSON", "kind": "bad_content"},
+        {"substring": "ROW-NONPERM", "kind": "non_permutation"},
+    ]
+    opts = RunOptions(**(FAST | {"max_attempts": 4}))
+    async with run_in_process(fail_matching=faults) as server:
+        live = await run_judge(comp, tmp_path / "live", settings(server), opts)
+        server.reset()
+        server.control(fail_matching=faults)
+        got = await run_judge(comp, tmp_path / "b", batch(server), opts)
+        requests = server.stats()["by_kind"]["judge"]
+    assert (got.succeeded, got.failed, got.exit_code) == (2, 4, 1) == (live.succeeded, live.failed, live.exit_code)
+    errors = rows_by_id(tmp_path / "b" / "preferences.errors.jsonl")
+    live_errors = rows_by_id(tmp_path / "live" / "preferences.errors.jsonl")
+    assert {i: e["attempts"] for i, e in errors.items()} == {ids[2]: 4, ids[3]: 1, ids[4]: 3, ids[5]: 3}
+    for i in ids[2:]:  # the same answer check and wording as live
+        assert errors[i]["error"] == live_errors[i]["error"], (errors[i], live_errors[i])
+    assert "HTTP 500" in errors[ids[2]]["error"] and "after 4 attempts" in errors[ids[2]]["error"]
+    assert "answer is not JSON" in errors[ids[4]]["error"] and "not a permutation" in errors[ids[5]]["error"]
+    assert requests == 2 + 4 + 1 + 3 + 3  # four rounds at most, each failed request sent only while tries were left
+    state = orjson.loads((tmp_path / "b" / "preferences.batches.json").read_bytes())
+    assert state["requests"] == {} and state["held"] == {}  # nothing kept for rows finished or failed
+    async with run_in_process() as server:  # a rerun retries exactly the failed rows, in a batch
+        again = await run_judge(comp, tmp_path / "b", batch(server), opts)
+        assert server.stats()["by_kind"]["judge"] == 4
+    assert (again.succeeded, again.failed, again.counters.done_before) == (4, 0, 2)
+
+
+async def test_finish_live_judges_what_the_expired_batch_left_live(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(8)])
+    async with run_in_process(batch_expire_half=1) as server:
+        got = await run_judge(comp, tmp_path / "b", batch(server, finish_live=True), RunOptions(**FAST))
+        stats = server.stats()
+    assert (got.succeeded, got.failed, got.unfinished, got.exit_code) == (8, 0, 0, 0)
+    assert stats["batch"]["batches_created"] == 1 and stats["by_kind"]["judge"] == 8  # 4 in the batch, 4 live
+    kept = rows_by_id(tmp_path / "b" / "preferences.jsonl")
+    assert sorted(kept) == sorted(ids)
+    modes = [r["judge"]["usage"].get("mode", "live") for r in kept.values()]
+    assert modes.count("batch") == 4 and modes.count("live") == 4
+    summary = orjson.loads((tmp_path / "b" / "preferences.summary.json").read_bytes())
+    assert summary["succeeded"] == 8 and summary["exit_code"] == 0
+
+
+async def test_max_cost_is_checked_before_submitting_at_batch_prices(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(12)])
+    # $1,000 per 1M output tokens live: ~$0.09 a row live, ~$0.045 in batch; $0.20 admits 4 rows (live: 2)
+    price = {"prices": Prices(0.0, 0.0, 1000.0), "expected_output_tokens": 90}
+    async with run_in_process() as server:
+        got = await run_judge(comp, tmp_path / "b", batch(server, max_cost_usd=0.20, **price), RunOptions(**FAST))
+        assert server.stats()["by_kind"]["judge"] == got.succeeded == 4  # only what fits was sent
+        assert "max cost reached" in got.stopped_reason and "batch prices" in got.stopped_reason
+        assert got.cost_usd <= 0.20 and (got.unfinished, got.exit_code) == (8, 1)
+        rest = await run_judge(comp, tmp_path / "b", batch(server, **price), RunOptions(**FAST))
+        assert server.stats()["by_kind"]["judge"] == 12  # the rerun sends the other 8 only
+    assert (rest.succeeded, rest.counters.done_before, rest.exit_code) == (8, 4, 0)
+    assert sorted(rows_by_id(tmp_path / "b" / "preferences.jsonl")) == sorted(ids)
+
+
+def test_estimate_prices_batch_mode_at_half_of_live(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(5)])
+    live = estimate(comp, JudgeSettings(judge_model="gpt-5"))
+    half = estimate(comp, JudgeSettings(judge_model="gpt-5", mode="batch"))
+    assert half.cost_usd == pytest.approx(live.cost_usd / 2) and half.tokens_in == live.tokens_in
+    assert half.prices == {"input_per_m": 0.625, "cached_input_per_m": 0.0625, "output_per_m": 5.0}
+    out = subprocess.run(
+        cli("estimate", "--completions", str(comp), "--mode", "batch"),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "Batch API prices: 50% of live" in out.stdout
+    assert f"${half.cost_usd:,.2f} expected" in out.stdout
+
+
+def _batch_cli(server, comp, out, *extra: str) -> list[str]:
+    return cli(
+        "judge",
+        "--completions",
+        str(comp),
+        "--out",
+        str(out),
+        "--judge-url",
+        server.url,
+        "--judge-model",
+        "gpt-5",
+        "--mode",
+        "batch",
+        "--poll-interval",
+        "0.05",
+        *extra,
+    )
+
+
+def _wait_for_batch_ids(out, proc, count: int, timeout: float = 30) -> dict:
+    path = out / "preferences.batches.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            state = orjson.loads(path.read_bytes())
+            if sum(bool(c["batch_id"]) for c in state["chunks"]) >= count:
+                return state
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} batch id(s) recorded in {timeout}s")
+
+
+def test_kill_9_while_polling_then_rerun_resumes_polling_and_submits_nothing_twice(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(9)])
+    out = tmp_path / "b"
+    with start_server(batch_slow_polls=10_000) as server:  # in progress until the test lets them finish
+        proc = subprocess.Popen(
+            _batch_cli(server, comp, out, "--limit", "9"),
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        proc_args = ["--limit", "9"]
+        env_ = env()
+        # batch_max_requests is the API's 50,000 here: one chunk; wait for its batch id, then a second process
+        state = _wait_for_batch_ids(out, proc, 1)
+        second = subprocess.run(
+            _batch_cli(server, comp, out, *proc_args), cwd=ROOT, env=env_, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 2 and "only one process may write an output folder" in second.stderr
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        before = server.stats(log=False)["batch"]
+        assert before["batches_created"] == 1
+        live = subprocess.run(
+            cli(
+                "judge",
+                "--completions",
+                str(comp),
+                "--out",
+                str(out),
+                "--judge-url",
+                server.url,
+                "--judge-model",
+                "gpt-5",
+            ),
+            cwd=ROOT,
+            env=env_,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert live.returncode == 2 and "not collected yet" in live.stderr  # live mode would pay for them twice
+        # a kill between `batches.create` and the state write: the batch is found by its input file id
+        chunk = state["chunks"][0]
+        chunk["batch_id"], chunk["status"] = None, "uploaded"
+        (out / "preferences.batches.json").write_bytes(orjson.dumps(state))
+        server.control(batch_slow_polls=0)
+        done = subprocess.run(
+            _batch_cli(server, comp, out, *proc_args), cwd=ROOT, env=env_, capture_output=True, text=True, timeout=60
+        )
+        after = server.stats(log=False)
+    assert done.returncode == 0, done.stderr
+    assert after["batch"]["batches_created"] == 1 and after["batch"]["files_uploaded"] == 1
+    assert after["by_kind"]["judge"] == 9  # every request answered once, none paid twice
+    kept = [r["id"] for r in read_jsonl(out / "preferences.jsonl")]
+    assert len(kept) == len(set(kept)) == 9 and set(kept) == set(ids)
+    assert "found batch" in done.stderr and "batch API: 9 row(s)" in done.stderr
