@@ -112,20 +112,24 @@ def _train(args: argparse.Namespace) -> int:
     from training.errors import TrainingInputError
     from training.modal_auth import ModalCredentialsError
 
+    result = sys.stdout
     try:
-        overrides = overrides_from_args(args)
-        if args.remote:
-            from training.remote import train_remote
+        # stdout carries the result JSON only: whatever the work prints there (transformers' log dicts, a tiny
+        # kit build's TRL runs, Modal's output) goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            overrides = overrides_from_args(args)
+            if args.remote:
+                from training.remote import train_remote
 
-            metrics = train_remote(args.data, overrides)
-        else:
-            if args.fp32 and not args.tiny:
-                raise ConfigError("--fp32 is for --tiny CPU runs; the real run is QLoRA on the 4-bit base")
-            metrics = _train_local(args.data, overrides, tiny=args.tiny, fp32=args.fp32)
+                metrics = train_remote(args.data, overrides)
+            else:
+                if args.fp32 and not args.tiny:
+                    raise ConfigError("--fp32 is for --tiny CPU runs; the real run is QLoRA on the 4-bit base")
+                metrics = _train_local(args.data, overrides, tiny=args.tiny, fp32=args.fp32)
     except (ConfigError, TrainingInputError, ModalCredentialsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(json.dumps(metrics, indent=2, sort_keys=True), file=result)
     return 0
 
 
@@ -151,9 +155,7 @@ def _train_local(data: str, overrides: dict[str, Any], tiny: bool, fp32: bool = 
         config = DPOTrainConfig.cpu_test(fp32=fp32, **{**defaults, **overrides, "data_dir": data})
     else:
         config = DPOTrainConfig.from_overrides(overrides, data_dir=data)
-    # transformers prints its log lines to stdout: send them to stderr so stdout is just the result JSON.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = train_dpo(config, progress=_log_progress)
+    result = train_dpo(config, progress=_log_progress)
     return {
         **result.metrics,
         "adapter_dir": str(result.adapter_dir),
