@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
-from pipelines.cli_stages import _engine_flags, _judge_flags, _judge_settings, _options
+from pipelines.cli_stages import _batch_flags, _engine_flags, _judge_flags, _judge_settings, _options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-cost", type=float, default=None, help="USD per run for the judge; rerun to continue")
     p.add_argument("--timeout", type=float, default=300.0, help="per-request timeout of the judge in seconds")
     _judge_flags(p, completions=False)
+    _batch_flags(p)
     _engine_flags(p, concurrency=16)
     p.set_defaults(func=cmd_evaluate, swap_check=True)
 

@@ -292,3 +292,31 @@ def test_kill_9_while_polling_then_rerun_resumes_polling_and_submits_nothing_twi
     kept = [r["id"] for r in read_jsonl(out / "preferences.jsonl")]
     assert len(kept) == len(set(kept)) == 9 and set(kept) == set(ids)
     assert "found batch" in done.stderr and "batch API: 9 row(s)" in done.stderr
+
+
+def test_evaluate_judges_both_orders_through_the_batch_api(tmp_path):
+    from tests.helpers import write_prompts
+    from tests.test_evaluate import N, evaluate
+
+    write_prompts(tmp_path / "p.jsonl", N)
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}) as server:
+        run = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out", **POLL)
+        stats = server.stats(log=False)
+    r = run.result
+    assert (r.wins, r.losses, r.judged, run.exit_code) == (N, 0, N, 0)
+    assert stats["by_kind"]["judge"] == 2 * N and stats["batch"]["batches_created"] == 1  # both orders, one batch
+    kept = read_jsonl(tmp_path / "out" / "judge" / "preferences.jsonl")
+    assert all(k["judge"]["usage"]["mode"] == "batch" and k["judge"]["swap"]["agree"] for k in kept)
+
+
+def test_the_config_file_chooses_batch_mode_and_rejects_an_unknown_one(tmp_path):
+    from pipelines.config import PipelineConfigError, load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("profile: modal\njudge:\n  mode: batch\n  poll_interval_s: 60\n  finish_live: true\n")
+    loaded = load_config(config_file=config, env={})
+    assert (loaded.judge.mode, loaded.judge.poll_interval_s, loaded.judge.finish_live) == ("batch", 60, True)
+    assert loaded.judge.billed_price.output_per_m == 5.0  # gpt-5 at batch prices
+    config.write_text("profile: modal\njudge:\n  mode: overnight\n")
+    with pytest.raises(PipelineConfigError, match="mode must be one of"):
+        load_config(config_file=config, env={})
