@@ -397,3 +397,21 @@ def test_kill_9_mid_judging_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert "quality report" in done.stderr and "cost $" in done.stderr
     assert SECRET not in files_text(out) + done.stderr + done.stdout
     assert os.environ.get("OPENAI_API_KEY") != SECRET
+
+
+async def test_report_counts_rejected_and_duplicate_input_lines(tmp_path):
+    ref = "[JERRY] The dry cleaner has my shirt."
+    good = {"prompt": prompt(1), "completions": ["[JERRY] The dry cleaner has it.", "[KRAMER] Pizza."],
+            "reference": ref}
+    comp = tmp_path / "c.jsonl"
+    comp.write_bytes(orjson.dumps(good) + b"\n{not json\n" + orjson.dumps({"prompt": prompt(2)}) + b"\n"
+                     + orjson.dumps(good) + b"\n")  # line 2 bad JSON, line 3 no completions, line 4 a repeat
+    out = tmp_path / "j"
+    await run_judge(comp, out, JudgeSettings(backend="reference"), RunOptions(**FAST))
+    rows = orjson.loads((out / "report.json").read_bytes())["rows"]
+    assert (rows["pairs"], rows["rejected_input"], rows["duplicate_input"]) == (1, 2, 1)
+    assert rows["rejected_examples"][0].startswith(f"{comp}:2: invalid JSON")
+    md = (out / "report.md").read_text()
+    assert "| input lines rejected in the latest run (bad JSON or row) | 2 |" in md
+    assert "| duplicate prompts in the input (judged once) | 1 |" in md
+    assert f"2 input line(s) were rejected (bad JSON or row) and not judged; see the rejects file: {comp}:2:" in md

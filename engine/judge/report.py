@@ -87,6 +87,7 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
     kept = read_records(out_dir / f"{name}.jsonl")
     skipped = read_records(out_dir / f"{name}.skipped.jsonl")
     errors = read_records(out_dir / f"{name}.errors.jsonl")
+    rejects = read_records(out_dir / f"{name}.rejects.jsonl")  # input lines the latest run refused or repeated
     summary_path = out_dir / f"{name}.summary.json"
     summary = orjson.loads(summary_path.read_bytes()) if summary_path.exists() else None
 
@@ -134,6 +135,10 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
             "skipped": dict(skip_only),
             "failed_latest_run": len(errors),
             "failed_reasons": dict(error_reasons.most_common(10)),
+            "rejected_input": sum("duplicate_of" not in r for r in rejects),
+            "duplicate_input": sum("duplicate_of" in r for r in rejects),
+            "rejected_examples": [f"{r.get('file')}:{r.get('line')}: {r.get('problem')}"
+                                  for r in rejects if "duplicate_of" not in r][:5],
         },
         "position_bias": _position_stats(judged),
         "length_bias": {
@@ -184,6 +189,9 @@ def _warnings(r: dict[str, Any]) -> list[str]:
     rows = r["rows"]
     if rows["failed_latest_run"]:
         out.append(f"{rows['failed_latest_run']} row(s) failed in the latest run; rerun the judge to retry them.")
+    if rows["rejected_input"]:
+        out.append(f"{rows['rejected_input']} input line(s) were rejected (bad JSON or row) and not judged; "
+                   f"see the rejects file: {'; '.join(rows['rejected_examples'][:2])}")
     return out
 
 
@@ -204,6 +212,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines.append(f"| failed in the latest run (a rerun retries them) | {rows['failed_latest_run']} |")
     for reason, count in rows["failed_reasons"].items():
         lines.append(f"| &nbsp;&nbsp;{_cell(reason)} | {count} |")
+    lines.append(f"| input lines rejected in the latest run (bad JSON or row) | {rows['rejected_input']} |")
+    lines.append(f"| duplicate prompts in the input (judged once) | {rows['duplicate_input']} |")
     lines += ["", "## Position bias", "",
               "Which shown position the judge picked as best (and worst); each row's order is shuffled, so an "
               "unbiased judge is near uniform.", ""]
