@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENDPOINT = "/v1/chat/completions"
+PROGRESS_EVERY_S = 60.0  # a polling line at least this often while nothing changes
 
 
 async def run_judge_batch(
@@ -226,6 +227,7 @@ class _BatchRun:
         self.stop = asyncio.Event()
         self.stopped_reason: str | None = None
         self.capped: str | None = None  # why the latest round left requests unsent (--max-cost)
+        self._last_status, self._last_log = "", 0.0
         self.signals = 0
         self.started = time.monotonic()
 
@@ -631,6 +633,7 @@ class _BatchRun:
 
     # -- progress and signals ---------------------------------------------------------------------
     def _progress(self) -> None:
+        """A log line per poll when a batch's status or counts changed, else one every PROGRESS_EVERY_S."""
         if not self.options.progress:
             return
         parts = []
@@ -640,15 +643,20 @@ class _BatchRun:
                 f"{chunk.name} {chunk.status} {rc.get('completed', 0)}/{rc.get('total', len(chunk.requests))}"
                 + (f" ({rc['failed']} failed)" if rc.get("failed") else "")
             )
+        status = "; ".join(parts)
+        now = time.monotonic()
+        if status == self._last_status and now - self._last_log < PROGRESS_EVERY_S:
+            return
+        self._last_status, self._last_log = status, now
         c = self.counters
         log.info(
             "judge batch: %s | rows %d ok, %d skipped, %d failed | $%.4f | elapsed %s",
-            "; ".join(parts),
+            status,
             c.succeeded,
             c.skipped,
             c.failed,
             c.cost_usd,
-            _duration(time.monotonic() - self.started),
+            _duration(now - self.started),
         )
 
     async def _sleep(self, seconds: float) -> None:
