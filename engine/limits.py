@@ -13,18 +13,25 @@ log = logging.getLogger(__name__)
 
 
 class CoolDown:
-    """When any worker gets a 429 with Retry-After, every worker waits until that moment has passed."""
+    """When any worker gets a 429 with Retry-After, every worker waits until that moment has passed.
+
+    The other requests in flight usually get their 429 too, moments later: each may push the end further,
+    but the cool-down is logged (and counted in `pauses`) once, when it begins.
+    """
 
     def __init__(self) -> None:
         self._until = 0.0
         self.pauses = 0
 
     def pause(self, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        if until > self._until:
-            self._until = until
+        now = time.monotonic()
+        until = now + seconds
+        if until <= self._until:
+            return
+        if self._until <= now:
             self.pauses += 1
-            log.info("rate limited: all workers pause for %.1fs", seconds)
+            log.info("rate limited (HTTP 429): all workers pause for %.1fs", seconds)
+        self._until = until
 
     async def wait(self) -> None:
         while (remaining := self._until - time.monotonic()) > 0:

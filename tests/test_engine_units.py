@@ -241,6 +241,36 @@ def test_status_line_shows_progress_rate_eta_failures_retries_tokens_and_cost():
         assert part in line
 
 
+def test_off_a_terminal_progress_is_periodic_log_lines(caplog):
+    import io
+
+    from engine.progress import Progress
+    from engine.summary import Counters
+
+    caplog.set_level("INFO", logger="engine.progress")
+    stream = io.StringIO()  # not a TTY: no bar, nothing written to the stream itself
+    progress = Progress("judge", Counters(total=3, succeeded=1), every_s=10.0, stream=stream)
+    progress.show()
+    progress.finish()
+    assert [r.getMessage()[:15] for r in caplog.records] == ["judge 1/3  33% "]
+    assert stream.getvalue() == "" and progress.every_s == 10.0
+
+
+def test_cool_down_is_logged_once_however_many_429s_extend_it(caplog):
+    import time
+
+    from engine.limits import CoolDown
+
+    caplog.set_level("INFO", logger="engine.limits")
+    cool = CoolDown()
+    for _ in range(8):  # the 429s of 8 requests in flight, each arriving a moment later
+        cool.pause(0.05)
+    assert cool.pauses == 1 and len(caplog.records) == 1
+    time.sleep(0.06)
+    cool.pause(0.05)  # a new cool-down after the first ended
+    assert cool.pauses == 2 and len(caplog.records) == 2
+
+
 class _SlowStage:
     name = "slow"
     output_name = "out"

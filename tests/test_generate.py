@@ -109,6 +109,18 @@ def test_non_retryable_failures_become_error_records_and_a_rerun_retries_only_th
     assert read_jsonl(out / "completions.errors.jsonl") == []
 
 
+def test_one_log_line_per_cool_down_not_per_429_in_flight(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    write_prompts(prompts, 16)
+    with start_server(latency=0.2, retry_after=1.0) as server:  # all 8 first requests are in flight together
+        server.control(fail_next=[{"kind": "429", "count": 8}])
+        result = run_cli(*gen_args(server, prompts, tmp_path / "gen", "--concurrency", "8"))
+        limited = [e for e in server.stats()["log"] if e["status"] == 429]
+    assert result.returncode == 0, result.stderr
+    assert len(limited) == 8
+    assert result.stderr.count("rate limited (HTTP 429): all workers pause") == 1, result.stderr
+
+
 def test_retry_after_pauses_every_worker(tmp_path):
     prompts = tmp_path / "p.jsonl"
     write_prompts(prompts, 30)
@@ -264,23 +276,25 @@ def test_rps_caps_request_starts_per_second(tmp_path):
     assert arrivals[-1] - arrivals[0] > 2.0
 
 
-def test_a_live_progress_bar_on_a_terminal(tmp_path):
+def test_a_live_progress_bar_on_a_terminal_with_log_lines_above_it(tmp_path):
     import os
     import pty
+    import re
     import subprocess
 
     from tests.helpers import ROOT, cli, env
 
     prompts = tmp_path / "p.jsonl"
     write_prompts(prompts, 20)
-    with start_server(latency=0.3) as server:  # ~3 s of work: the bar (0.5 s period) redraws several times
+    with start_server(latency=0.3, retry_after=1.0) as server:  # ~4 s of work: the bar (0.5 s period) redraws
         primary, secondary = pty.openpty()
         args = ["generate", "--prompts", str(prompts), "--out", str(tmp_path / "gen"), "--serve-url", server.url,
                 "--concurrency", "2"]
-        proc = subprocess.Popen(cli(*args), cwd=ROOT, env=env(), stdin=secondary, stdout=secondary,
-                                stderr=secondary)
+        proc = subprocess.Popen(cli(*args), cwd=ROOT, env={**env(), "COLUMNS": "200"}, stdin=secondary,
+                                stdout=secondary, stderr=secondary)
         os.close(secondary)
-        chunks = []
+        chunks: list[bytes] = []
+        limited = False
         while True:
             try:
                 data = os.read(primary, 4096)
@@ -289,13 +303,22 @@ def test_a_live_progress_bar_on_a_terminal(tmp_path):
             if not data:
                 break
             chunks.append(data)
+            if not limited and b"rows/s" in b"".join(chunks):  # the bar is up: now a 429 for both rows in flight
+                server.control(fail_next=[{"kind": "429", "count": 2}])
+                limited = True
         proc.wait(timeout=60)
         os.close(primary)
-    screen = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0, screen
-    frames = [f for f in screen.split("\r\x1b[2K") if f.startswith("generate ")]
+    raw = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, raw
+    # What the terminal shows, line by line: cursor moves and erases removed, \r and \n end a line.
+    screen = [s.strip() for s in re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)) if s.strip()]
+    frames = [s for s in screen if "generate " in s and "/20" in s and "rows/s" in s]
     assert len(frames) >= 3  # redrawn in place while running
-    assert "generate 20/20 100%" in frames[-1] and "ETA" in frames[0] and "retries 0" in frames[-1]
+    assert "generate 20/20 100%" in frames[-1] and "ETA" in frames[0] and "retries 2" in frames[-1]
+    logged = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ")
+    limited = [s for s in screen if "rate limited" in s]
+    assert len(limited) == 1, limited  # one line per cool-down, not one per 429
+    assert all(logged.match(s) for s in limited), limited  # whole, on a line of its own: not run into the bar
 
 
 def test_first_use_errors_name_the_fix_exit_2_and_create_nothing(tmp_path):
