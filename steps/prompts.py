@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from zenml import ArtifactConfig, log_metadata, step
 from engine.rows import file_sha256
 from steps.names import Artifact
 from steps.records import JsonlFile
+from steps.scratch import scratch_dir
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def select_prompts(
             f"{source} changed after the run was launched (sha256 {prompts_sha256[:12]}… then, {actual[:12]}… now); "
             "launch the run again"
         )
-    out = Path(tempfile.mkdtemp(prefix="prompt-subset-")) / "prompts.jsonl"
+    out = scratch_dir("prompt-subset-") / "prompts.jsonl"  # removed once ZenML has stored the subset
     kept = 0
     with open(source, "rb") as src, open(out, "wb") as dst:
         for line in src:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 from zenml import ArtifactConfig, log_metadata, step
 
 from steps.names import Artifact
 from steps.records import JsonlFile
+from steps.scratch import scratch_dir
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ def split_dataset(
     """Split by a hash of each prompt: stable as rows come and go, both pairs of a prompt on one side."""
     from engine.split import split_preferences
 
-    out_dir = Path(tempfile.mkdtemp(prefix="split-"))
+    out_dir = scratch_dir("split-")  # removed once ZenML has stored train_set and val_set
     result = split_preferences(preferences.path, out_dir, val_fraction)
     logger.info("%s", result.render())
     log_metadata(metadata={"n_train": result.n_train, "n_val": result.n_val, "val_fraction": val_fraction})
