@@ -202,7 +202,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def repair_torn_tail(path: Path) -> str | None:
-    """Cut off a last line that a kill left incomplete (no newline, or not valid JSON)."""
+    """Cut off a last line that a kill left incomplete (not valid JSON); end a complete one that lacks its
+    newline."""
     size = path.stat().st_size
     if size == 0:
         return None
@@ -227,6 +228,14 @@ def repair_torn_tail(path: Path) -> str | None:
         last = f.read(end - start)
         if ends_clean and _valid_json(last):
             return None
+        if not ends_clean and last.strip() and _valid_json(last):
+            # A complete record missing only its newline (no proper prefix of a JSON object is valid JSON):
+            # keep it, so it is not paid again, and end it, so the next record is not glued onto it.
+            f.seek(size)
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return f"{path}:{_count_lines(path)}: the last record had no newline; added one (the record is kept)"
         f.truncate(start)
         os.fsync(f.fileno())
     lineno = _count_lines(path) + 1

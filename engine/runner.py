@@ -113,12 +113,12 @@ class RowContext:
 
 
 @dataclass(slots=True)
-class _Duplicate:
+class Duplicate:
     row: Row
     first_line: int
 
 
-async def _in_scope(path: Path, validate: Validator, limit: int | None) -> AsyncIterator[Row | Reject | _Duplicate]:
+async def rows_in_scope(path: Path, validate: Validator, limit: int | None) -> AsyncIterator[Row | Reject | Duplicate]:
     """The input as the run sees it: rows, rejects and repeats, up to the `limit`-th valid unique row."""
     seen: dict[int, int] = {}
     taken = 0
@@ -129,7 +129,7 @@ async def _in_scope(path: Path, validate: Validator, limit: int | None) -> Async
         key = int(item.id, 16)
         first = seen.get(key)
         if first is not None:
-            yield _Duplicate(item, first)
+            yield Duplicate(item, first)
             continue
         seen[key] = item.line
         taken += 1
@@ -139,13 +139,13 @@ async def _in_scope(path: Path, validate: Validator, limit: int | None) -> Async
 
 
 @dataclass
-class _Prepass:
+class Prepass:
     sha256: str
     lines: int
     problems: list[str]
 
 
-async def _prepass(path: Path, validate: Validator, strict: bool) -> _Prepass:
+async def prepass(path: Path, validate: Validator, strict: bool) -> Prepass:
     """Hash and count the input; in strict mode also validate every row before any request."""
     sha = await asyncio.to_thread(file_sha256, path)
     lines = 0
@@ -157,7 +157,7 @@ async def _prepass(path: Path, validate: Validator, strict: bool) -> _Prepass:
             parsed = parse_line(name, lineno, raw, validate)
             if isinstance(parsed, Reject):
                 problems.append(parsed.where)
-    return _Prepass(sha, lines, problems)
+    return Prepass(sha, lines, problems)
 
 
 async def run_stage(
@@ -171,7 +171,7 @@ async def run_stage(
     """Run `stage` over `input_path`, resuming from `out_dir`; returns the summary (also written as JSON)."""
     started = time.monotonic()
     check_input_file(input_path, getattr(stage, "input_flag", "the input path"))
-    pre = await _prepass(input_path, stage.validate, options.strict)  # before --out is touched
+    pre = await prepass(input_path, stage.validate, options.strict)  # before --out is touched
     if pre.problems:
         raise InputError(pre.problems)
     checkpoint = Checkpoint(out_dir, stage.output_name)
@@ -185,7 +185,7 @@ async def run_stage(
         except BaseException:
             checkpoint.undo_start(remove_lock=new_lock, remove_dir=new_dir)  # a failed start leaves nothing
             raise
-        done = await _unchanged(checkpoint, input_path, stage.validate, options.limit, scan.done)
+        done = await unchanged_rows(checkpoint, input_path, stage.validate, options.limit, scan.done)
         before_run = getattr(stage, "before_run", None)
         if before_run is not None:
             before_run(checkpoint)  # e.g. the judge applies its result filters to the rows in hand
@@ -200,13 +200,13 @@ async def run_stage(
         summary.elapsed_s = time.monotonic() - started
         summary.output = checkpoint.results
         summary.resume_command = resume_command
-        _write_summary(checkpoint, summary)
+        write_summary(checkpoint, summary)
         return summary
     finally:
         checkpoint.release_lock()
 
 
-async def _unchanged(
+async def unchanged_rows(
     checkpoint: Checkpoint, path: Path, validate: Validator, limit: int | None, done: dict[str, str | None]
 ) -> dict[str, str | None]:
     """The finished rows still valid for this input: a row in scope whose content changed since its record
@@ -215,7 +215,7 @@ async def _unchanged(
     if not done:
         return done
     changed: set[str] = set()
-    async for item in _in_scope(path, validate, limit):
+    async for item in rows_in_scope(path, validate, limit):
         if isinstance(item, Row) and (key := done.get(item.id, item.key)) is not None and key != item.key:
             changed.add(item.id)
     if changed:
@@ -225,7 +225,7 @@ async def _unchanged(
     return {k: v for k, v in done.items() if k not in changed}
 
 
-def _write_summary(checkpoint: Checkpoint, summary: StageSummary) -> None:
+def write_summary(checkpoint: Checkpoint, summary: StageSummary) -> None:
     atomic_write(checkpoint.summary_path, orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
 
 
@@ -265,7 +265,7 @@ class _Run:
     async def produce(self) -> None:
         c = self.counters
         try:
-            async for item in _in_scope(self.input_path, self.stage.validate, self.options.limit):
+            async for item in rows_in_scope(self.input_path, self.stage.validate, self.options.limit):
                 if self.stop.is_set():
                     break
                 if isinstance(item, Reject):
@@ -274,7 +274,7 @@ class _Run:
                     c.rejected += 1
                     c.total = max(0, c.total - 1)
                     continue
-                if isinstance(item, _Duplicate):
+                if isinstance(item, Duplicate):
                     row, first = item.row, item.first_line
                     self.writer.reject(
                         {"file": str(self.input_path), "line": row.line, "id": row.id,
@@ -310,7 +310,7 @@ class _Run:
         rows queued or cut off when the stop came, are all counted right (the exit code depends on it).
         """
         left = 0
-        async for item in _in_scope(self.input_path, self.stage.validate, self.options.limit):
+        async for item in rows_in_scope(self.input_path, self.stage.validate, self.options.limit):
             if isinstance(item, Row) and item.id not in self.done and item.id not in self.finished_ids:
                 left += 1
         return left

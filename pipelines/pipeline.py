@@ -51,6 +51,8 @@ def dpo_pipeline(
     evaluate: EvaluateSettings,
     evaluate_judge: JudgeSettings,
     evaluate_prompts: str | None,
+    upload_token: str = "",
+    deploy_token: str = "",
 ) -> None:
     """Sample, judge, split, upload, train, redeploy and A/B-evaluate; `profile` picks local (tiny kit) or modal."""
     local = profile == "local"
@@ -59,17 +61,20 @@ def dpo_pipeline(
                                        serve_tiny_kit=local, model_key=model_key, state_dir=deploy_state_dir)
     preferences, _report = judge_preferences(completions, workdir=workdir, settings=judge, options=judge_run)
     train_set, val_set = split_dataset(preferences, val_fraction=val_fraction)
-    data_path = upload_dataset(train_set, val_set, target=profile, workdir=workdir)
+    data_path = upload_dataset(train_set, val_set, target=profile, workdir=workdir, place_token=upload_token)
     adapter = train_adapter(data_path, target=profile, workdir=workdir, overrides=train, model_key=model_key)
     deploy_adapters(adapter, target=profile, state_dir=deploy_state_dir, timeout_s=deploy_timeout_s,
-                    port=deploy_port)
+                    port=deploy_port, place_token=deploy_token)
     evaluate_adapters(adapter, val_set, workdir=workdir, generate=generate, judge=evaluate_judge,
                       options=judge_run, settings=evaluate, target=profile, state_dir=deploy_state_dir,
                       prompts_file=evaluate_prompts, after="deploy_adapters")
 
 
 def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
-    """The pipeline's parameters for `cfg`; the prompt file's hash is taken now, at launch."""
+    """The pipeline's parameters for `cfg`; the prompt file's hash and the place tokens (is the uploaded data
+    still there, is the deployment still live: steps/place_tokens.py) are taken now, at launch."""
+    from steps.place_tokens import deploy_token, upload_token
+
     model_key = ""  # modal: the endpoint's model is known only by its name, already in the settings
     if cfg.is_local:
         from training.tiny import kit_key
@@ -94,6 +99,8 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
         "evaluate": cfg.evaluate,
         "evaluate_judge": cfg.evaluate_judge,
         "evaluate_prompts": str(cfg.evaluate_prompts) if cfg.evaluate_prompts else None,
+        "upload_token": upload_token(cfg.workdir, cfg.profile),
+        "deploy_token": deploy_token(cfg.state_dir, cfg.profile),
     }
 
 

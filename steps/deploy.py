@@ -1,8 +1,10 @@
 """Step: redeploy the served adapters ("seinfeld" SFT + "seinfeld-dpo") and check each one answers.
 
-Not cached by ZenML: whether the server is still up is a fact about now, not about the inputs. The
-step is idempotent instead: when the last deploy's server is still answering with exactly these
-adapter files, it is kept (no restart) and its record returned.
+Whether the server is still up is a fact about now, not about the inputs, so the cache is keyed on it too:
+`place_token` (steps/place_tokens.py) is the token of the last deploy while that deployment is still
+in place, so a run with nothing changed is served from the cache (no new version, no restart), and a new
+one when it is not, so the step runs. When it runs, it is idempotent: if the last deploy's server still
+answers with exactly these adapter files, it is kept (no restart) and its record returned.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from steps.records import AdapterRef
 logger = logging.getLogger(__name__)
 
 
-@step(enable_cache=False)
+@step
 def deploy_adapters(
     adapter: AdapterRef,
     target: str = "local",
     state_dir: str = "data/runs/serving",
     timeout_s: float = 180.0,
     port: int = 0,
+    place_token: str = "",
 ) -> Annotated[dict[str, Any], ArtifactConfig(name=Artifact.DEPLOYMENT)]:
     """local: (re)start the local vLLM (CPU build) with the tiny kit's base, its SFT adapter and `adapter`.
     modal: deploy the vLLM app (it serves the adapters on the volume) and wait until both answer.
@@ -59,6 +62,10 @@ def deploy_adapters(
         _check_live_adapter(record, adapter)
     else:
         raise ValueError(f"target must be 'local' or 'modal', got {target!r}")
+    if place_token:
+        from steps.place_tokens import stamp_deploy
+
+        stamp_deploy(Path(state_dir), target, place_token)
     data = record.to_dict()
     logger.info("%s %s at %s: %s", "kept" if reused else "deployed", target, record.base_url, record.models)
     log_metadata(metadata={"target": target, "url": record.url, "base_url": record.base_url,

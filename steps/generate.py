@@ -35,11 +35,14 @@ async def generate_completions(
     instead of `settings.serve_url`: the one `deploy --local` left running in `state_dir` when it
     serves that adapter, else one deployed now (it stays up; the deploy step redeploys it with the
     DPO adapter). `model_key` names the served model's version (the tiny kit's key), so a new model
-    gets a new checkpoint folder and cache entry.
+    gets a new checkpoint folder and cache entry. The folder is keyed by settings and model, not by the
+    prompts: runs over other prompt subsets share it (resume by row content, nothing sampled twice), and
+    the artifact is this input's view (engine/view.py).
     """
-    out_dir = stage_dir(workdir, "generate", settings=settings.fingerprinted(), input=prompts.sha256,
-                        model=model_key)
+    out_dir = stage_dir(workdir, "generate", settings=settings.fingerprinted(), model=model_key)
     from engine.generate import run_generate
+    from engine.rows import validate_prompt_row
+    from engine.view import write_view
 
     live, api_key = (await _local_endpoint(settings, Path(state_dir))) if serve_tiny_kit else (settings, None)
     summary = await run_generate(prompts.path, out_dir, live, options, api_key=api_key)
@@ -47,7 +50,7 @@ async def generate_completions(
     log_metadata(metadata={**summary_metadata(summary), "model": settings.model, "n": settings.n,
                            "serve_url": live.serve_url})
     fail_if_incomplete(summary)
-    return JsonlFile.of(summary.output)
+    return JsonlFile.of(await write_view(summary.output, prompts.path, validate_prompt_row, out_dir / "views"))
 
 
 async def _local_endpoint(settings: GenerateSettings, state_dir: Path) -> tuple[GenerateSettings, str | None]:

@@ -30,13 +30,17 @@ async def judge_preferences(
 ]:
     """Judge every completions row into `<workdir>/judge/<key>/preferences.jsonl` (+ report.json/.md).
 
-    The folder key hashes the judge's fingerprinted settings and the completions' content: an
-    interrupted run resumes there, judging only rows not yet in the checkpoint (no pair paid twice).
+    The folder key hashes the judge's fingerprinted settings only: every run with these settings shares
+    the checkpoint, which resumes by row content, so a row judged before (an interrupted run, a smaller
+    `--limit`, a regenerated completions file with this row unchanged) is never paid for again. The
+    artifact is this input's view of it (engine/view.py): the pairs made from exactly these rows.
     The API key is read from OPENAI_API_KEY by the engine, never passed through ZenML.
     """
     from engine.judge import run_judge
+    from engine.judge.rows import validate_completions_row
+    from engine.view import write_view
 
-    out_dir = stage_dir(workdir, "judge", settings=settings.fingerprinted(), input=completions.sha256)
+    out_dir = stage_dir(workdir, "judge", settings=settings.fingerprinted())
     summary = await run_judge(completions.path, out_dir, settings, options)
     log_summary(summary)
     report = orjson.loads((out_dir / "report.json").read_bytes())
@@ -52,4 +56,5 @@ async def judge_preferences(
         "report_warnings": len(report.get("warnings", [])),
     })
     fail_if_incomplete(summary)
-    return JsonlFile.of(summary.output), Report(data=report, markdown=markdown)
+    view = await write_view(summary.output, completions.path, validate_completions_row, out_dir / "views")
+    return JsonlFile.of(view), Report(data=report, markdown=markdown)

@@ -1,9 +1,11 @@
-"""What the engine steps share: a stable working folder per input and settings, metadata, the failure rule.
+"""What the engine steps share: a stable working folder per settings, metadata, the failure rule.
 
-A stage's checkpoint folder is `<workdir>/<stage>/<key>`, where the key hashes everything that changes
-the stage's output (the engine's fingerprinted settings, the input's content hash, the model). So:
-- rerunning with the same input and settings finds the same folder and resumes (nothing paid twice);
-- changing either gets a new folder, never a refused or stale resume;
+A stage's checkpoint folder is `<workdir>/<stage>/<key>`, where the key hashes the settings that change
+the stage's results (the engine's fingerprinted settings, the model), not the input: the checkpoint
+resumes by row content, so runs over different inputs (a smaller `--limit`, a regenerated file) share the
+rows they have in common and nothing is paid twice; each step hands on its input's view (engine/view.py).
+- rerunning with the same settings finds the same folder and resumes;
+- changing settings gets a new folder, never a refused or stale resume;
 - going back to earlier settings finds their folder again.
 """
 

@@ -4,9 +4,10 @@ One chain of three runs against one temporary ZenML store, each checked with Zen
 1. killed (SIGKILL, whole process group) while the judge is half way;
 2. rerun: the judge resumes from its checkpoint (no pair lost, none duplicated, no judgment paid twice),
    the run succeeds, every artifact has a version and the lineage links them end to end;
-3. rerun with nothing changed: every step is served from ZenML's cache but the two that make sure
-   something is in place now (never cached): upload finds the files there, deploy finds the same
-   server answering with the same adapters and keeps it.
+3. rerun with nothing changed: every step is served from ZenML's cache, upload and deploy included
+   (their place tokens say the files and the server are still in place): no new artifact version, no
+   restart;
+4. the local server stopped, rerun: only the deploy step runs (its token changed) and starts a server.
 The judge is the project's fake OpenAI server (testserver) with a little latency, so judging takes long
 enough to be interrupted and the server counts every judgment request. Everything else is the shipped
 local profile: the tiny model served locally, CPU DPO, local redeploy. Plus: the modal profile without
@@ -78,12 +79,15 @@ def chain(tmp_path_factory, judge_server):
     try:
         result["killed_at_pairs"] = _run_and_kill_during_judging(cmd, env, base)
         result["requests_before_rerun"] = judge_server.stats(log=False)["by_kind"].get("judge", 0)
-        for name in ("resumed", "cached"):
+        for name in ("resumed", "cached", "redeployed"):
+            if name == "redeployed":
+                _stop_local_server(base / "serving")
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
             result[name] = proc
             assert proc.returncode == 0, f"{name} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
             if name == "resumed":
                 result["requests_after_resume"] = judge_server.stats(log=False)["by_kind"].get("judge", 0)
+            result[f"live_pid_after_{name}"] = _live_pid(base / "serving")
         result["runs"] = _runs(base / "zenml")
         yield result
     finally:
@@ -159,6 +163,13 @@ def probe() -> None:
         runs.append({"name": run.name, "status": run.status.value, "steps": steps, "artifacts": artifacts,
                      "values": values})
     print(json.dumps(runs, default=str))
+
+
+def _live_pid(state_dir: Path) -> int | None:
+    from serving.deploy import load_record
+
+    record = load_record(state_dir, "local")
+    return record.pid if record else None
 
 
 def _stop_local_server(state_dir: Path) -> None:
@@ -242,13 +253,21 @@ def test_second_run_with_nothing_changed_is_served_from_cache(chain):
     first, second = chain["runs"][1], chain["runs"][2]
     assert second["status"] == "completed"
     statuses = {s["name"]: s["status"] for s in second["steps"]}
-    # Upload and deploy always run (they make sure something is in place now); both found it there.
-    assert (statuses.pop("upload_dataset"), statuses.pop("deploy_adapters")) == ("completed", "completed")
-    assert set(statuses.values()) == {"cached"}, statuses  # training too: the uploaded path is unchanged
-    assert second["values"]["data_volume_path"] == first["values"]["data_volume_path"]
-    before, after = first["values"]["deployment"], second["values"]["deployment"]
-    assert after["reused"] is True and after["pid"] == before["pid"], "the live server was restarted"
+    assert set(statuses.values()) == {"cached"}, statuses  # upload and deploy too: all still in place
+    assert second["artifacts"] == first["artifacts"], "a fully cached run made new artifact versions"
+    assert chain["live_pid_after_cached"] == first["values"]["deployment"]["pid"], "the live server was restarted"
     assert chain["requests_after_resume"] == chain["server"].stats(log=False)["by_kind"].get("judge", 0)
+
+
+def test_a_stopped_server_is_redeployed_by_the_next_run(chain):
+    first, third = chain["runs"][1], chain["runs"][3]
+    statuses = {s["name"]: s["status"] for s in third["steps"]}
+    assert statuses.pop("deploy_adapters") == "completed"  # its token changed: the server was gone
+    assert set(statuses.values()) == {"cached"}, statuses
+    before, after = first["values"]["deployment"], third["values"]["deployment"]
+    assert after["reused"] is False and after["pid"] != before["pid"]
+    assert {a["name"]: a["root"] for a in after["adapters"]} == {a["name"]: a["root"] for a in before["adapters"]}
+    assert chain["live_pid_after_redeploy"] == after["pid"]
 
 
 def test_modal_profile_without_credentials_fails_fast_naming_them(tmp_path):

@@ -173,3 +173,72 @@ def test_generate_resume_refused_exactly_for_result_settings(change, refused):
 ])
 def test_judge_resume_refused_exactly_for_result_settings(change, refused):
     assert _refused(JUDGE, dataclasses.replace(JUDGE, **change), JudgeStage) is refused
+
+
+async def test_a_view_holds_exactly_the_records_made_from_this_inputs_rows(tmp_path):
+    """What a pipeline step hands on from a checkpoint shared across inputs (engine/view.py)."""
+    from engine.judge.rows import validate_completions_row
+    from engine.rows import row_key
+    from engine.view import write_view
+
+    comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
+    write(comp, rows(6))
+    async with run_in_process() as server:
+        await judge(server, comp, out)
+    smaller = rows(6)[:4]
+    smaller[1] = {"prompt": prompt(1), "completions": ["changed", "since"]}  # judged with other completions
+    write(comp, smaller)
+    view = await write_view(out / "preferences.jsonl", comp, validate_completions_row, out / "views")
+    got = read_jsonl(view)
+    expect = [prompt_id(r["prompt"]) for r in smaller if r is not smaller[1]]
+    assert sorted(r["id"] for r in got) == sorted(expect)
+    by_id = {prompt_id(r["prompt"]): r for r in smaller}
+    assert all(r["input"] == row_key(validate_completions_row(by_id[r["id"]])) for r in got)
+    again = await write_view(out / "preferences.jsonl", comp, validate_completions_row, out / "views")
+    assert again == view and view.name.startswith("preferences.")  # named by content: stable, never rewritten
+
+
+async def test_a_real_partial_write_is_cut_and_that_row_alone_is_redone(tmp_path):
+    comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
+    write(comp, rows(5))
+    async with run_in_process() as server:
+        await judge(server, comp, out)
+        results = out / "preferences.jsonl"
+        data = results.read_bytes()
+        last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+        results.write_bytes(data[: last_start + (len(data) - last_start) // 2])  # a write cut half way
+        again = await judge(server, comp, out)
+        assert (again.succeeded, judged(server)) == (1, 6)
+    assert results.read_bytes().count(b"\n") == 5 and len(read_jsonl(results)) == 5
+
+
+async def test_a_complete_last_record_without_newline_is_kept_not_glued_or_repaid(tmp_path):
+    comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
+    write(comp, rows(4))
+    async with run_in_process() as server:
+        await judge(server, comp, out)
+        results = out / "preferences.jsonl"
+        results.write_bytes(results.read_bytes().rstrip(b"\n"))
+        write(comp, rows(5))  # one more row to append after it
+        again = await judge(server, comp, out)
+        assert (again.succeeded, judged(server)) == (1, 5)  # the newline-less record was not judged again
+    assert len(read_jsonl(results)) == 5  # every line parses: nothing glued
+
+
+async def test_a_retryable_failure_stops_at_exactly_max_attempts(tmp_path):
+    comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
+    write(comp, rows(1))
+    async with run_in_process(fail_next=[{"kind": "500", "count": 50}]) as server:
+        settings = JudgeSettings(judge_model="gpt-5", judge_url=server.url)
+        summary = await run_judge(comp, out, settings, RunOptions(**(FAST | {"max_attempts": 4})), api_key="sk-x")
+        assert (summary.failed, judged(server)) == (1, 4)
+    errors = read_jsonl(out / "preferences.errors.jsonl")
+    assert [(e["attempts"], e["status"]) for e in errors] == [(4, 500)]
+
+
+def test_a_folder_holding_only_skipped_rows_is_checked_like_any_other(tmp_path):
+    ck = Checkpoint(tmp_path, "preferences")
+    ck.check_fingerprint(fingerprint("judge", {"swap_check": False}, "x"), fresh=False)
+    ck.skipped.write_bytes(b'{"id":"aa","input":"k","reason":"fewer_than_two_distinct"}\n')
+    with pytest.raises(ConfigError, match="swap_check: was False, now True"):
+        ck.check_fingerprint(fingerprint("judge", {"swap_check": True}, "x"), fresh=False)

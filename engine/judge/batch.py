@@ -46,7 +46,7 @@ from engine.options import RunOptions
 from engine.progress import _duration
 from engine.retry import RETRYABLE_STATUS, Backoff, classify
 from engine.rows import Reject, Row, check_input_file
-from engine.runner import _Duplicate, _in_scope, _prepass, _unchanged, _write_summary
+from engine.runner import Duplicate, prepass, rows_in_scope, unchanged_rows, write_summary
 from engine.summary import Counters, StageSummary
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ async def _finish_live(
     for k, v in b.extra.items():
         c.extra[k] = c.extra.get(k, 0) + v
     live.elapsed_s += batch.elapsed_s
-    _write_summary(Checkpoint(out_dir, "preferences"), live)
+    write_summary(Checkpoint(out_dir, "preferences"), live)
     write_report(out_dir)
     return live
 
@@ -128,7 +128,7 @@ async def _start(
     """As the runner starts a stage (engine/runner.py: run_stage): input checked before --out is touched, the
     lock, the fingerprint (the same as live mode's: either mode resumes the other's results), rows still done."""
     started = time.monotonic()
-    pre = await _prepass(path, stage.validate, options.strict)
+    pre = await prepass(path, stage.validate, options.strict)
     if pre.problems:
         raise InputError(pre.problems)
     checkpoint = Checkpoint(out_dir, stage.output_name)
@@ -144,7 +144,7 @@ async def _start(
         except BaseException:
             checkpoint.undo_start(remove_lock=new_lock, remove_dir=new_dir)
             raise
-        done = await _unchanged(checkpoint, path, stage.validate, options.limit, scan.done)
+        done = await unchanged_rows(checkpoint, path, stage.validate, options.limit, scan.done)
         stage.before_run(checkpoint)
         counters = Counters(done_before=len(done))
         writer = checkpoint.open_writer(options.fsync_every_s)
@@ -157,7 +157,7 @@ async def _start(
         summary.elapsed_s = time.monotonic() - started
         summary.output = checkpoint.results
         summary.resume_command = resume_command
-        _write_summary(checkpoint, summary)
+        write_summary(checkpoint, summary)
         return summary
     finally:
         checkpoint.release_lock()
@@ -277,12 +277,12 @@ class _BatchRun:
 
     async def _scan_input(self) -> None:
         c = self.counters
-        async for item in _in_scope(self.path, self.stage.validate, self.options.limit):
+        async for item in rows_in_scope(self.path, self.stage.validate, self.options.limit):
             if isinstance(item, Reject):
                 self.writer.reject(item.record())
                 log.warning("rejected %s", item.where)
                 c.rejected += 1
-            elif isinstance(item, _Duplicate):
+            elif isinstance(item, Duplicate):
                 row, first = item.row, item.first_line
                 self.writer.reject(
                     {
@@ -310,7 +310,7 @@ class _BatchRun:
         """The input rows with these ids, streamed (memory stays O(one row))."""
         if not wanted:
             return
-        async for item in _in_scope(self.path, self.stage.validate, self.options.limit):
+        async for item in rows_in_scope(self.path, self.stage.validate, self.options.limit):
             if isinstance(item, Row) and item.id in wanted:
                 yield item
 
