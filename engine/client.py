@@ -58,14 +58,15 @@ def _unresolved(exc: BaseException) -> socket.gaierror | None:
     return None
 
 
-async def check_endpoint(client: openai.AsyncOpenAI, *, url_setting: str, key_setting: str) -> None:
+async def check_endpoint(client: openai.AsyncOpenAI, *, url_setting: str, key_setting: str) -> bytes | None:
     """One free request before a run starts (GET /models), so a wrong URL or key fails at once with exit 2 and
     nothing created: a refused connection, an unknown host or a rejected key (401) raise ConfigError naming the
     setting to fix. Any other answer, or none within PROBE_TIMEOUT_S, lets the run go on (some
-    OpenAI-compatible servers do not list models; the run's retry policy takes over)."""
+    OpenAI-compatible servers do not list models; the run's retry policy takes over). Returns the model list's
+    body when there is one."""
     url = str(client.base_url).rstrip("/")
     try:
-        await client.with_options(timeout=PROBE_TIMEOUT_S).get("/models", cast_to=bytes)
+        return await client.with_options(timeout=PROBE_TIMEOUT_S).get("/models", cast_to=bytes)
     except openai.AuthenticationError as e:
         raise ConfigError(f"{url} rejected the API key (HTTP 401); check {key_setting}") from e
     except openai.APIConnectionError as e:  # APITimeoutError included
@@ -78,3 +79,4 @@ async def check_endpoint(client: openai.AsyncOpenAI, *, url_setting: str, key_se
             raise ConfigError(f"cannot resolve the host of {url} ({gai.strerror}); check {url_setting}") from e
     except openai.APIError:
         pass
+    return None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 
 from engine.chat import chat_completion, usage_of
 from engine.client import check_endpoint, make_client
@@ -18,6 +20,10 @@ from engine.runner import RowContext, run_stage
 from engine.summary import Counters, StageSummary
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
+# Prompt tokens without a tokenizer, counted low on purpose: characters / 6 (Llama 3 and o200k average ~4 on the
+# SFT data), chat-template tokens left out. A row this count already puts over the served context cannot fit and
+# is rejected before any request; a row near the limit is sent and the server's own 400 fails it.
+MIN_CHARS_PER_TOKEN = 6
 
 
 @dataclass(frozen=True)
@@ -63,20 +69,47 @@ def as_messages(prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
+def prompt_tokens_at_least(messages: list[dict[str, str]]) -> int:
+    """A count of the prompt's tokens that undercounts real text (MIN_CHARS_PER_TOKEN); no tokenizer."""
+    return math.floor(sum(len(m["content"]) for m in messages) / MIN_CHARS_PER_TOKEN)
+
+
+def served_context(models_body: bytes | None, model: str) -> int | None:
+    """vLLM's `max_model_len` for `model` from a /v1/models body: the model's card, else its parent's (an
+    adapter's card may not carry it); None when the server does not say."""
+    try:
+        cards = {c["id"]: c for c in orjson.loads(models_body or b"null")["data"]}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    card = cards.get(model) or {}
+    length = card.get("max_model_len") or (cards.get(card.get("parent")) or {}).get("max_model_len")
+    return length if isinstance(length, int) and length > 0 else None
+
+
 class GenerateStage:
     name = "generate"
     output_name = "completions"
     input_flag = "--prompts"
 
-    def __init__(self, settings: GenerateSettings, client: openai.AsyncOpenAI):
+    def __init__(self, settings: GenerateSettings, client: openai.AsyncOpenAI, max_model_len: int | None = None):
         self.s = settings
         self.client = client
+        self.max_model_len = max_model_len  # the served context; None: not known, nothing checked here
 
     def settings(self) -> dict[str, Any]:
         return self.s.fingerprinted()
 
     def validate(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return validate_prompt_row(obj)
+        row = validate_prompt_row(obj)
+        if self.max_model_len is not None:
+            tokens = prompt_tokens_at_least(as_messages(row["prompt"]))
+            if tokens + self.s.max_tokens > self.max_model_len:
+                raise ValueError(
+                    f"prompt too long for {self.s.model}: at least ~{tokens:,} tokens (characters / "
+                    f"{MIN_CHARS_PER_TOKEN}) + max_tokens {self.s.max_tokens:,} > the served context "
+                    f"(max_model_len {self.max_model_len:,}); shorten the prompt or lower --max-tokens"
+                )
+        return row
 
     def stop_reason(self, counters: Counters) -> str | None:
         return None
@@ -142,8 +175,8 @@ async def run_generate(
     key = api_key or os.environ.get("SERVE_API_KEY")
     client = make_client(settings.serve_url, key, timeout_s=settings.timeout_s, concurrency=options.concurrency)
     try:
-        await check_endpoint(client, url_setting="--serve-url / SERVE_URL", key_setting="SERVE_API_KEY")
-        return await run_stage(GenerateStage(settings, client), prompts, out_dir, options,
-                               resume_command=resume_command)
+        models = await check_endpoint(client, url_setting="--serve-url / SERVE_URL", key_setting="SERVE_API_KEY")
+        stage = GenerateStage(settings, client, served_context(models, settings.model))
+        return await run_stage(stage, prompts, out_dir, options, resume_command=resume_command)
     finally:
         await client.close()

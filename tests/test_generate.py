@@ -340,3 +340,25 @@ def test_first_use_errors_name_the_fix_exit_2_and_create_nothing(tmp_path):
         assert (done.returncode, message in done.stderr) == (2, True), (name, done.stderr[-1500:])
         assert "Traceback" not in done.stderr and "timed out" not in done.stderr
         assert not out.exists(), name
+
+
+def test_a_prompt_too_long_for_the_served_context_is_rejected_before_any_request(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    ids = write_prompts(prompts, 3)
+    long_prompt = [{"role": "user", "content": "[JERRY] " + "yada " * 400}]  # 2,008 chars: at least ~334 tokens
+    with open(prompts, "ab") as f:
+        f.write(orjson.dumps({"prompt": long_prompt}) + b"\n")
+    out = tmp_path / "gen"
+    with start_server(max_model_len=380) as server:  # /v1/models says max_model_len 380, as vLLM does
+        result = run_cli(*gen_args(server, prompts, out, "--max-tokens", "64"))
+        sent = server.stats()["requests"]
+        strict = run_cli(*gen_args(server, prompts, tmp_path / "strict", "--max-tokens", "64", "--strict"))
+        assert server.stats()["requests"] == sent  # --strict refuses before sending anything
+    assert result.returncode == 0, result.stderr
+    assert sent == 3  # the long row was never sent
+    assert_complete(out, ids)
+    rejects = read_jsonl(out / "completions.rejects.jsonl")
+    assert [(r["file"], r["line"]) for r in rejects] == [(str(prompts), 4)]
+    assert "prompt too long for seinfeld: at least ~334 tokens" in rejects[0]["problem"]
+    assert "max_model_len 380" in rejects[0]["problem"] and f"{prompts}:4: prompt too long" in result.stderr
+    assert strict.returncode == 2 and f"{prompts}:4: prompt too long" in strict.stderr

@@ -195,6 +195,19 @@ def test_estimate_counts_requests_tokens_and_dollars(tmp_path):
     assert (ref.requests, ref.cost_usd, ref.rows_to_judge) == (0, 0.0, 10)
 
 
+def test_estimate_warns_of_rows_over_the_judge_models_context(tmp_path):
+    short = {"prompt": "[JERRY] Hi.", "completions": ["[GEORGE] Hey.", "[KRAMER] Giddyup."]}
+    huge = {"prompt": "[JERRY] Long.", "completions": ["[GEORGE] " + "yada " * 220_000, "[KRAMER] Oh."]}  # 1.1M chars
+    path = tmp_path / "c.jsonl"
+    _write(path, [short, huge])
+    e = estimate(path, JudgeSettings(judge_model="gpt-5"))
+    assert e.over_context == 1  # ~275k tokens > 272k: the judge would send it and it would fail
+    assert "WARNING: 1 row(s) exceed gpt-5's context (272,000 input tokens" in e.render()
+    assert f"{path}:2)" in e.render()
+    _write(path, [short, {**huge, "completions": ["[GEORGE] " + "yada " * 200_000, "[KRAMER] Oh."]}])  # ~250k
+    assert estimate(path, JudgeSettings(judge_model="gpt-5")).over_context == 0
+
+
 def test_chi_square_tail_matches_the_tables():
     assert chi2_sf(3.841, 1) == pytest.approx(0.05, abs=1e-3)
     assert chi2_sf(5.991, 2) == pytest.approx(0.05, abs=1e-3)

@@ -155,7 +155,11 @@ class FakeOpenAIServer:
 
     async def _list_models(self, request: web.Request) -> web.Response:
         created = int(self._stats.started_wall)
-        data = [{"id": m, "object": "model", "created": created, "owned_by": "testserver"} for m in self.options.models]
+        data = [
+            {"id": m, "object": "model", "created": created, "owned_by": "testserver",
+             "max_model_len": self.options.max_model_len}  # as vLLM reports it
+            for m in self.options.models
+        ]
         return json_response({"object": "list", "data": data})
 
     async def _get_stats(self, request: web.Request) -> web.Response:

@@ -106,6 +106,9 @@ class ServerOptions:
         default=0, metadata={"help": "the next N batches expire with only the first half of their requests run"}
     )
     batch_concurrency: int = field(default=8, metadata={"help": "lines of one batch answered at once"})
+    max_model_len: int = field(
+        default=8192, metadata={"help": "context length /v1/models reports for every model (vLLM's max_model_len)"}
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -118,6 +121,8 @@ class ServerOptions:
         if isinstance(self.reasoning_models, str) or not all(isinstance(m, str) for m in self.reasoning_models):
             raise ValueError(f"reasoning_models must be a list of model ids, got {self.reasoning_models!r}")
         self.reasoning_models = list(self.reasoning_models)
+        if not isinstance(self.max_model_len, int) or self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be an integer >= 1, got {self.max_model_len!r}")
         for name in ("latency", "jitter", "error_latency", "hang_seconds"):
             _nonneg(name, getattr(self, name))
         if not isinstance(self.model_latency, Mapping):

@@ -35,6 +35,8 @@ ANSWER_TOKENS = 60  # {"ranking": [...], "confidence": n, "reason": one sentence
 REASONING_GUESS = {"none": 0, "minimal": 0, "low": 800, "medium": 2500, "high": 6000, "xhigh": 12000}
 CACHE_MIN_TOKENS = 1024  # OpenAI caches prompt prefixes from 1,024 tokens ...
 CACHE_STEP_TOKENS = 128  # ... in steps of 128
+# Most input tokens per request, by model-name prefix (published: GPT-5's 400k window keeps 128k for output).
+MAX_INPUT_TOKENS = {"gpt-5": 272_000}
 
 
 def count_tokens(chars: int) -> int:
@@ -75,6 +77,7 @@ class Estimate:
     cost_usd: float  # expected
     cost_max_usd: float
     notes: list[str] = field(default_factory=list)
+    over_context: int = 0  # rows whose request would exceed the judge model's input limit (MAX_INPUT_TOKENS)
     mode: str = "live"  # batch: the prices are the Batch API's (BATCH_DISCOUNT of live)
 
     @property
@@ -148,6 +151,8 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
     skipped: Counter[str] = Counter()
     seen: set[str] = set()
     prefix: str | None = None
+    limit_in = next((n for name, n in MAX_INPUT_TOKENS.items() if settings.judge_model.startswith(name)), None)
+    too_long: list[int] = []  # line numbers
     with open(completions, "rb") as f:
         for lineno, raw in enumerate(f):
             if lineno == 0:
@@ -185,6 +190,8 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
             tokens = count_tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(messages) + REPLY_PRIMING_TOKENS
             requests += passes
             tokens_in += tokens * passes
+            if limit_in is not None and tokens > limit_in:
+                too_long.append(lineno + 1)
             text = messages[0]["content"] + "\x00" + messages[1]["content"]
             prefix = text if prefix is None else os.path.commonprefix([prefix, text])
     to_judge = rows - sum(skipped.values())
@@ -200,6 +207,12 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
             f"the expected output per request ({per_request_out:,}) does not fit the first budget "
             f"({settings.max_completion_tokens:,} max_completion_tokens): answers would be cut and retried with a "
             "larger budget, paying for both; raise --max-completion-tokens"
+        )
+    if too_long:
+        lines = ", ".join(f"{completions}:{n}" for n in too_long[:5]) + (", ..." if len(too_long) > 5 else "")
+        notes.append(
+            f"WARNING: {len(too_long)} row(s) exceed {settings.judge_model}'s context ({limit_in:,} input tokens, "
+            f"counted as above): the judge would send them and they would fail; shorten or drop them ({lines})"
         )
     if shared and shared < CACHE_MIN_TOKENS:
         notes.append(f"the shared prefix ({shared:,} tokens) is below {CACHE_MIN_TOKENS:,}: no prompt caching")
@@ -225,5 +238,6 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
         cost_usd=price.cost(tokens_in, tokens_cached, tokens_out),
         cost_max_usd=price.cost(tokens_in, tokens_cached, tokens_out_max),
         notes=notes,
+        over_context=len(too_long),
         mode=settings.mode,
     )
