@@ -1,0 +1,375 @@
+"""The loop of one `judge --mode batch` run: rounds that write, upload and create chunk batches (within --max-cost,
+forecast at batch prices before anything is sent), then poll until they end and hand each finished batch to the
+Collector (batch_collect.py). Requests that failed, expired, or came back malformed or cut by the token budget
+go into the next round, within live mode's limits; with --finish-live they are left for the live stage.
+
+Every chunk's file id and batch id are recorded in the state (batch_state.py) the moment they exist, so a rerun
+polls what was submitted and never submits a chunk twice (a batch id lost to a kill between `create` and the
+write is found by its input file id in the batch list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import openai
+import orjson
+
+from engine.checkpoint import Writer, atomic_write
+from engine.errors import SkipRow
+from engine.judge.batch_collect import Collector
+from engine.judge.batch_state import BatchState, Chunk, custom_id, row_of
+from engine.judge.cost import BATCH_DISCOUNT
+from engine.judge.stage import JudgeStage
+from engine.options import RunOptions
+from engine.progress import _duration
+from engine.retry import Backoff, classify
+from engine.rows import Reject, Row
+from engine.runner import Duplicate, rows_in_scope
+from engine.summary import Counters, StageSummary
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ENDPOINT = "/v1/chat/completions"
+PROGRESS_EVERY_S = 60.0  # a polling line at least this often while nothing changes
+
+
+class BatchApiError(Exception):
+    """A Files or Batches call failed for good (after the retry policy): the run stops, the state is kept."""
+
+
+class BatchRun:
+    def __init__(
+        self,
+        stage: JudgeStage,
+        client: openai.AsyncOpenAI,
+        path: Path,
+        out_dir: Path,
+        name: str,
+        options: RunOptions,
+        counters: Counters,
+        writer: Writer,
+        done: set[str],
+        state: BatchState,
+    ):
+        self.stage, self.s, self.client = stage, stage.s, client
+        self.path, self.out_dir, self.name = path, out_dir, name
+        self.options, self.counters, self.writer = options, counters, writer
+        self.done, self.state = done, state
+        self.todo: set[str] = set()  # rows in scope, not done before
+        self.records = Collector(
+            stage,
+            client,
+            state,
+            writer,
+            counters,
+            options,
+            path,
+            out_dir,
+            name,
+            api=self._api,
+            rows=self._rows,
+            done=done,
+            todo=self.todo,
+        )
+        self.backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, options.max_retry_after_s)
+        self.stop = asyncio.Event()
+        self.stopped_reason: str | None = None
+        self.capped: str | None = None  # why the latest round left requests unsent (--max-cost)
+        self._last_status, self._last_log = "", 0.0
+        self.signals = 0
+        self.started = time.monotonic()
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def run(self) -> StageSummary:
+        installed = self._install_signals()
+        try:
+            await self._scan_input()
+            self._forget_changed_rows()
+            while not self.stop.is_set():
+                await self._resubmit_unsent()
+                if self.stop.is_set():
+                    break
+                await self._poll_and_collect()
+                if self.stop.is_set():
+                    break
+                if not self.state.open_chunks():
+                    if not await self._submit_round():
+                        if self.capped:
+                            self._request_stop(self.capped)
+                        break
+                    continue
+                self._progress()
+                await self._sleep(self.s.poll_interval_s)
+        except BatchApiError as e:
+            self._request_stop(f"the Batch API failed: {e}; rerun the same command to resume")
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            self.state.save()
+        c = self.counters
+        left = self.todo - self.done - self.records.finished
+        c.total = c.finished + len(left)
+        if c.extra.get("batch_cost_usd"):
+            c.extra["batch_saving_usd"] = round(c.extra["batch_cost_usd"] * (1 / BATCH_DISCOUNT - 1), 8)
+        return StageSummary(
+            stage=self.stage.name,
+            output=Path(),
+            input=self.path,
+            counters=c,
+            elapsed_s=0.0,
+            interrupted=self.signals > 0,
+            stopped_reason=self.stopped_reason,
+            unfinished=len(left),
+        )
+
+    async def _scan_input(self) -> None:
+        c = self.counters
+        async for item in rows_in_scope(self.path, self.stage.validate, self.options.limit):
+            if isinstance(item, Reject):
+                self.writer.reject(item.record())
+                log.warning("rejected %s", item.where)
+                c.rejected += 1
+            elif isinstance(item, Duplicate):
+                row, first = item.row, item.first_line
+                self.writer.reject(
+                    {
+                        "file": str(self.path),
+                        "line": row.line,
+                        "id": row.id,
+                        "problem": f"duplicate prompt of line {first}; processed once",
+                        "duplicate_of": first,
+                    }
+                )
+                c.duplicates += 1
+            elif item.id not in self.done:
+                self.todo.add(item.id)
+        c.total = len(self.todo)
+
+    def _forget_changed_rows(self) -> None:
+        """Rows done or gone since a chunk was recorded keep nothing in the state (a changed row's answer held
+        for its other order is dropped when its chunk is collected: the key no longer matches)."""
+        live = {row_of(cid)[0] for cid in self.state.requests} | {row_of(cid)[0] for cid in self.state.held}
+        for row_id in live - self.todo:
+            if row_id not in self.state.open_requests():
+                self.state.forget_row(row_id)
+
+    async def _rows(self, wanted: set[str]) -> AsyncIterator[Row]:
+        """The input rows with these ids, streamed (memory stays O(one row))."""
+        if not wanted:
+            return
+        async for item in rows_in_scope(self.path, self.stage.validate, self.options.limit):
+            if isinstance(item, Row) and item.id in wanted:
+                yield item
+
+    # -- submitting -------------------------------------------------------------------------------
+    def _round(self) -> int:
+        return max((c.round for c in self.state.chunks), default=0) + 1
+
+    async def _submit_round(self) -> int:
+        """Write, upload and create this round's chunks; the number of requests submitted."""
+        s = self.s
+        pending = self.todo - self.done - self.records.finished - self.records.failed_rows
+        allowed = self._requests_allowed()
+        capped = False
+        chunks: list[tuple[list[bytes], dict[str, str]]] = []
+        lines: list[bytes] = []
+        keys: dict[str, str] = {}
+        size = 0
+        round_no = self._round()
+        async for row in self._rows(pending):
+            try:
+                cands, _, order = self.stage.candidates(row)
+            except SkipRow as skip:
+                self.records.skip(row, skip)
+                continue
+            for second in (False, True) if s.swap_check else (False,):
+                cid = custom_id(row.id, second)
+                req = self.state.requests.get(cid)
+                if cid in self.state.held or (req is not None and s.finish_live):
+                    continue  # answered already, or a retry that --finish-live does live
+                if allowed <= 0:
+                    capped = True
+                    continue
+                shown_order = order[::-1] if second else order
+                budget = (req or {}).get("budget") or s.max_completion_tokens
+                body = self.stage.request_body(row.data["prompt"], [cands.texts[p] for p in shown_order], budget)
+                line = orjson.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
+                if len(lines) >= s.batch_max_requests or (lines and size + len(line) > s.batch_max_bytes):
+                    chunks.append((lines, keys))
+                    lines, keys, size = [], {}, 0
+                lines.append(line)
+                keys[cid] = row.key
+                size += len(line)
+                allowed -= 1
+        if lines:
+            chunks.append((lines, keys))
+        self.capped = None
+        if capped:  # the batches sent are still polled and collected; the run stops when nothing more fits
+            self.capped = (
+                f"max cost reached: ${self.counters.cost_usd:.4f} spent this run and the rows left would pass "
+                f"--max-cost ${s.max_cost_usd:.2f} at batch prices (forecast ${self.stage.row_cost_forecast():.4f} "
+                "per row); rerun to continue (the cap is per run)"
+            )
+        submitted = 0
+        for chunk_lines, chunk_keys in chunks:
+            chunk = Chunk(self.state.next_name(), round_no, chunk_keys, sum(map(len, chunk_lines)))
+            atomic_write(chunk.file(self.out_dir, self.name, "input"), b"".join(chunk_lines))
+            self.state.chunks.append(chunk)
+            self.state.save()
+            await self._send(chunk)
+            submitted += len(chunk_keys)
+        if submitted:
+            log.info("round %d: submitted %d request(s) in %d batch(es)", round_no, submitted, len(chunks))
+        return submitted
+
+    def _requests_allowed(self) -> float:
+        """With --max-cost: how many requests fit in what is left of the cap, at the forecast per request."""
+        cap = self.s.max_cost_usd
+        if cap is None:
+            return math.inf
+        per_request = self.stage.row_cost_forecast() / (2 if self.s.swap_check else 1)
+        if per_request <= 0:
+            return math.inf
+        return max(0, math.floor((cap - self.counters.cost_usd) / per_request + 1e-9))
+
+    async def _resubmit_unsent(self) -> None:
+        """Chunks written but never created as a batch (a kill or an API failure came between): send them now."""
+        for chunk in self.state.open_chunks():
+            if chunk.batch_id is None:
+                await self._send(chunk)
+
+    async def _send(self, chunk: Chunk) -> None:
+        if chunk.input_file_id is None:
+            data = chunk.file(self.out_dir, self.name, "input").read_bytes()
+            uploaded = await self._api(
+                lambda: self.client.files.create(file=(f"{self.name}.{chunk.name}.jsonl", data), purpose="batch")
+            )
+            chunk.input_file_id, chunk.status = uploaded.id, "uploaded"
+            self.state.save()
+        else:  # uploaded before a kill: was the batch created too?
+            async for b in self.client.batches.list(limit=100):
+                if b.input_file_id == chunk.input_file_id:
+                    chunk.batch_id = b.id
+                    chunk.update(b)
+                    self.state.save()
+                    log.info("%s: found batch %s created before the interruption", chunk.name, b.id)
+                    return
+        batch = await self._api(
+            lambda: self.client.batches.create(
+                input_file_id=chunk.input_file_id,
+                endpoint=ENDPOINT,
+                completion_window="24h",
+                metadata={"chunk": chunk.name, "output": str(self.out_dir / self.name)[-500:]},
+            )
+        )
+        chunk.batch_id = batch.id
+        chunk.update(batch)
+        self.state.save()
+        log.info(
+            "%s: batch %s created (%d requests, %.1f MB)", chunk.name, batch.id, len(chunk.requests), chunk.bytes / 1e6
+        )
+
+    async def _api(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One Files/Batches call under the engine's retry policy (the SDK's own retries are off)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                decision = classify(e)
+                if not decision.retryable or attempt >= self.options.max_attempts:
+                    raise BatchApiError(f"{decision.reason} (attempt {attempt})") from e
+                await self._sleep(self.backoff.delay(attempt, decision.retry_after_s))
+                if self.stop.is_set():
+                    raise BatchApiError(f"stopped while retrying: {decision.reason}") from e
+
+    # -- polling and collecting -------------------------------------------------------------------
+    async def _poll_and_collect(self) -> None:
+        for chunk in self.state.open_chunks():
+            if self.stop.is_set():
+                return
+            if chunk.batch_id is None:
+                continue
+            batch = await self._api(lambda chunk=chunk: self.client.batches.retrieve(chunk.batch_id))
+            if chunk.update(batch):
+                self.state.save()
+            if chunk.terminal:
+                await self.records.collect(chunk)
+
+    # -- progress and signals ---------------------------------------------------------------------
+    def _progress(self) -> None:
+        """A log line per poll when a batch's status or counts changed, else one every PROGRESS_EVERY_S."""
+        if not self.options.progress:
+            return
+        parts = []
+        for chunk in self.state.open_chunks():
+            rc = chunk.request_counts or {}
+            parts.append(
+                f"{chunk.name} {chunk.status} {rc.get('completed', 0)}/{rc.get('total', len(chunk.requests))}"
+                + (f" ({rc['failed']} failed)" if rc.get("failed") else "")
+            )
+        status = "; ".join(parts)
+        now = time.monotonic()
+        if status == self._last_status and now - self._last_log < PROGRESS_EVERY_S:
+            return
+        self._last_status, self._last_log = status, now
+        c = self.counters
+        log.info(
+            "judge batch: %s | rows %d ok, %d skipped, %d failed | $%.4f | elapsed %s",
+            status,
+            c.succeeded,
+            c.skipped,
+            c.failed,
+            c.cost_usd,
+            _duration(now - self.started),
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stopped_reason = reason
+            self.stop.set()
+
+    def _install_signals(self) -> list[int]:
+        if not self.options.handle_signals:
+            return []
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig.name)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                log.debug("cannot handle %s here", sig.name)
+        return installed
+
+    def _on_signal(self, signame: str) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self._request_stop(
+                f"{signame} received: the batches keep running at OpenAI; rerun the same command "
+                "to resume polling and collect them"
+            )
+        else:
+            self.writer.fsync()
+            self.state.save()
+            os._exit(130)
