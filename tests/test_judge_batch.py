@@ -320,3 +320,47 @@ def test_the_config_file_chooses_batch_mode_and_rejects_an_unknown_one(tmp_path)
     config.write_text("profile: modal\njudge:\n  mode: overnight\n")
     with pytest.raises(PipelineConfigError, match="mode must be one of"):
         load_config(config_file=config, env={})
+
+
+async def test_finish_live_with_swap_check_sends_only_the_order_the_batch_did_not_answer(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(3)])
+    # one batch of 6 lines (row 0, row 0 swapped, row 1, ...) expires half done: row 0 answered in both orders,
+    # row 1 in its first order only, row 2 in neither; live gets row 1's second order and both of row 2's
+    async with run_in_process(batch_expire_half=1) as server:
+        await run_judge(comp, tmp_path / "live", settings(server, swap_check=True), RunOptions(**FAST))
+        server.reset()
+        server.control(batch_expire_half=1)
+        s = batch(server, swap_check=True, finish_live=True)
+        got = await run_judge(comp, tmp_path / "b", s, RunOptions(**FAST))
+        stats = server.stats()
+    assert (got.succeeded, got.failed, got.exit_code) == (3, 0, 0)
+    assert stats["by_kind"]["judge"] == 6  # every order answered once: row 1's first order was not paid again
+    kept, want = rows_by_id(tmp_path / "b" / "preferences.jsonl"), rows_by_id(tmp_path / "live" / "preferences.jsonl")
+    assert [without_usage(kept[i]) for i in ids] == [without_usage(want[i]) for i in ids]
+    usage = kept[ids[1]]["judge"]["usage"]  # its batch spend carried into the live record
+    assert (usage["requests"], usage["answered"]) == (3, 2)  # the expired request counts as an attempt
+    assert usage["cost_usd"] == pytest.approx(0.75 * want[ids[1]]["judge"]["usage"]["cost_usd"], abs=1e-7)
+
+
+async def test_a_rerun_after_a_failed_order_sends_only_that_order_and_not_for_a_changed_row(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    rows = [{"prompt": prompt(i), "completions": marked(i)} for i in range(3)]
+    ids = write(comp, rows)
+    opts = RunOptions(**(FAST | {"max_attempts": 1}))  # an expired request fails its row at once
+    async with run_in_process(batch_expire_half=1) as server:  # as above: row 1 answered in its first order only
+        first = await run_judge(comp, tmp_path / "b", batch(server, swap_check=True), opts)
+        assert (first.succeeded, first.failed) == (1, 2) and server.stats()["by_kind"]["judge"] == 3
+        again = await run_judge(comp, tmp_path / "b", batch(server, swap_check=True), opts)
+        assert server.stats()["by_kind"]["judge"] == 3 + 3  # row 1's second order, both of row 2's
+    assert (again.succeeded, again.failed, again.counters.done_before) == (2, 0, 1)
+    assert rows_by_id(tmp_path / "b" / "preferences.jsonl")[ids[1]]["judge"]["swap"]["agree"]
+    # a verdict held for a row whose completions changed since is not used: both orders are asked again
+    async with run_in_process(batch_expire_half=1) as server:
+        await run_judge(comp, tmp_path / "c", batch(server, swap_check=True), opts)
+        rows[1]["completions"] = [c + " (revised)" for c in rows[1]["completions"]]
+        write(comp, rows)
+        changed = await run_judge(comp, tmp_path / "c", batch(server, swap_check=True), opts)
+        assert server.stats()["by_kind"]["judge"] == 3 + 4
+    assert (changed.succeeded, changed.failed) == (2, 0)
+    assert rows_by_id(tmp_path / "c" / "preferences.jsonl")[ids[1]]["judge"]["usage"]["answered"] == 2

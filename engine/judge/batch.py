@@ -6,7 +6,8 @@
 Every request body, answer check, price and record comes from `JudgeStage` (engine/judge/stage.py), so a
 batch answer becomes exactly the row live mode would write. The modules:
 
-- batch.py (this one): the entry point; starting or resuming a folder as the runner starts a stage; --finish-live.
+- batch.py (this one): the entry point; starting or resuming a folder as the runner starts a stage.
+- batch_live.py: --finish-live, the live stage reusing a --swap-check order the batches answered.
 - batch_run.py: the rounds: write, upload and create chunk batches within --max-cost, poll them, retry.
 - batch_collect.py: a finished batch's output and error files turned into results, skips, errors or retries.
 - batch_state.py: what is recorded in NAME.batches.json, so a rerun resumes polling and never submits twice.
@@ -14,7 +15,6 @@ batch answer becomes exactly the row live mode would write. The modules:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ import openai
 from engine.checkpoint import Checkpoint, fingerprint
 from engine.client import check_endpoint, make_client
 from engine.errors import InputError
+from engine.judge.batch_live import finish_live
 from engine.judge.batch_run import BatchRun
 from engine.judge.batch_state import BatchState, state_path
 from engine.judge.report import write_report
@@ -60,42 +61,8 @@ async def run_judge_batch(
         await client.close()
     write_report(out_dir)
     if settings.finish_live and (summary.failed or summary.unfinished) and not summary.interrupted:
-        summary = await _finish_live(summary, completions, out_dir, settings, options, key, resume_command)
+        summary = await finish_live(summary, completions, out_dir, settings, options, key, resume_command)
     return summary
-
-
-async def _finish_live(
-    batch: StageSummary,
-    completions: Path,
-    out_dir: Path,
-    settings: JudgeSettings,
-    options: RunOptions,
-    key: str | None,
-    resume_command: str | None,
-) -> StageSummary:
-    """Judge live what the batch round left (failed, expired, malformed, never sent), within what --max-cost left."""
-    from engine.judge.stage import run_judge
-
-    cap = settings.max_cost_usd
-    if cap is not None and cap - batch.cost_usd <= 0:
-        return batch
-    live_settings = dataclasses.replace(
-        settings, mode="live", finish_live=False, max_cost_usd=None if cap is None else cap - batch.cost_usd
-    )
-    log.info("--finish-live: judging the %d row(s) the batches left, live", batch.failed + batch.unfinished)
-    live = await run_judge(completions, out_dir, live_settings, options, api_key=key, resume_command=resume_command)
-    b, c = batch.counters, live.counters
-    c.done_before = b.done_before
-    c.total = b.succeeded + b.skipped + c.total
-    for name in ("succeeded", "skipped", "retries", "requests", "rejected", "duplicates"):
-        setattr(c, name, getattr(c, name) + getattr(b, name) * (name not in ("rejected", "duplicates")))
-    c.add_usage(b.tokens_in, b.tokens_out, b.tokens_cached, b.cost_usd)
-    for k, v in b.extra.items():
-        c.extra[k] = c.extra.get(k, 0) + v
-    live.elapsed_s += batch.elapsed_s
-    write_summary(Checkpoint(out_dir, "preferences"), live)
-    write_report(out_dir)
-    return live
 
 
 async def _start(

@@ -180,6 +180,7 @@ class Collector:
                     "confidence": v.confidence,
                     "reason": v.reason,
                     "model": out.model,
+                    "input": row.key,
                 }
         self.state.usage[row.id] = dataclasses.asdict(usage)
         if failure is not None:
@@ -187,10 +188,11 @@ class Collector:
             self.fail(row, failure)
             return
         halves = [custom_id(row.id, False)] + ([custom_id(row.id, True)] if s.swap_check else [])
-        if not all(h in self.state.held for h in halves):
+        held = [self.state.held_verdict(h, row.key) for h in halves]
+        if not all(held):
             return  # an order is still to come: its verdict waits in the state
-        first = self._judgement(self.state.held[halves[0]], order)
-        second = self._judgement(self.state.held[halves[1]], order[::-1]) if s.swap_check else None
+        first = held_judgement(held[0], order)
+        second = held_judgement(held[1], order[::-1]) if s.swap_check else None
         self.stage.row_paid(usage.cost_usd)
         try:
             record = self.stage.result(row, c, cands, dropped, first, second, usage)
@@ -233,11 +235,6 @@ class Collector:
         assert isinstance(answer, Verdict)
         return _Outcome(verdict=answer, model=body.get("model"))
 
-    @staticmethod
-    def _judgement(held: dict[str, Any], order: list[int]) -> Judgement:
-        ids = [label(i) for i in range(len(order))]
-        return judgement(order, ids, Verdict(held["ranking"], held["confidence"], held["reason"]), held["model"])
-
     def skip(self, row: Row, skip: SkipRow) -> None:
         self.writer.skip({"id": row.id, "input": row.key, "line": row.line, "reason": skip.reason, **skip.record})
         self.counters.skipped += 1
@@ -259,7 +256,14 @@ class Collector:
         self.counters.failed += 1
         self.finished.add(row.id)
         self.failed_rows.add(row.id)
-        self.state.forget_row(row.id)
+        self.state.forget_tries(row.id)
+
+
+def held_judgement(held: dict[str, Any] | None, order: list[int]) -> Judgement:
+    """A verdict held in the state, for candidates shown in `order`, as the live stage's Judgement."""
+    assert held is not None
+    ids = [label(i) for i in range(len(order))]
+    return judgement(order, ids, Verdict(held["ranking"], held["confidence"], held["reason"]), held["model"])
 
 
 def _bump(counters: Counters, key: str, by: float = 1) -> None:

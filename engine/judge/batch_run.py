@@ -188,6 +188,7 @@ class BatchRun:
         size = 0
         round_no = self._round()
         async for row in self._rows(pending):
+            self.state.forget_if_changed(row.id, row.key)
             try:
                 cands, _, order = self.stage.candidates(row)
             except SkipRow as skip:
@@ -196,7 +197,7 @@ class BatchRun:
             for second in (False, True) if s.swap_check else (False,):
                 cid = custom_id(row.id, second)
                 req = self.state.requests.get(cid)
-                if cid in self.state.held or (req is not None and s.finish_live):
+                if self.state.held_verdict(cid, row.key) or (req is not None and s.finish_live):
                     continue  # answered already, or a retry that --finish-live does live
                 if allowed <= 0:
                     capped = True

@@ -6,7 +6,9 @@ submitted batch: NAME.batches.json, rewritten atomically (engine.checkpoint.atom
   whether its answers were collected into the checkpoint.
 - `requests`: per custom_id of a row not finished yet: the batches it was in (`tries`), malformed answers,
   and the token budget its next attempt gets (doubled after an answer cut by the budget).
-- `held`: verdicts of one order of a --swap-check row whose other order is still to come (never paid twice).
+- `held`: verdicts of one order of a --swap-check row whose other order is still to come (never paid twice),
+  with the row's input key: kept while the row is unfinished or failed, reused by a rerun and by --finish-live
+  as long as the row is unchanged.
 - `usage`: what an unfinished row has spent so far (tokens, dollars), carried into its record.
 """
 
@@ -123,8 +125,25 @@ class BatchState:
     def next_name(self) -> str:
         return f"batch-{len(self.chunks) + 1:04d}"
 
+    def held_verdict(self, cid: str, key: str) -> dict[str, Any] | None:
+        """The verdict held for this request of the row with input key `key`; None if none or the row changed."""
+        held = self.held.get(cid)
+        return held if held is not None and held.get("input") == key else None
+
+    def forget_if_changed(self, row_id: str, key: str) -> None:
+        """A row whose input changed since a verdict was held for it starts afresh (the verdict was for other text)."""
+        held = [self.held.get(custom_id(row_id, second)) for second in (False, True)]
+        if any(h is not None and h.get("input") != key for h in held):
+            self.forget_row(row_id)
+
+    def forget_tries(self, row_id: str) -> None:
+        """A row failed for good this run: a rerun starts its requests afresh, but keeps a verdict held for it
+        (and what it spent), so the order already answered is not paid again."""
+        for cid in (custom_id(row_id, False), custom_id(row_id, True)):
+            self.requests.pop(cid, None)
+
     def forget_row(self, row_id: str) -> None:
-        """A row finished (or failed for good this run): drop what was kept for it."""
+        """A row finished, changed or left the input: drop what was kept for it."""
         for cid in (custom_id(row_id, False), custom_id(row_id, True)):
             self.requests.pop(cid, None)
             self.held.pop(cid, None)
