@@ -364,3 +364,25 @@ async def test_a_rerun_after_a_failed_order_sends_only_that_order_and_not_for_a_
         assert server.stats()["by_kind"]["judge"] == 3 + 4
     assert (changed.succeeded, changed.failed) == (2, 0)
     assert rows_by_id(tmp_path / "c" / "preferences.jsonl")[ids[1]]["judge"]["usage"]["answered"] == 2
+
+
+async def test_a_request_over_the_file_size_limit_fails_its_row_before_any_upload(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    rows = [{"prompt": prompt(i), "completions": marked(i)} for i in range(4)]
+    rows[2]["completions"][0] += " long" * 2000  # one request of ~12 kB: no file of 7,000 bytes can hold it
+    ids = write(comp, rows)
+    async with run_in_process() as server:
+        got = await run_judge(comp, tmp_path / "b", batch(server, batch_max_bytes=7000), RunOptions(**FAST))
+        stats = server.stats()
+    assert (got.succeeded, got.failed, got.unfinished, got.exit_code) == (3, 1, 0, 1)
+    assert stats["by_kind"]["judge"] == 3  # the big row was never sent
+    inputs = sorted((tmp_path / "b").glob("preferences.batch-*.input.jsonl"))
+    assert all(p.stat().st_size <= 7000 for p in inputs) and ids[2] not in {
+        r["custom_id"] for p in inputs for r in read_jsonl(p)
+    }
+    (error,) = read_jsonl(tmp_path / "b" / "preferences.errors.jsonl")
+    assert error["id"] == ids[2] and error["line"] == 3 and error["attempts"] == 0
+    assert (
+        "over the Batch API's limit of 7,000 bytes per input file" in error["error"] and "--mode live" in error["error"]
+    )
+    assert sorted(rows_by_id(tmp_path / "b" / "preferences.jsonl")) == sorted(ids[:2] + ids[3:])

@@ -24,7 +24,7 @@ import openai
 import orjson
 
 from engine.checkpoint import Writer, atomic_write
-from engine.errors import SkipRow
+from engine.errors import FatalError, SkipRow
 from engine.judge.batch_collect import Collector
 from engine.judge.batch_state import BatchState, Chunk, custom_id, row_of
 from engine.judge.cost import BATCH_DISCOUNT
@@ -194,18 +194,23 @@ class BatchRun:
             except SkipRow as skip:
                 self.records.skip(row, skip)
                 continue
+            row_lines: list[tuple[str, bytes]] = []
             for second in (False, True) if s.swap_check else (False,):
                 cid = custom_id(row.id, second)
                 req = self.state.requests.get(cid)
                 if self.state.held_verdict(cid, row.key) or (req is not None and s.finish_live):
                     continue  # answered already, or a retry that --finish-live does live
-                if allowed <= 0:
+                if allowed <= len(row_lines):
                     capped = True
                     continue
                 shown_order = order[::-1] if second else order
                 budget = (req or {}).get("budget") or s.max_completion_tokens
                 body = self.stage.request_body(row.data["prompt"], [cands.texts[p] for p in shown_order], budget)
                 line = orjson.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
+                row_lines.append((cid, line))
+            if self._refuse_oversized(row, row_lines):
+                continue
+            for cid, line in row_lines:
                 if len(lines) >= s.batch_max_requests or (lines and size + len(line) > s.batch_max_bytes):
                     chunks.append((lines, keys))
                     lines, keys, size = [], {}, 0
@@ -233,6 +238,24 @@ class BatchRun:
         if submitted:
             log.info("round %d: submitted %d request(s) in %d batch(es)", round_no, submitted, len(chunks))
         return submitted
+
+    def _refuse_oversized(self, row: Row, row_lines: list[tuple[str, bytes]]) -> bool:
+        """A request line over the per-file size limit fits in no file: its row fails (an error record a rerun
+        retries) before anything is uploaded, instead of a batch the API would refuse."""
+        limit = self.s.batch_max_bytes
+        size = max((len(line) for _, line in row_lines), default=0)
+        if size <= limit:
+            return False
+        self.records.fail(
+            row,
+            FatalError(
+                f"its batch request is {size:,} bytes, over the Batch API's limit of {limit:,} bytes per input file, "
+                "so no batch can carry it: judge it live (--mode live, or --finish-live), or shorten its prompt or "
+                "completions",
+                attempts=0,
+            ),
+        )
+        return True
 
     def _requests_allowed(self) -> float:
         """With --max-cost: how many requests fit in what is left of the cap, at the forecast per request."""
