@@ -386,3 +386,14 @@ async def test_a_request_over_the_file_size_limit_fails_its_row_before_any_uploa
         "over the Batch API's limit of 7,000 bytes per input file" in error["error"] and "--mode live" in error["error"]
     )
     assert sorted(rows_by_id(tmp_path / "b" / "preferences.jsonl")) == sorted(ids[:2] + ids[3:])
+
+
+async def test_a_create_whose_response_is_lost_is_not_retried_into_a_second_batch(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(4)])
+    async with run_in_process() as server:
+        server.batches.lose_create_response_left = 1  # the batch exists, the client sees a 500 and retries
+        got = await run_judge(comp, tmp_path / "b", batch(server), RunOptions(**FAST))
+        stats = server.stats()
+    assert (got.succeeded, got.failed, got.exit_code) == (4, 0, 0)
+    assert stats["batch"]["batches_created"] == 1 and stats["by_kind"]["judge"] == 4  # nothing paid twice

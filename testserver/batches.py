@@ -104,6 +104,9 @@ class BatchService:
         self._ids: Counter[str] = Counter()
         self.fail_validation_left = 0
         self.expire_half_left = 0
+        # the next N creates make the batch but answer 500, as when the response is lost on the way back (set
+        # directly on an in-process server: a retried create must not make a second batch)
+        self.lose_create_response_left = 0
         self._session: aiohttp.ClientSession | None = None
 
     def configure(self, options: ServerOptions, changed: frozenset[str] | None) -> None:
@@ -171,6 +174,9 @@ class BatchService:
         b = _Batch(self._new_id("batch"), body["input_file_id"], body["endpoint"], body.get("metadata"), fail, expire)
         self.batches[b.id] = b
         self._count("batches_created")
+        if self.lose_create_response_left > 0:
+            self.lose_create_response_left -= 1
+            return error_response(500, "injected fault: the batch was created but this response was lost")
         return json_response(b.to_json())
 
     async def _list(self, request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import openai
 import orjson
+from openai.types import Batch
 
 from engine.checkpoint import Writer, atomic_write
 from engine.errors import FatalError, SkipRow
@@ -274,6 +275,7 @@ class BatchRun:
                 await self._send(chunk)
 
     async def _send(self, chunk: Chunk) -> None:
+        found = None
         if chunk.input_file_id is None:
             data = chunk.file(self.out_dir, self.name, "input").read_bytes()
             uploaded = await self._api(
@@ -282,27 +284,44 @@ class BatchRun:
             chunk.input_file_id, chunk.status = uploaded.id, "uploaded"
             self.state.save()
         else:  # uploaded before a kill: was the batch created too?
-            async for b in self.client.batches.list(limit=100):
-                if b.input_file_id == chunk.input_file_id:
-                    chunk.batch_id = b.id
-                    chunk.update(b)
-                    self.state.save()
-                    log.info("%s: found batch %s created before the interruption", chunk.name, b.id)
-                    return
-        batch = await self._api(
-            lambda: self.client.batches.create(
+            found = await self._api(lambda: self._created_batch(chunk))
+        tried = False
+
+        async def create() -> Batch:
+            nonlocal tried
+            if tried:  # the last try may have made the batch though its answer was lost: never make a second
+                earlier = await self._created_batch(chunk)
+                if earlier is not None:
+                    return earlier
+            tried = True
+            return await self.client.batches.create(
                 input_file_id=chunk.input_file_id,
                 endpoint=ENDPOINT,
                 completion_window="24h",
                 metadata={"chunk": chunk.name, "output": str(self.out_dir / self.name)[-500:]},
             )
-        )
+
+        batch = found or await self._api(create)
         chunk.batch_id = batch.id
         chunk.update(batch)
         self.state.save()
-        log.info(
-            "%s: batch %s created (%d requests, %.1f MB)", chunk.name, batch.id, len(chunk.requests), chunk.bytes / 1e6
-        )
+        if found is not None:
+            log.info("%s: found batch %s created before the interruption", chunk.name, batch.id)
+        else:
+            log.info(
+                "%s: batch %s created (%d requests, %.1f MB)",
+                chunk.name,
+                batch.id,
+                len(chunk.requests),
+                chunk.bytes / 1e6,
+            )
+
+    async def _created_batch(self, chunk: Chunk) -> Batch | None:
+        """The batch already made over this chunk's uploaded file, if any (found by its input file id)."""
+        async for b in self.client.batches.list(limit=100):
+            if b.input_file_id == chunk.input_file_id:
+                return b
+        return None
 
     async def _api(self, call: Callable[[], Awaitable[T]]) -> T:
         """One Files/Batches call under the engine's retry policy (the SDK's own retries are off)."""
