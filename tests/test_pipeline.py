@@ -267,7 +267,7 @@ def test_a_stopped_server_is_redeployed_by_the_next_run(chain):
     before, after = first["values"]["deployment"], third["values"]["deployment"]
     assert after["reused"] is False and after["pid"] != before["pid"]
     assert {a["name"]: a["root"] for a in after["adapters"]} == {a["name"]: a["root"] for a in before["adapters"]}
-    assert chain["live_pid_after_redeploy"] == after["pid"]
+    assert chain["live_pid_after_redeployed"] == after["pid"]
 
 
 def test_modal_profile_without_credentials_fails_fast_naming_them(tmp_path):
