@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -160,15 +161,34 @@ async def prepass(path: Path, validate: Validator, strict: bool) -> Prepass:
     return Prepass(sha, lines, problems)
 
 
-async def run_stage(
-    stage: Stage,
-    input_path: Path,
-    out_dir: Path,
-    options: RunOptions,
-    *,
-    resume_command: str | None = None,
-) -> StageSummary:
-    """Run `stage` over `input_path`, resuming from `out_dir`; returns the summary (also written as JSON)."""
+@dataclass
+class Opened:
+    """A stage's output folder, opened for one run: locked, its settings checked, its finished rows known."""
+
+    checkpoint: Checkpoint
+    done: dict[str, str | None]  # rows finished before and unchanged since: not done again
+    counters: Counters
+    writer: Writer
+    started: float  # time.monotonic() at the start
+
+    def finish(self, summary: StageSummary, resume_command: str | None) -> StageSummary:
+        """Complete the summary and write it beside the results."""
+        summary.elapsed_s = time.monotonic() - self.started
+        summary.output = self.checkpoint.results
+        summary.resume_command = resume_command
+        write_summary(self.checkpoint, summary)
+        return summary
+
+
+@asynccontextmanager
+async def open_output(
+    stage: Stage, input_path: Path, out_dir: Path, options: RunOptions,
+    *, on_fresh: Callable[[Checkpoint], None] | None = None,
+) -> AsyncIterator[Opened]:
+    """How every run of a stage starts and ends (live or batch): the input checked before `out_dir` is touched;
+    the lock; the fingerprint (a failed start leaves no folder or lock behind); torn tails repaired; rows whose
+    input changed superseded; the stage's `before_run` hook; the writer, closed and the lock released at the end.
+    `on_fresh`: extra files to move aside with --fresh (before the fingerprint check)."""
     started = time.monotonic()
     check_input_file(input_path, getattr(stage, "input_flag", "the input path"))
     pre = await prepass(input_path, stage.validate, options.strict)  # before --out is touched
@@ -179,6 +199,8 @@ async def run_stage(
     checkpoint.acquire_lock()
     try:
         try:
+            if options.fresh and on_fresh is not None:
+                on_fresh(checkpoint)
             checkpoint.check_fingerprint(fingerprint(stage.name, stage.settings(), pre.sha256),
                                          fresh=options.fresh)
             scan = checkpoint.scan()
@@ -194,16 +216,40 @@ async def run_stage(
         counters.total = max(0, wanted - len(done))
         writer = checkpoint.open_writer(options.fsync_every_s)
         try:
-            summary = await _Run(stage, input_path, options, counters, writer, set(done)).run()
+            yield Opened(checkpoint, done, counters, writer, started)
         finally:
             writer.close()
-        summary.elapsed_s = time.monotonic() - started
-        summary.output = checkpoint.results
-        summary.resume_command = resume_command
-        write_summary(checkpoint, summary)
-        return summary
     finally:
         checkpoint.release_lock()
+
+
+async def run_stage(
+    stage: Stage,
+    input_path: Path,
+    out_dir: Path,
+    options: RunOptions,
+    *,
+    resume_command: str | None = None,
+) -> StageSummary:
+    """Run `stage` over `input_path`, resuming from `out_dir`; returns the summary (also written as JSON)."""
+    async with open_output(stage, input_path, out_dir, options) as run:
+        summary = await _Run(stage, input_path, options, run.counters, run.writer, set(run.done)).run()
+        return run.finish(summary, resume_command)
+
+
+def install_signals(on_signal: Callable[[str], None], enabled: bool) -> list[signal.Signals]:
+    """SIGINT and SIGTERM call `on_signal(name)` on the running loop (where the loop can take handlers)."""
+    if not enabled:
+        return []
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            log.debug("cannot handle %s here", sig.name)
+    return installed
 
 
 async def unchanged_rows(
@@ -394,22 +440,10 @@ class _Run:
             print(f"\n{signame} again: exiting now; rerun the same command to resume.", file=sys.stderr, flush=True)
             os._exit(130)
 
-    def _install_signals(self) -> list[int]:
-        if not self.options.handle_signals:
-            return []
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig.name)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                log.debug("cannot handle %s here", sig.name)
-        return installed
 
     # -- run --------------------------------------------------------------------------------------
     async def run(self) -> StageSummary:
-        installed = self._install_signals()
+        installed = install_signals(self._on_signal, self.options.handle_signals)
         producer = asyncio.create_task(self.produce(), name="producer")
         workers = [asyncio.create_task(self.work(), name=f"worker-{i}") for i in range(self.options.concurrency)]
         helpers = [asyncio.create_task(self.writer.sync_forever(), name="fsync")]
