@@ -4,6 +4,7 @@ malformed requests retried within the live limits, --finish-live, --max-cost and
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
@@ -397,3 +398,47 @@ async def test_a_create_whose_response_is_lost_is_not_retried_into_a_second_batc
         stats = server.stats()
     assert (got.succeeded, got.failed, got.exit_code) == (4, 0, 0)
     assert stats["batch"]["batches_created"] == 1 and stats["by_kind"]["judge"] == 4  # nothing paid twice
+
+
+async def _until_submitted(out, count: int, timeout: float = 30) -> None:
+    path = out / "preferences.batches.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and sum(bool(c["batch_id"]) for c in orjson.loads(path.read_bytes())["chunks"]) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {count} batch id(s) recorded in {timeout}s")
+
+
+async def test_a_smaller_limit_on_a_rerun_still_collects_every_answer_of_the_open_batches(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(6)])
+    out = tmp_path / "b"
+    async with run_in_process(batch_slow_polls=10_000) as server:  # in progress until the test lets it finish
+        first = asyncio.create_task(run_judge(comp, out, batch(server), RunOptions(**FAST)))
+        await _until_submitted(out, 1)
+        first.cancel()  # stopped while its batch of 6 is still running
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        server.control(batch_slow_polls=0)
+        small = await run_judge(comp, out, batch(server), RunOptions(**(FAST | {"limit": 3})))
+        assert (small.succeeded, small.failed, small.unfinished, small.exit_code) == (6, 0, 0, 0)
+        assert sorted(rows_by_id(out / "preferences.jsonl")) == sorted(ids)  # rows 4-6 too: they are paid for
+        full = await run_judge(comp, out, batch(server), RunOptions(**FAST))
+        stats = server.stats()
+    assert (full.succeeded, full.counters.done_before, full.exit_code) == (0, 6, 0)
+    assert stats["by_kind"]["judge"] == 6 and stats["batch"]["batches_created"] == 1  # nothing paid twice
+
+
+async def test_a_smaller_limit_keeps_the_verdict_held_for_a_row_beyond_it(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(3)])
+    opts = RunOptions(**(FAST | {"max_attempts": 1}))  # an expired request fails its row at once
+    async with run_in_process(batch_expire_half=1) as server:  # row 1 answered in its first order only
+        first = await run_judge(comp, tmp_path / "b", batch(server, swap_check=True), opts)
+        assert (first.succeeded, first.failed) == (1, 2) and server.stats()["by_kind"]["judge"] == 3
+        small = await run_judge(comp, tmp_path / "b", batch(server, swap_check=True), RunOptions(**FAST, limit=1))
+        assert (small.succeeded, small.counters.done_before) == (0, 1)
+        again = await run_judge(comp, tmp_path / "b", batch(server, swap_check=True), opts)
+        assert server.stats()["by_kind"]["judge"] == 3 + 3  # row 1's second order, both of row 2's
+    assert (again.succeeded, again.failed, again.counters.done_before) == (2, 0, 1)

@@ -122,9 +122,8 @@ class Collector:
                 self.state.forget_row(row.id)
                 continue
             self._settle(row, chunk, cids, answers)
-        for row_id in set(by_row) - seen:
-            if row_id not in self.todo:  # gone from the input (or done meanwhile): nothing to keep
-                self.state.forget_row(row_id)
+        for row_id in set(by_row) - seen - self.finished:  # gone from the input, or done before: nothing to keep
+            self.state.forget_row(row_id)
         self.writer.fsync()
         chunk.collected = True
         self.state.save()

@@ -78,7 +78,7 @@ class BatchRun:
             out_dir,
             name,
             api=self._api,
-            rows=self._rows,
+            rows=self._input_rows,
             done=done,
             todo=self.todo,
         )
@@ -95,7 +95,7 @@ class BatchRun:
         installed = self._install_signals()
         try:
             await self._scan_input()
-            self._forget_changed_rows()
+            await self._forget_changed_rows()
             while not self.stop.is_set():
                 await self._resubmit_unsent()
                 if self.stop.is_set():
@@ -157,19 +157,31 @@ class BatchRun:
                 self.todo.add(item.id)
         c.total = len(self.todo)
 
-    def _forget_changed_rows(self) -> None:
-        """Rows done or gone since a chunk was recorded keep nothing in the state (a changed row's answer held
-        for its other order is dropped when its chunk is collected: the key no longer matches)."""
-        live = {row_of(cid)[0] for cid in self.state.requests} | {row_of(cid)[0] for cid in self.state.held}
-        for row_id in live - self.todo:
-            if row_id not in self.state.open_requests():
-                self.state.forget_row(row_id)
+    async def _forget_changed_rows(self) -> None:
+        """Rows done or gone from the input since a chunk was recorded keep nothing in the state (a changed row's
+        answer held for its other order is dropped when its chunk is collected: the key no longer matches). A row
+        beyond --limit keeps what it has (a verdict held, tries, spend): a later run with a larger limit uses it."""
+        kept = {row_of(cid)[0] for cid in self.state.requests} | {row_of(cid)[0] for cid in self.state.held}
+        kept |= set(self.state.usage)
+        outside = kept - self.todo - self.state.open_rows()
+        in_input = {row.id async for row in self._input_rows(outside - self.done)}
+        for row_id in outside - in_input:
+            self.state.forget_row(row_id)
 
     async def _rows(self, wanted: set[str]) -> AsyncIterator[Row]:
-        """The input rows with these ids, streamed (memory stays O(one row))."""
+        """The rows within --limit with these ids, streamed (memory stays O(one row)): what may be submitted."""
         if not wanted:
             return
         async for item in rows_in_scope(self.path, self.stage.validate, self.options.limit):
+            if isinstance(item, Row) and item.id in wanted:
+                yield item
+
+    async def _input_rows(self, wanted: set[str]) -> AsyncIterator[Row]:
+        """The rows of the whole input file with these ids, whatever --limit: a submitted batch's answers are
+        collected for every row still in the input (the limit only decides what is newly submitted)."""
+        if not wanted:
+            return
+        async for item in rows_in_scope(self.path, self.stage.validate, None):
             if isinstance(item, Row) and item.id in wanted:
                 yield item
 

@@ -122,6 +122,10 @@ class BatchState:
     def open_requests(self) -> set[str]:
         return {cid for c in self.open_chunks() for cid in c.requests}
 
+    def open_rows(self) -> set[str]:
+        """The ids of rows with a request in a chunk not collected yet."""
+        return {row_of(cid)[0] for cid in self.open_requests()}
+
     def next_name(self) -> str:
         return f"batch-{len(self.chunks) + 1:04d}"
 
