@@ -442,3 +442,28 @@ async def test_a_smaller_limit_keeps_the_verdict_held_for_a_row_beyond_it(tmp_pa
         again = await run_judge(comp, tmp_path / "b", batch(server, swap_check=True), opts)
         assert server.stats()["by_kind"]["judge"] == 3 + 3  # row 1's second order, both of row 2's
     assert (again.succeeded, again.failed, again.counters.done_before) == (2, 0, 1)
+
+
+async def test_an_order_answered_after_its_row_failed_in_the_same_round_is_counted_and_held(tmp_path):
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(2)])
+    opts = RunOptions(**(FAST | {"max_attempts": 1}))  # an expired request fails its row at once
+    async with run_in_process() as server:
+        await run_judge(comp, tmp_path / "live", settings(server, swap_check=True), RunOptions(**FAST))
+        live = rows_by_id(tmp_path / "live" / "preferences.jsonl")
+        server.reset()
+        # round 1 in chunks of 3: [row 0, row 0 swapped, row 1] expires with row 0 answered, then [row 1 swapped]
+        # completes: row 1 failed in the first batch, and its reversed order is answered in the second
+        server.control(batch_expire_half=1)
+        s = batch(server, swap_check=True, batch_max_requests=3)
+        first = await run_judge(comp, tmp_path / "b", s, opts)
+        assert (first.succeeded, first.failed) == (0, 2) and server.stats()["by_kind"]["judge"] == 2
+        again = await run_judge(comp, tmp_path / "b", s, opts)
+        assert server.stats()["by_kind"]["judge"] == 2 + 2  # row 0's reversed order, row 1's first: none twice
+    per_order = [live[i]["judge"]["usage"]["cost_usd"] / 4 for i in ids]  # half the price, one of two orders
+    assert first.cost_usd == pytest.approx(per_order[0] + per_order[1], abs=1e-8)  # row 1's answer too
+    assert first.counters.extra["batch_cost_usd"] == pytest.approx(first.cost_usd, abs=1e-8)
+    assert (again.succeeded, again.failed) == (2, 0)
+    kept = rows_by_id(tmp_path / "b" / "preferences.jsonl")
+    assert [kept[i]["judge"]["usage"]["answered"] for i in ids] == [2, 2]
+    assert [without_usage(kept[i]) for i in ids] == [without_usage(live[i]) for i in ids]

@@ -114,7 +114,8 @@ class Collector:
         for cid in chunk.requests:
             by_row.setdefault(row_of(cid)[0], []).append(cid)
         seen = set()
-        async for row in self.rows(set(by_row) - self.done - self.finished):
+        # a row failed this run is read too: an order of it answered in a later batch is paid for (counted, held)
+        async for row in self.rows(set(by_row) - self.done - (self.finished - self.failed_rows)):
             seen.add(row.id)
             cids = by_row[row.id]
             if any(chunk.requests[cid] != row.key for cid in cids):
@@ -137,10 +138,12 @@ class Collector:
         )
 
     def _settle(self, row: Row, chunk: Chunk, cids: list[str], answers: dict[str, dict[str, Any]]) -> None:
-        """Read this chunk's answers for one row: hold verdicts, plan retries, or finish the row."""
+        """Read this chunk's answers for one row: hold verdicts, plan retries, or finish the row. A row that failed
+        earlier this run (its other order in an earlier batch of the round) only has its answers priced and held."""
         s, c, o = self.s, self.counters, self.options
         cands, dropped, order = self.stage.candidates(row)
         usage = RowUsage(**self.state.usage.get(row.id, {}))
+        failed_before = row.id in self.failed_rows
         failure: FatalError | None = None
         for cid in cids:
             shown = order[::-1] if row_of(cid)[1] else order
@@ -156,6 +159,8 @@ class Collector:
                 continue
             finally:
                 _bump(c, "batch_cost_usd", usage.cost_usd - before)
+            if failed_before and out.verdict is None:
+                continue  # given up this run already: a rerun starts its requests afresh
             if out.cut:  # as live: the next attempt gets double the budget, with a fresh count of attempts
                 budget = req["budget"] or s.max_completion_tokens
                 if budget >= s.max_completion_tokens_cap:
@@ -182,6 +187,9 @@ class Collector:
                     "input": row.key,
                 }
         self.state.usage[row.id] = dataclasses.asdict(usage)
+        if failed_before:
+            self.state.forget_tries(row.id)  # its verdicts stay held (with its spend) for a rerun
+            return
         if failure is not None:
             self.stage.row_paid(usage.cost_usd)
             self.fail(row, failure)
