@@ -467,3 +467,57 @@ async def test_an_order_answered_after_its_row_failed_in_the_same_round_is_count
     kept = rows_by_id(tmp_path / "b" / "preferences.jsonl")
     assert [kept[i]["judge"]["usage"]["answered"] for i in ids] == [2, 2]
     assert [without_usage(kept[i]) for i in ids] == [without_usage(live[i]) for i in ids]
+
+
+class _Exited(BaseException):
+    """os._exit in the test process: the run stops where the second Ctrl-C came."""
+
+
+async def test_a_second_ctrl_c_while_collecting_then_collecting_again_counts_each_attempt_once(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from engine.judge.batch_collect import Collector
+    from engine.judge.batch_run import BatchRun
+
+    tags = ["OK0", "E500", "OK2", "OK3"]
+    comp = tmp_path / "c.jsonl"
+    ids = write(comp, [{"prompt": prompt(i, f" ROW-{t}"), "completions": marked(i)} for i, t in enumerate(tags)])
+    out, after_exit = tmp_path / "b", tmp_path / "after-exit"
+    runs, settled = [], []
+    run, settle = BatchRun.run, Collector._settle
+
+    async def capture(self):
+        runs.append(self)
+        return await run(self)
+
+    def settle_then_ctrl_c_twice(self, row, *args):
+        settle(self, row, *args)
+        settled.append(row.id)
+        if len(settled) == 3:  # rows 1-3 settled (row 2's retry planned), row 4 not yet: Ctrl-C, Ctrl-C
+            runs[0]._on_signal("SIGINT")
+            runs[0]._on_signal("SIGINT")
+
+    def exit_now(code):  # what the disk holds when the process ends here
+        shutil.copytree(out, after_exit)
+        raise _Exited(code)
+
+    monkeypatch.setattr(BatchRun, "run", capture)
+    monkeypatch.setattr(Collector, "_settle", settle_then_ctrl_c_twice)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    opts = RunOptions(**(FAST | {"max_attempts": 2}))
+    async with run_in_process(fail_matching=[{"substring": "ROW-E500", "kind": "500"}]) as server:
+        with pytest.raises(_Exited):
+            await run_judge(comp, out, batch(server), opts)
+        assert server.stats()["by_kind"]["judge"] == 4
+        monkeypatch.setattr(Collector, "_settle", settle)
+        again = await run_judge(comp, after_exit, batch(server), opts)  # collects the batch again
+        requests = server.stats()["by_kind"]["judge"]
+    assert requests == 4 + 1  # row 2 tried twice as --max-attempts 2 says, not failed after one try counted twice
+    assert (again.succeeded, again.failed, again.counters.done_before) == (1, 1, 2)
+    (error,) = read_jsonl(after_exit / "preferences.errors.jsonl")
+    assert error["id"] == ids[1] and error["attempts"] == 2 and "after 2 attempts" in error["error"]
+    kept = [r["id"] for r in read_jsonl(after_exit / "preferences.jsonl")]
+    assert sorted(kept) == sorted(ids[:1] + ids[2:])  # each once: rows written before the exit are not rewritten
+    state = orjson.loads((after_exit / "preferences.batches.json").read_bytes())
+    assert state["usage"][ids[1]]["requests"] == 2 and all(c["collected"] for c in state["chunks"])

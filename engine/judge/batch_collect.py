@@ -103,8 +103,13 @@ class Collector:
         return lines
 
     async def collect(self, chunk: Chunk) -> None:
-        """Turn a finished batch's lines into records, or into retries; then mark it collected (after an fsync of
-        the records, so a kill in between collects it again and finds those rows done)."""
+        """Turn a finished batch's lines into records, or into retries; then mark it collected.
+
+        Collecting one batch is all or nothing: the state changes (tries, held verdicts, spend) are made on a
+        draft and taken into the state, with the batch marked collected, in one atomic save after an fsync of
+        the records. A stop in between (a second Ctrl-C, a kill) leaves the state as it was before: collecting the
+        batch again finds the rows whose result or skip was written done (not rewritten) and settles the others
+        once (the errors file is the latest run's, so a failed row's record is written again there, once)."""
         answers = {}
         for line in await self._download(chunk, chunk.error_file_id, "errors"):
             answers[line["custom_id"]] = line
@@ -113,21 +118,26 @@ class Collector:
         by_row: dict[str, list[str]] = {}
         for cid in chunk.requests:
             by_row.setdefault(row_of(cid)[0], []).append(cid)
-        seen = set()
-        # a row failed this run is read too: an order of it answered in a later batch is paid for (counted, held)
-        async for row in self.rows(set(by_row) - self.done - (self.finished - self.failed_rows)):
-            seen.add(row.id)
-            cids = by_row[row.id]
-            if any(chunk.requests[cid] != row.key for cid in cids):
-                log.warning("row %s changed since %s was sent: its answer is not used", row.id, chunk.name)
-                self.state.forget_row(row.id)
-                continue
-            self._settle(row, chunk, cids, answers)
-        for row_id in set(by_row) - seen - self.finished:  # gone from the input, or done before: nothing to keep
-            self.state.forget_row(row_id)
-        self.writer.fsync()
+        state, self.state = self.state, self.state.draft()
+        try:
+            seen = set()
+            # a row failed this run is read too: an order of it answered in a later batch is paid for (counted, held)
+            async for row in self.rows(set(by_row) - self.done - (self.finished - self.failed_rows)):
+                seen.add(row.id)
+                cids = by_row[row.id]
+                if any(chunk.requests[cid] != row.key for cid in cids):
+                    log.warning("row %s changed since %s was sent: its answer is not used", row.id, chunk.name)
+                    self.state.forget_row(row.id)
+                    continue
+                self._settle(row, chunk, cids, answers)
+            for row_id in set(by_row) - seen - self.finished:  # gone from the input, or done before: nothing to keep
+                self.state.forget_row(row_id)
+            self.writer.fsync()
+        finally:
+            draft, self.state = self.state, state
+        state.adopt(draft)
         chunk.collected = True
-        self.state.save()
+        state.save()
         rc = chunk.request_counts or {}
         log.info(
             "%s: %s, %s of %s request(s) answered; collected",

@@ -14,6 +14,7 @@ submitted batch: NAME.batches.json, rewritten atomically (engine.checkpoint.atom
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -115,6 +116,15 @@ class BatchState:
             "usage": self.usage,
         }
         atomic_write(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+    def draft(self) -> BatchState:
+        """A copy to change while a batch is collected: the state saved meanwhile (a second Ctrl-C saves it) stays
+        the one from before, so collecting that batch again counts no attempt twice (see `adopt`)."""
+        return BatchState(self.path, self.chunks, *copy.deepcopy((self.requests, self.held, self.usage)))
+
+    def adopt(self, draft: BatchState) -> None:
+        """Take a draft's requests, held verdicts and usage (once the batch's records are on disk)."""
+        self.requests, self.held, self.usage = draft.requests, draft.held, draft.usage
 
     def open_chunks(self) -> list[Chunk]:
         return [c for c in self.chunks if not c.collected]
