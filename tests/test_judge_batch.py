@@ -342,6 +342,37 @@ async def test_finish_live_with_swap_check_sends_only_the_order_the_batch_did_no
     usage = kept[ids[1]]["judge"]["usage"]  # its batch spend carried into the live record
     assert (usage["requests"], usage["answered"]) == (3, 2)  # the expired request counts as an attempt
     assert usage["cost_usd"] == pytest.approx(0.75 * want[ids[1]]["judge"]["usage"]["cost_usd"], abs=1e-7)
+    part = usage["batch"]  # the batch part, within the totals: its order at half price, for the report's saving
+    assert (part["mode"], part["requests"], part["answered"]) == ("batch", 2, 1) and "mode" not in usage
+    assert part["cost_usd"] == pytest.approx(0.25 * want[ids[1]]["judge"]["usage"]["cost_usd"], abs=1e-7)
+    assert "batch" not in kept[ids[2]]["judge"]["usage"]  # judged live in both orders
+
+
+async def test_a_judgement_in_hand_is_not_asked_again(tmp_path):
+    from engine.client import make_client
+    from engine.judge import JudgeStage
+    from engine.judge.stage import Judgement
+    from engine.runner import run_stage
+
+    class FirstOrderInHand(JudgeStage):  # as --finish-live does with the order a batch answered
+        def judgements_in_hand(self, row, order, usage):
+            usage.requests += 1
+            return Judgement(order, order, ["A", "B", "C"], 9, "in hand"), None
+
+    comp = tmp_path / "c.jsonl"
+    write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(3)])
+    async with run_in_process() as server:
+        s = settings(server, swap_check=True)
+        client = make_client(server.url, "sk-test", timeout_s=30, concurrency=4)
+        try:
+            got = await run_stage(FirstOrderInHand(s, client), comp, tmp_path / "o", RunOptions(**FAST))
+        finally:
+            await client.close()
+        assert server.stats()["by_kind"]["judge"] == 3  # the reversed order only
+    assert got.succeeded + got.skipped == 3
+    out = tmp_path / "o"
+    for r in read_jsonl(out / "preferences.jsonl") + read_jsonl(out / "preferences.skipped.jsonl"):
+        assert r["judge"]["reason"] == "in hand" and r["judge"]["usage"]["requests"] == 2
 
 
 async def test_a_rerun_after_a_failed_order_sends_only_that_order_and_not_for_a_changed_row(tmp_path):

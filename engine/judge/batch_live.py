@@ -15,40 +15,70 @@ from typing import Any
 
 from engine.checkpoint import Checkpoint
 from engine.client import check_endpoint, make_client
+from engine.errors import SkipRow
 from engine.judge.batch_collect import held_judgement
 from engine.judge.batch_state import BatchState, custom_id, state_path
 from engine.judge.cost import RowUsage
+from engine.judge.prompt import Candidates
 from engine.judge.report import write_report
 from engine.judge.settings import JudgeSettings
-from engine.judge.stage import JudgeStage, max_cost_prior
+from engine.judge.stage import Judgement, JudgeStage, max_cost_prior
 from engine.options import RunOptions
 from engine.rows import Row
-from engine.runner import RowContext, run_stage, write_summary
-from engine.summary import StageSummary
+from engine.runner import run_stage, write_summary
+from engine.summary import Counters, StageSummary
 
 log = logging.getLogger(__name__)
 
 
 class _ReusingStage(JudgeStage):
-    """The live judge stage, reusing the verdicts the batches returned for one order of a --swap-check row."""
+    """The live judge stage, reusing the verdicts the batches returned for one order of a --swap-check row (through
+    JudgeStage's `judgements_in_hand` hook); the record's usage keeps the batch part apart, as batch."""
 
     def __init__(self, *args: Any, state: BatchState, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.state = state
 
-    async def _process(self, row: Row, ctx: RowContext, usage: RowUsage) -> dict[str, Any]:
-        held = [self.state.held_verdict(custom_id(row.id, second), row.key) for second in (False, True)]
-        if not self.s.swap_check or not any(held):
-            return await super()._process(row, ctx, usage)
-        cands, dropped, order = self.candidates(row)
+    def _held(self, row: Row) -> list[dict[str, Any] | None]:
+        if not self.s.swap_check:
+            return [None, None]
+        return [self.state.held_verdict(custom_id(row.id, second), row.key) for second in (False, True)]
+
+    def judgements_in_hand(
+        self, row: Row, order: list[int], usage: RowUsage
+    ) -> tuple[Judgement | None, Judgement | None]:
+        first, second = self._held(row)
+        if first is None and second is None:
+            return None, None
         for name, value in self.state.usage.get(row.id, {}).items():  # what the batches spent on the row
             setattr(usage, name, getattr(usage, name) + value)
-        judged = []
-        for shown, verdict in ((order, held[0]), (order[::-1], held[1])):
-            judged.append(
-                held_judgement(verdict, shown) if verdict else await self._judge(row, ctx, cands, shown, usage)
-            )
-        return self.result(row, ctx.counters, cands, dropped, judged[0], judged[1], usage)
+        return (
+            held_judgement(first, order) if first else None,
+            held_judgement(second, order[::-1]) if second else None,
+        )
+
+    def result(
+        self,
+        row: Row,
+        counters: Counters,
+        cands: Candidates,
+        dropped: dict[str, list[int]],
+        first: Judgement,
+        second: Judgement | None,
+        usage: RowUsage,
+    ) -> dict[str, Any]:
+        """The live record; a row that reused a batch verdict gets `usage.batch`: the part billed at batch prices
+        (already within the row's totals), so the report counts that order's saving."""
+        if not any(self._held(row)):
+            return super().result(row, counters, cands, dropped, first, second, usage)
+        part = {**RowUsage(**self.state.usage.get(row.id, {})).to_dict(), "mode": "batch"}
+        try:
+            record = super().result(row, counters, cands, dropped, first, second, usage)
+        except SkipRow as skip:
+            skip.record["judge"]["usage"]["batch"] = part
+            raise
+        record["judge"]["usage"]["batch"] = part
+        return record
 
 
 async def finish_live(

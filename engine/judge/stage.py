@@ -180,11 +180,20 @@ class JudgeStage:
     # -- one row ----------------------------------------------------------------------------------
     async def _process(self, row: Row, ctx: RowContext, usage: RowUsage) -> dict[str, Any]:
         cands, dropped, order = self.candidates(row)
-        first = await self._judge(row, ctx, cands, order, usage)
+        first_in_hand, second_in_hand = self.judgements_in_hand(row, order, usage)
+        first = first_in_hand or await self._judge(row, ctx, cands, order, usage)
         second = None
         if self.s.swap_check:
-            second = await self._judge(row, ctx, cands, order[::-1], usage)
+            second = second_in_hand or await self._judge(row, ctx, cands, order[::-1], usage)
         return self.result(row, ctx.counters, cands, dropped, first, second, usage)
+
+    def judgements_in_hand(
+        self, row: Row, order: list[int], usage: RowUsage
+    ) -> tuple[Judgement | None, Judgement | None]:
+        """The hook for a verdict already in hand: (first order, reversed order) judged before this stage ran, each
+        None to ask the judge. A stage that returns one adds what it cost to `usage`. The live judge has none;
+        --finish-live returns the --swap-check orders its batches answered (engine/judge/batch_live.py)."""
+        return None, None
 
     def candidates(self, row: Row) -> tuple[Candidates, dict[str, list[int]], list[int]]:
         """(the row's distinct candidates, the completions dropped, the order shown first); SkipRow when there is
