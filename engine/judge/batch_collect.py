@@ -73,12 +73,11 @@ class Collector:
         api: Api,
         rows: Rows,
         done: set[str],
-        todo: set[str],
     ):
         self.stage, self.s, self.client, self.state, self.writer = stage, stage.s, client, state, writer
         self.counters, self.options = counters, options
         self.path, self.out_dir, self.name = path, out_dir, name
-        self.api, self.rows, self.done, self.todo = api, rows, done, todo
+        self.api, self.rows, self.done = api, rows, done
         self.finished: set[str] = set()  # rows with a record this run (result, skip or error)
         self.failed_rows: set[str] = set()  # rows given up this run: not sent again until a rerun
 

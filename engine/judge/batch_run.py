@@ -80,7 +80,6 @@ class BatchRun:
             api=self._api,
             rows=self._input_rows,
             done=done,
-            todo=self.todo,
         )
         self.backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, options.max_retry_after_s)
         self.stop = asyncio.Event()
