@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 
 from engine.checkpoint import atomic_write
+from engine.output import rows_in_scope
 from engine.rows import Row, Validator
-from engine.runner import rows_in_scope
 
 
 async def write_view(results: Path, input_path: Path, validate: Validator, views_dir: Path,

@@ -318,10 +318,11 @@ def test_cancelling_a_run_from_outside_ends_it_promptly_and_keeps_what_was_writt
 
 
 def test_an_input_read_error_fails_the_run_instead_of_hanging(tmp_path, monkeypatch):
+    import engine.output as output
     import engine.runner as runner
 
     prompts = _prompt_file(tmp_path / "p.jsonl", 50)
-    real = runner.iter_rows
+    real = output.iter_rows
 
     async def broken(path, validate):
         n = 0
@@ -331,7 +332,7 @@ def test_an_input_read_error_fails_the_run_instead_of_hanging(tmp_path, monkeypa
                 raise OSError("disk went away")
             yield item
 
-    monkeypatch.setattr(runner, "iter_rows", broken)
+    monkeypatch.setattr(output, "iter_rows", broken)  # what the producer reads the input with
 
     async def main():
         return await asyncio.wait_for(

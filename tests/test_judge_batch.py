@@ -346,6 +346,9 @@ async def test_finish_live_with_swap_check_sends_only_the_order_the_batch_did_no
     assert (part["mode"], part["requests"], part["answered"]) == ("batch", 2, 1) and "mode" not in usage
     assert part["cost_usd"] == pytest.approx(0.25 * want[ids[1]]["judge"]["usage"]["cost_usd"], abs=1e-7)
     assert "batch" not in kept[ids[2]]["judge"]["usage"]  # judged live in both orders
+    report = orjson.loads((tmp_path / "b" / "report.json").read_bytes())["usage"]
+    batch_part = kept[ids[0]]["judge"]["usage"]["cost_usd"] + part["cost_usd"]  # row 0 all batch, row 1 half
+    assert report["batch_rows"] == 2 and report["batch_cost_usd"] == pytest.approx(batch_part, abs=1e-6)
 
 
 async def test_a_judgement_in_hand_is_not_asked_again(tmp_path):

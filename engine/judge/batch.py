@@ -21,9 +21,7 @@ from pathlib import Path
 
 import openai
 
-from engine.checkpoint import Checkpoint, fingerprint
 from engine.client import check_endpoint, make_client
-from engine.errors import InputError
 from engine.judge.batch_live import finish_live
 from engine.judge.batch_run import BatchRun
 from engine.judge.batch_state import BatchState, state_path
@@ -31,9 +29,9 @@ from engine.judge.report import write_report
 from engine.judge.settings import JudgeSettings
 from engine.judge.stage import JudgeStage, judge_api_key, max_cost_prior
 from engine.options import RunOptions
+from engine.output import open_output
 from engine.rows import check_input_file
-from engine.runner import prepass, unchanged_rows, write_summary
-from engine.summary import Counters, StageSummary
+from engine.summary import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -73,42 +71,15 @@ async def _start(
     options: RunOptions,
     resume_command: str | None,
 ) -> StageSummary:
-    """As the runner starts a stage (engine/runner.py: run_stage): input checked before --out is touched, the
-    lock, the fingerprint (the same as live mode's: either mode resumes the other's results), rows still done."""
-    started = time.monotonic()
-    pre = await prepass(path, stage.validate, options.strict)
-    if pre.problems:
-        raise InputError(pre.problems)
-    checkpoint = Checkpoint(out_dir, stage.output_name)
-    new_dir, new_lock = not out_dir.exists(), not checkpoint.lock_path.exists()
-    checkpoint.acquire_lock()
-    try:
-        try:
-            if options.fresh:
-                _move_batches_aside(out_dir, checkpoint.name)
-            checkpoint.check_fingerprint(fingerprint(stage.name, stage.settings(), pre.sha256), fresh=options.fresh)
-            scan = checkpoint.scan()
-            state = BatchState.load(state_path(out_dir, checkpoint.name))
-        except BaseException:
-            checkpoint.undo_start(remove_lock=new_lock, remove_dir=new_dir)
-            raise
-        done = await unchanged_rows(checkpoint, path, stage.validate, options.limit, scan.done)
-        stage.before_run(checkpoint)
-        counters = Counters(done_before=len(done))
-        writer = checkpoint.open_writer(options.fsync_every_s)
-        try:
-            summary = await BatchRun(
-                stage, client, path, out_dir, checkpoint.name, options, counters, writer, set(done), state
-            ).run()
-        finally:
-            writer.close()
-        summary.elapsed_s = time.monotonic() - started
-        summary.output = checkpoint.results
-        summary.resume_command = resume_command
-        write_summary(checkpoint, summary)
-        return summary
-    finally:
-        checkpoint.release_lock()
+    """As every stage starts and ends (engine/output.py: open_output; the fingerprint is the same as live
+    mode's, so either mode resumes the other's results), with the batch state loaded once the folder is open."""
+    async with open_output(stage, path, out_dir, options,
+                           on_fresh=lambda ck: _move_batches_aside(out_dir, ck.name)) as run:
+        state = BatchState.load(state_path(out_dir, run.checkpoint.name))
+        summary = await BatchRun(
+            stage, client, path, out_dir, run.checkpoint.name, options, run.counters, run.writer, set(run.done), state
+        ).run()
+        return run.finish(summary, resume_command)
 
 
 def _move_batches_aside(out_dir: Path, name: str) -> None:

@@ -24,8 +24,9 @@ from engine.judge.report import write_report
 from engine.judge.settings import JudgeSettings
 from engine.judge.stage import Judgement, JudgeStage, max_cost_prior
 from engine.options import RunOptions
+from engine.output import write_summary
 from engine.rows import Row
-from engine.runner import run_stage, write_summary
+from engine.runner import run_stage
 from engine.summary import Counters, StageSummary
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,10 +30,11 @@ from engine.judge.batch_state import BatchState, Chunk, custom_id, row_of
 from engine.judge.cost import BATCH_DISCOUNT
 from engine.judge.stage import JudgeStage
 from engine.options import RunOptions
+from engine.output import Duplicate, rows_in_scope
 from engine.progress import _duration
 from engine.retry import Backoff, classify
 from engine.rows import Reject, Row
-from engine.runner import Duplicate, rows_in_scope
+from engine.runner import install_signals
 from engine.summary import Counters, StageSummary
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class BatchRun:
 
     # -- the loop ---------------------------------------------------------------------------------
     async def run(self) -> StageSummary:
-        installed = self._install_signals()
+        installed = install_signals(self._on_signal, self.options.handle_signals)
         try:
             await self._scan_input()
             await self._forget_changed_rows()
@@ -402,19 +402,6 @@ class BatchRun:
         if not self.stop.is_set():
             self.stopped_reason = reason
             self.stop.set()
-
-    def _install_signals(self) -> list[int]:
-        if not self.options.handle_signals:
-            return []
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig.name)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                log.debug("cannot handle %s here", sig.name)
-        return installed
 
     def _on_signal(self, signame: str) -> None:
         self.signals += 1

@@ -114,7 +114,11 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
     usage["answered"] = sum(j.get("usage", {}).get("answered", j.get("usage", {}).get("requests", 0)) for j in judged)
     usage["tokens_out_per_request"] = round(usage["tokens_out"] / usage["answered"]) if usage["answered"] else None
     # Rows judged through the Batch API (`--mode batch`) were billed BATCH_DISCOUNT of the live price.
-    batch_costs = [j["usage"].get("cost_usd", 0) for j in judged if j.get("usage", {}).get("mode") == "batch"]
+    # A row finished live after a batch answered one of its orders (--finish-live) records that part as
+    # `usage.batch`: its half-price order counts here too.
+    batch_costs = [u.get("cost_usd", 0) if u.get("mode") == "batch" else u["batch"].get("cost_usd", 0)
+                   for u in (j.get("usage", {}) for j in judged)
+                   if u.get("mode") == "batch" or isinstance(u.get("batch"), dict)]
     usage["batch_rows"] = len(batch_costs)
     usage["batch_cost_usd"] = round(sum(batch_costs), 6)
     usage["batch_saving_usd"] = round(sum(batch_costs) * (1 / BATCH_DISCOUNT - 1), 6)
