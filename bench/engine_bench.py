@@ -128,7 +128,8 @@ def scan(rows: int) -> dict:
         ck = Checkpoint(Path(tmp), "completions")
         with open(ck.results, "wb") as f:
             for i in range(rows):
-                rec = {"id": f"{i:016x}", "prompt": [{"role": "user", "content": "[GEORGE] scene " * 50}],
+                rec = {"id": f"{i:016x}", "input": f"{i * 7:016x}",  # as the writer puts them: id, input first
+                       "prompt": [{"role": "user", "content": "[GEORGE] scene " * 50}],
                        "completions": [completion] * 3, "model": "seinfeld"}
                 f.write(orjson.dumps(rec) + b"\n")
         size_mb = ck.results.stat().st_size / 1e6
@@ -136,7 +137,7 @@ def scan(rows: int) -> dict:
         t0 = time.perf_counter()
         done = ck.scan().done
         elapsed = time.perf_counter() - t0
-    assert len(done) == rows
+    assert len(done) == rows and done[f"{rows - 1:016x}"] == f"{(rows - 1) * 7:016x}"
     return {"scan_rows": rows, "file_mb": round(size_mb, 1), "scan_s": round(elapsed, 3)}
 
 
