@@ -1,0 +1,23 @@
+"""A one-step pipeline for tests/test_judge_step_batch.py, run in a subprocess: import it only after init_zenml()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zenml import pipeline, step
+
+from engine.judge.settings import JudgeSettings
+from engine.options import RunOptions
+from steps import judge_preferences
+from steps.records import JsonlFile
+
+
+@step
+def given(path: str) -> JsonlFile:
+    return JsonlFile.of(Path(path))
+
+
+@pipeline(enable_cache=False)
+def judge_only(completions: str, workdir: str, judge_url: str) -> None:
+    settings = JudgeSettings(judge_model="gpt-5", judge_url=judge_url, mode="batch", poll_interval_s=0.05)
+    judge_preferences(given(completions), workdir=workdir, settings=settings, options=RunOptions(progress=False))
