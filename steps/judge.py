@@ -33,7 +33,8 @@ async def judge_preferences(
     The folder key hashes the judge's fingerprinted settings only: every run with these settings shares
     the checkpoint, which resumes by row content, so a row judged before (an interrupted run, a smaller
     `--limit`, a regenerated completions file with this row unchanged) is never paid for again. The
-    artifact is this input's view of it (engine/view.py): the pairs made from exactly these rows.
+    artifact is this input's view of it (engine/view.py): the pairs made from exactly these rows. The
+    quality report describes the whole checkpoint (every row judged with these settings).
     The API key is read from OPENAI_API_KEY by the engine, never passed through ZenML.
     """
     from engine.judge import run_judge
@@ -46,15 +47,17 @@ async def judge_preferences(
     report = orjson.loads((out_dir / "report.json").read_bytes())
     markdown = (out_dir / "report.md").read_text()
     rows = report.get("rows", {})
+    pairs = JsonlFile.of(await write_view(summary.output, completions.path, validate_completions_row,
+                                          out_dir / "views"))
     log_metadata(metadata={
         **summary_metadata(summary),
         "judge_backend": settings.backend,
         "judge_model": settings.model_label,
         "judge_mode": settings.mode,
         **batch_metadata(out_dir),
-        "pairs": rows.get("pairs", 0),
+        "pairs": pairs.rows,  # from this input's rows
+        "pairs_in_checkpoint": rows.get("pairs", 0),  # the report's count: every row judged with these settings
         "report_warnings": len(report.get("warnings", [])),
     })
     fail_if_incomplete(summary)
-    view = await write_view(summary.output, completions.path, validate_completions_row, out_dir / "views")
-    return JsonlFile.of(view), Report(data=report, markdown=markdown)
+    return pairs, Report(data=report, markdown=markdown)

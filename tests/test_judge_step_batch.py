@@ -50,7 +50,7 @@ def test_judge_step_in_batch_mode_records_the_batch_ids_as_metadata(tmp_path):
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     meta = result["metadata"]
     assert result["status"].endswith("completed") and result["pairs"] == N
-    assert meta["judge_mode"] == "batch" and meta["rows_succeeded"] == N
+    assert meta["judge_mode"] == "batch" and meta["rows_succeeded"] == N and meta["pairs"] == N
     assert len(meta["batch_ids"]) == stats["batch"]["batches_created"] == 1
     assert meta["batch_input_file_ids"] and meta["batches"][next(iter(meta["batches"]))]["status"] == "completed"
     assert "sk-test-step-batch" not in done.stdout + done.stderr + json.dumps(meta)
