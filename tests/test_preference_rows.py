@@ -39,10 +39,15 @@ CASES = {  # name: (row on line 2 after a valid conversational row, problem or N
     "unknown role": ({**GOOD, "rejected": [{"role": "narrator", "content": "x"}]}, '"rejected"[0] must be a message'),
     "content not a string": ({**GOOD, "chosen": [{"role": "assistant", "content": 3}]}, '"chosen"[0] must be'),
     "ends with the user": ({**GOOD, "chosen": [{"role": "user", "content": "x"}]}, "must end with an assistant"),
+    "the assistant, then the user": (
+        {**GOOD, "rejected": [*said("x"), {"role": "user", "content": "y"}]},
+        "must end with an assistant",
+    ),
     "prompt role unknown": ({**GOOD, "prompt": [{"role": "bot", "content": "x"}]}, '"prompt"[0].role must be'),
     "prompt all blank": ({**GOOD, "prompt": [{"role": "user", "content": " "}]}, '"prompt" messages are all empty'),
     "string answer to a message prompt": ({**GOOD, "chosen": "x"}, "must be a non-empty list of messages"),
     "string row after a conversational one": (STRING, "row is string but earlier rows are conversational"),
+    "blank string answer": ({**STRING, "chosen": " \n"}, '"chosen" is empty'),
     "not an object": ([1, 2], "expected a JSON object, got list"),
 }
 

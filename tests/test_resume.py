@@ -160,6 +160,7 @@ JUDGE = JudgeSettings(judge_model="gpt-5", judge_url="http://127.0.0.1:1/v1")
     ({"n": 4}, True), ({"temperature": 0.7}, True), ({"seed": 7}, True), ({"model": "seinfeld-dpo"}, True),
     ({"max_tokens": GEN.max_tokens + 1}, True),
     ({"serve_url": "http://127.0.0.1:2/v1"}, False),  # where the model is served does not change its answers
+    ({"timeout_s": 5.0}, False), ({"max_extra_requests": 1}, False),  # how it is asked does not either
 ])
 def test_generate_resume_refused_exactly_for_result_settings(change, refused):
     assert _refused(GEN, dataclasses.replace(GEN, **change), GenerateStage) is refused
