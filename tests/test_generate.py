@@ -317,7 +317,9 @@ def test_a_live_progress_bar_on_a_terminal_with_log_lines_above_it(tmp_path):
     assert "generate 20/20 100%" in frames[-1] and "ETA" in frames[0] and "retries 2" in frames[-1]
     logged = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ")
     limited = [s for s in screen if "rate limited" in s]
-    assert len(limited) == 1, limited  # one line per cool-down, not one per 429
+    # One per cool-down: 1, or 2 when the second 429 hit a request sent after the first pause ended (timing;
+    # test_one_log_line_per_cool_down_not_per_429_in_flight pins the count down with 429s surely in flight).
+    assert 1 <= len(limited) <= 2, limited
     assert all(logged.match(s) for s in limited), limited  # whole, on a line of its own: not run into the bar
 
 
