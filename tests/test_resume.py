@@ -243,3 +243,20 @@ def test_a_folder_holding_only_skipped_rows_is_checked_like_any_other(tmp_path):
     ck.skipped.write_bytes(b'{"id":"aa","input":"k","reason":"fewer_than_two_distinct"}\n')
     with pytest.raises(ConfigError, match="swap_check: was False, now True"):
         ck.check_fingerprint(fingerprint("judge", {"swap_check": True}, "x"), fresh=False)
+
+
+def test_a_filter_moving_pairs_both_ways_ends_with_each_pair_in_one_file(tmp_path):
+    """Not reachable from a consistent folder (one threshold moves pairs one way), but an edited one may hold
+    a result below the threshold and a low-confidence skip above it: each ends where the threshold says."""
+    from engine.judge.filters import apply_min_confidence
+
+    ck = Checkpoint(tmp_path, "preferences")
+
+    def pair(i, conf):
+        return {"id": i, "input": "k", "prompt": "p", "chosen": "c", "rejected": "r", "judge": {"confidence": conf}}
+
+    ck.results.write_bytes(orjson.dumps(pair("low", 2)) + b"\n" + orjson.dumps(pair("high", 5)) + b"\n")
+    ck.skipped.write_bytes(orjson.dumps({**pair("back", 4), "reason": "low_confidence", "detail": "x"}) + b"\n")
+    assert apply_min_confidence(ck, 3) == (1, 1)
+    assert sorted(r["id"] for r in read_jsonl(ck.results)) == ["back", "high"]
+    assert [(r["id"], r["reason"]) for r in read_jsonl(ck.skipped)] == [("low", "low_confidence")]

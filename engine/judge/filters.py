@@ -67,6 +67,9 @@ def apply_min_confidence(checkpoint: Checkpoint, min_confidence: int | None) -> 
     writes = [(checkpoint.results, new_results), (checkpoint.skipped, new_skipped)]
     if not back:
         writes.reverse()  # moving out: the skipped file gains, so it is written first
+    elif out:  # both ways (no consistent state leads here): both files gain first, then both lose
+        writes = [(checkpoint.results, results + new_results[len(kept):]), (checkpoint.skipped, new_skipped),
+                  (checkpoint.results, new_results)]
     for path, records in writes:
         atomic_write(path, b"".join(orjson.dumps(r) + b"\n" for r in records))
     if out or back:
