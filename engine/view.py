@@ -36,8 +36,9 @@ async def write_view(results: Path, input_path: Path, validate: Validator, views
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # a torn last line: the stage's next run repairs it
-            row_id = record.get("id")
-            if wanted.get(row_id) == record.get("input") and row_id not in seen:
+            row_id, key = record.get("id"), record.get("input")
+            # as on resume, a record from before input keys (no "input") counts as made from its row
+            if row_id in wanted and key in (wanted[row_id], None) and row_id not in seen:
                 seen.add(row_id)
                 kept.append(line + b"\n")
     data = b"".join(kept)

@@ -260,3 +260,16 @@ def test_a_filter_moving_pairs_both_ways_ends_with_each_pair_in_one_file(tmp_pat
     assert apply_min_confidence(ck, 3) == (1, 1)
     assert sorted(r["id"] for r in read_jsonl(ck.results)) == ["back", "high"]
     assert [(r["id"], r["reason"]) for r in read_jsonl(ck.skipped)] == [("low", "low_confidence")]
+
+
+async def test_a_view_counts_a_record_from_before_input_keys_as_resume_does(tmp_path):
+    from engine.judge.rows import validate_completions_row
+    from engine.view import write_view
+
+    comp, results = tmp_path / "completions.jsonl", tmp_path / "preferences.jsonl"
+    write(comp, rows(2))
+    ids = [prompt_id(r["prompt"]) for r in rows(2)]
+    results.write_bytes(orjson.dumps({"id": ids[0], "prompt": "p", "chosen": "c", "rejected": "r"}) + b"\n"
+                        + orjson.dumps({"id": ids[1], "input": "0" * 16, "prompt": "p"}) + b"\n")
+    view = await write_view(results, comp, validate_completions_row, tmp_path / "views")
+    assert [r["id"] for r in read_jsonl(view)] == [ids[0]]  # legacy kept; a stale key is not this input's
