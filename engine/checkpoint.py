@@ -8,12 +8,13 @@ Files beside each other in the output folder, for a stage output named NAME:
 - NAME.rejects.jsonl   bad or duplicate input rows of the latest run, as `file:line: problem`
 - NAME.fingerprint.json  the settings the results were made with (and the latest input file's hash)
 
+- NAME.summary.json    the latest run's summary
+- NAME.lock            held while a process writes here
+
 Resume is keyed by row content: a record's `"input"` is the hash of the input row it was made from
 (`engine.rows.row_key`), so an input file that grew, was regenerated or converted to CRLF is resumed row by
 row: unchanged rows are never redone, changed rows are redone (their old records moved to the superseded
 file, never deleted), new rows are done. Only a change of settings refuses the resume.
-- NAME.summary.json    the latest run's summary
-- NAME.lock            held while a process writes here
 """
 
 from __future__ import annotations

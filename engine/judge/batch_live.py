@@ -69,7 +69,7 @@ class _ReusingStage(JudgeStage):
         usage: RowUsage,
     ) -> dict[str, Any]:
         """The live record; a row that reused a batch verdict gets `usage.batch`: the part billed at batch prices
-        (already within the row's totals), so that order's batch saving can be counted (report.py: not yet)."""
+        (already within the row's totals), so report.md counts that order's batch spend and saving."""
         if not any(self._held(row)):
             return super().result(row, counters, cands, dropped, first, second, usage)
         part = {**RowUsage(**self.state.usage.get(row.id, {})).to_dict(), "mode": "batch"}
