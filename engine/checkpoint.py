@@ -7,7 +7,6 @@ Files beside each other in the output folder, for a stage output named NAME:
 - NAME.errors.jsonl    rows that failed in the latest run (rewritten per run; a rerun retries them)
 - NAME.rejects.jsonl   bad or duplicate input rows of the latest run, as `file:line: problem`
 - NAME.fingerprint.json  the settings the results were made with (and the latest input file's hash)
-
 - NAME.summary.json    the latest run's summary
 - NAME.lock            held while a process writes here
 
