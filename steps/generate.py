@@ -14,6 +14,7 @@ from engine.generate import GenerateSettings
 from engine.options import RunOptions
 from steps.names import Artifact
 from steps.records import JsonlFile
+from steps.scratch import scratch_dir
 from steps.stage_io import fail_if_incomplete, log_summary, stage_dir, summary_metadata
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ async def generate_completions(
     log_metadata(metadata={**summary_metadata(summary), "model": settings.model, "n": settings.n,
                            "serve_url": live.serve_url})
     fail_if_incomplete(summary)
-    return JsonlFile.of(await write_view(summary.output, prompts.path, validate_prompt_row, out_dir / "views"))
+    return JsonlFile.of(await write_view(summary.output, prompts.path, validate_prompt_row, scratch_dir("view-")))
 
 
 async def _local_endpoint(settings: GenerateSettings, state_dir: Path) -> tuple[GenerateSettings, str | None]:

@@ -13,6 +13,7 @@ from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from steps.names import Artifact
 from steps.records import JsonlFile, Report
+from steps.scratch import scratch_dir
 from steps.stage_io import fail_if_incomplete, log_summary, stage_dir, summary_metadata
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ async def judge_preferences(
     markdown = (out_dir / "report.md").read_text()
     rows = report.get("rows", {})
     pairs = JsonlFile.of(await write_view(summary.output, completions.path, validate_completions_row,
-                                          out_dir / "views"))
+                                          scratch_dir("view-")))
     log_metadata(metadata={
         **summary_metadata(summary),
         "judge_backend": settings.backend,

@@ -38,8 +38,10 @@ def test_judge_step_in_batch_mode_records_the_batch_ids_as_metadata(tmp_path):
             for i in range(N)]
     completions.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     with start_server() as server:
+        scratch = tmp_path / "tmp"
+        scratch.mkdir()
         env = {**os.environ, "ZENML_CONFIG_PATH": str(tmp_path / "zen"), "OPENAI_API_KEY": "sk-test-step-batch",
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)}
         code = ("import json\nfrom tests.test_judge_step_batch import run_pipeline\n"
                 f"print('RESULT ' + json.dumps(run_pipeline({str(completions)!r}, {str(tmp_path / 'work')!r}, "
                 f"{server.url!r}), default=str))\n")
@@ -53,4 +55,5 @@ def test_judge_step_in_batch_mode_records_the_batch_ids_as_metadata(tmp_path):
     assert meta["judge_mode"] == "batch" and meta["rows_succeeded"] == N and meta["pairs"] == N
     assert len(meta["batch_ids"]) == stats["batch"]["batches_created"] == 1
     assert meta["batch_input_file_ids"] and meta["batches"][next(iter(meta["batches"]))]["status"] == "completed"
+    assert not list(scratch.glob("view-*")), "the step's view folder was left behind"  # stored by ZenML, then gone
     assert "sk-test-step-batch" not in done.stdout + done.stderr + json.dumps(meta)
