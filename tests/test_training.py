@@ -167,6 +167,82 @@ def test_resume_continues_from_checkpoint(first_run, tiny_kit, data_dir, capfd, 
     assert all(store["ref"][name].equal(t) for name, t in sft.items())  # still the SFT adapter
 
 
+class _Killed(RuntimeError):
+    """Raised by a callback right after a checkpoint is saved: the process dies there (preemption, kill)."""
+
+
+def kill_after_save(at_step: int):
+    from transformers import TrainerCallback
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == at_step:
+                raise _Killed(f"killed after saving checkpoint-{at_step}")
+
+    return KillAfterSave()
+
+
+def capture_at_resume(store: dict):
+    """The policy's weights when the resumed run takes its first step, and the optimizer's state for them."""
+    from transformers import TrainerCallback
+
+    class Capture(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            if "policy_at_start" in store:
+                return
+            store["policy_at_start"] = lora_weights(model.named_parameters(), "default")
+            named = {id(p): n for n, p in model.named_parameters()}
+            store["exp_avg"] = {
+                named[id(p)].replace(".default.", "."): optimizer.state[p]["exp_avg"].clone()
+                for group in optimizer.param_groups for p in group["params"]
+                if p in optimizer.state and id(p) in named
+            }
+
+    return Capture()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_checkpointed_policy_and_matches_an_uninterrupted_run(
+        tiny_kit, data_dir, tmp_path):
+    """Issue 18.1: `trainer.train(resume_from_checkpoint=...)` loads only the `ref/` sub-adapter; the policy
+    (`default`, at the checkpoint's root) must come back too, with the optimizer state applied to it."""
+    import torch
+
+    plan = {"max_steps": 4, "save_steps": 2, "eval_steps": 4, "lr_scheduler_type": "linear"}
+    interrupted = make_config(tiny_kit, data_dir, tmp_path / "interrupted", **plan)
+    with pytest.raises(_Killed):
+        train_dpo(interrupted, callbacks=[kill_after_save(2)])
+    checkpoint = next((tmp_path / "interrupted" / "checkpoints").glob("*/checkpoint-2"))
+    saved = load_file_dict(checkpoint / "adapter_model.safetensors")
+    sft = load_adapter_file(tiny_kit.sft_adapter_dir)
+    assert any(not saved[k].equal(sft[k]) for k in sft), "the checkpoint's policy should have moved off the SFT"
+
+    store: dict = {}
+    resumed = train_dpo(interrupted, callbacks=[capture_at_resume(store), capture_callback(store)])
+    assert resumed.metrics["resumed_from"].endswith("checkpoint-2") and resumed.steps == 4
+    assert set(store["policy_at_start"]) == set(saved)
+    for name, tensor in saved.items():  # the policy the resumed run trains on is the checkpoint's, entry by entry
+        assert store["policy_at_start"][name].equal(tensor.to(store["policy_at_start"][name].dtype)), name
+    optimizer_file = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert store["exp_avg"] and len(store["exp_avg"]) == len(optimizer_file["state"])  # moments came back
+    assert all(m.abs().sum() > 0 for m in store["exp_avg"].values())
+
+    straight = make_config(tiny_kit, data_dir, tmp_path / "straight", **plan)
+    uninterrupted = train_dpo(straight)
+    final_resumed = load_adapter_file(resumed.adapter_dir)
+    final_straight = load_adapter_file(uninterrupted.adapter_dir)
+    assert set(final_resumed) == set(final_straight)
+    for name, tensor in final_straight.items():
+        assert torch.allclose(final_resumed[name], tensor, rtol=1e-4, atol=1e-6), name
+        assert not tensor.equal(saved[name]), f"steps 3-4 did not move {name}"
+
+
+def load_file_dict(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 def test_adapter_hash_is_content_hash(tmp_path, tiny_kit):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_kit.sft_adapter_dir, copy)

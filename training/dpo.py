@@ -128,6 +128,8 @@ def train_dpo(
         callbacks=[_log_callback(), *([_progress_callback(progress)] if progress else []), *callbacks],
     )
     _restore_trainable(trainer.model, policy_fp32)  # before train() builds the optimizer over them
+    if resume_from:
+        restore_policy(trainer.model, resume_from)  # Trainer's own resume loads only `ref/`, never the policy
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it print()s every metrics dict to stdout; we log them instead
@@ -240,6 +242,40 @@ def _restore_trainable(model: Any, snapshot: dict[str, Any]) -> None:
         if not param.requires_grad:
             raise RuntimeError(f"{name} was trainable before DPOTrainer and is frozen after it")
         param.data = value.to(param.device)
+
+
+def restore_policy(model: Any, checkpoint: Path) -> None:
+    """Load the checkpoint's policy adapter (`default`, saved at the checkpoint's root) into the model, in place.
+
+    transformers 5.19's `Trainer._load_from_checkpoint` sees the `ref/` sub-adapter folder PEFT writes beside the
+    policy and loads only the sub-folders: on `train(resume_from_checkpoint=...)` the optimizer, scheduler and
+    step count come back but the policy stays the freshly loaded SFT adapter. Called before `train()`, this puts
+    the checkpoint's values into the same Parameter objects the optimizer is then built over (and its saved
+    moments loaded for), in their fp32 dtype. Every policy tensor must be in the file and nothing else.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = Path(checkpoint) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise TrainingInputError(
+            f"checkpoint {checkpoint} has no {weights.name} for the policy adapter; resuming from it would "
+            "train on from the SFT weights. Remove the incomplete checkpoint folder to resume from the one before."
+        )
+    state = load_file(str(weights))
+    before = {name: p for name, p in model.named_parameters() if f".{POLICY_ADAPTER}." in name and p.requires_grad}
+    result = set_peft_model_state_dict(model, state, adapter_name=POLICY_ADAPTER)
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    missing = [k for k in getattr(result, "missing_keys", []) if f".{POLICY_ADAPTER}." in k and "lora_" in k]
+    if unexpected or missing or not state:
+        raise TrainingInputError(
+            f"checkpoint {checkpoint}'s policy adapter does not match the model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]} ({len(state)} tensors in the file); it belongs to another run"
+        )
+    after = {name: p for name, p in model.named_parameters() if f".{POLICY_ADAPTER}." in name and p.requires_grad}
+    if any(after[name] is not param for name, param in before.items()):
+        raise RuntimeError("restoring the policy replaced its parameters: the optimizer would not see them")
+    logger.info("policy adapter restored from %s (%d tensors)", weights, len(state))
 
 
 def _check_device(config: DPOTrainConfig) -> None:
