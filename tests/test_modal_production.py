@@ -176,6 +176,53 @@ def test_a_finished_run_returns_its_result_and_a_failed_one_is_resumed_by_a_new_
     assert failed.registry == {"run": "fc-1"}
 
 
+class _Call:
+    def __init__(self, error: BaseException | None):
+        self.error = error
+
+    def get(self, timeout=None):
+        assert timeout == 0  # a look, not a wait
+        if self.error is not None:
+            raise self.error
+        return {"adapter_dir": "/vol/adapters/x"}
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        (TimeoutError(), "running"),  # what modal 1.6.4's FunctionCall.get raises while the call runs
+        ("OutputExpiredError", "failed"),  # the result expired: the call is over
+        ("FunctionTimeoutError", "failed"),  # the function's timeout killed it
+        ("ExecutionError", "failed"),
+        (None, "finished"),
+    ],
+)
+def test_only_the_builtin_timeout_means_a_modal_call_is_still_running(error, state):
+    """Issue 18.2: modal.exception.TimeoutError's subclasses mean the call is over, not running."""
+    import modal.exception
+
+    from training.remote import call_state
+
+    if isinstance(error, str):
+        error = getattr(modal.exception, error)("from modal")
+    assert call_state("fc-1", _Call(error)) == state
+
+
+def test_an_expired_call_is_replaced_by_a_new_one(monkeypatch):
+    """The registry entry of a call whose output expired is replaced, so the rerun trains (resuming)."""
+    import modal
+    import modal.exception
+
+    from training import remote
+
+    monkeypatch.setattr(modal.FunctionCall, "from_id",
+                        staticmethod(lambda call_id: _Call(modal.exception.OutputExpiredError())))
+    calls = FakeCalls({"run": "fc-old"})
+    calls.state = remote._ModalRunCalls.state.__get__(calls)  # the real state check on the fake registry
+    assert remote.attach_or_spawn("run", calls) == {"call": "fc-1"}
+    assert calls.registry == {"run": "fc-1"}
+
+
 def test_two_launches_at_the_same_moment_train_once():
     from training.remote import attach_or_spawn
 

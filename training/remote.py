@@ -86,6 +86,30 @@ def train_remote(data_path: str, overrides: dict[str, Any] | None = None) -> dic
     return result
 
 
+def call_state(call_id: str, call: Any) -> str:
+    """RUNNING, FINISHED or FAILED for a `modal.FunctionCall`, from a `get(timeout=0)`.
+
+    Only the builtin `TimeoutError` means "still running" (modal 1.6.4 `_FunctionCall.get` raises it when no
+    output is there yet). `modal.exception.TimeoutError` is not the builtin: its subclasses `OutputExpiredError`
+    (the result expired) and `FunctionTimeoutError` (the function's timeout killed the call) mean the call is
+    over, so it is FAILED and a rerun starts a new call that resumes from the volume's checkpoint; taking them
+    for RUNNING would keep the registry entry forever.
+    """
+    import modal.exception
+
+    try:
+        call.get(timeout=0)
+    except modal.exception.TimeoutError as e:  # before the builtin: expired, or killed by its function timeout
+        logger.info("call %s is over (%s: %s): a new call resumes the run", call_id, type(e).__name__, e)
+        return FAILED
+    except TimeoutError:
+        return RUNNING
+    except Exception as e:  # failed, cancelled or unknown: a new call resumes the run
+        logger.info("call %s cannot be attached to (%s: %s)", call_id, type(e).__name__, e)
+        return FAILED
+    return FINISHED
+
+
 class _ModalRunCalls:
     """RunCalls on a Modal Dict (run id -> function call id) and modal.FunctionCall."""
 
@@ -103,16 +127,8 @@ class _ModalRunCalls:
 
     def state(self, call_id: str) -> str:
         import modal
-        import modal.exception
 
-        try:
-            modal.FunctionCall.from_id(call_id).get(timeout=0)
-        except (TimeoutError, modal.exception.TimeoutError):
-            return RUNNING
-        except Exception as e:  # failed, cancelled, expired or unknown: a new call resumes the run
-            logger.info("call %s cannot be attached to (%s: %s)", call_id, type(e).__name__, e)
-            return FAILED
-        return FINISHED
+        return call_state(call_id, modal.FunctionCall.from_id(call_id))
 
     def wait(self, call_id: str) -> dict[str, Any]:
         import modal
