@@ -168,8 +168,10 @@ def _check_modal_deployment(deployment: ModalDeployment, served: Mapping[str, st
     if missing:  # the server left them out: waiting would not help
         raise DeployError("adapter missing", "; ".join(f"{n}: {why}" for n, why in missing.items())
                           + ". Put the adapter on the volume first (python -m pipelines.dpo upload --adapter DIR).")
+    # `modal deploy` is rolling: an old warm container may answer first, listing the previous folders. Poll until
+    # the live `root`s are the new version's (within the timeout) instead of judging (and rolling back) on one look.
     ready = check_ready(deployment.url.rstrip("/") + "/v1", list(expected),
-                        dataclasses.replace(options, api_key=api_key))
+                        dataclasses.replace(options, api_key=api_key), roots={n: served[n] for n in expected})
     wrong = {n: ready.roots.get(n) for n in expected if ready.roots.get(n) != served[n]}
     if wrong:  # vLLM's `root` is the folder the live server loaded: it proves which adapter answers
         raise DeployError("adapter missing", f"the live server loaded {wrong}, not {dict(served)}")

@@ -1,7 +1,9 @@
 """Is an OpenAI-compatible endpoint serving every adapter we expect, and does each one answer?
 
 One plain check over HTTP, shared by the Modal deploy and the local deploy:
-1. poll `GET /v1/models` (bounded, with exponential backoff) until every expected model is listed;
+1. poll `GET /v1/models` (bounded, with exponential backoff) until every expected model is listed (and,
+   when `roots` is given, listed with `root` = the folder asked for: after a rolling `modal deploy` an old
+   warm container may answer first with the previous folders, so one look is not proof);
 2. send one short chat request to each and check it comes back with text.
 Every failure is a DeployError naming the part: "startup" (no answer at all), "adapter missing"
 (the server answers but never lists the model) or "request" (a listed model fails to answer).
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -61,9 +63,13 @@ class Readiness:
 
 
 async def wait_until_ready(
-    base_url: str, expected: Sequence[str], options: ReadinessOptions | None = None
+    base_url: str, expected: Sequence[str], options: ReadinessOptions | None = None,
+    roots: Mapping[str, str] | None = None,
 ) -> Readiness:
-    """Wait until `base_url` (ending in /v1) lists every model in `expected`, then probe each one."""
+    """Wait until `base_url` (ending in /v1) lists every model in `expected`, then probe each one.
+
+    With `roots` (model -> folder), a listing whose `root` for one of them is another folder is not ready yet:
+    it is polled again until the deadline (an old version still answering), then "adapter missing"."""
     from openai import AsyncOpenAI
 
     opts = options or ReadinessOptions()
@@ -73,7 +79,7 @@ async def wait_until_ready(
     deadline = start + opts.timeout_s
     # Retries are ours (bounded by the deadline), so the SDK's own are off.
     async with AsyncOpenAI(base_url=base_url, api_key=opts.api_key, max_retries=0) as client:
-        cards = await _wait_for_models(client, base_url, expected, deadline, opts)
+        cards = await _wait_for_models(client, base_url, expected, deadline, opts, dict(roots or {}))
         answers = {}
         for name in expected:
             answers[name] = await _probe(client, name, deadline, opts)
@@ -83,9 +89,10 @@ async def wait_until_ready(
                      ready_seconds=round(elapsed, 3), roots={i: getattr(c, "root", None) for i, c in cards.items()})
 
 
-def check_ready(base_url: str, expected: Sequence[str], options: ReadinessOptions | None = None) -> Readiness:
+def check_ready(base_url: str, expected: Sequence[str], options: ReadinessOptions | None = None,
+                roots: Mapping[str, str] | None = None) -> Readiness:
     """wait_until_ready from synchronous code (also from a thread whose loop is already running)."""
-    return run_sync(wait_until_ready(base_url, expected, options))
+    return run_sync(wait_until_ready(base_url, expected, options, roots))
 
 
 def run_sync(coro: Awaitable[T]) -> T:
@@ -111,7 +118,7 @@ def run_sync(coro: Awaitable[T]) -> T:
 
 
 async def _wait_for_models(client, base_url: str, expected: Sequence[str], deadline: float,
-                           opts: ReadinessOptions) -> dict[str, Any]:
+                           opts: ReadinessOptions, roots: dict[str, str]) -> dict[str, Any]:
     import openai
 
     delay = opts.first_delay_s
@@ -131,10 +138,15 @@ async def _wait_for_models(client, base_url: str, expected: Sequence[str], deadl
         else:
             listed = {m.id: m for m in page.data}
             missing = [name for name in expected if name not in listed]
-            if not missing:
+            stale = _stale_roots(listed, roots)
+            if not missing and not stale:
                 return listed
-            last_error = f"listed {sorted(listed)}, missing {missing}"
-            logger.info("waiting for %s to list %s", base_url, missing)
+            if missing:
+                last_error = f"listed {sorted(listed)}, missing {missing}"
+                logger.info("waiting for %s to list %s", base_url, missing)
+            else:
+                last_error = f"it still serves {stale} (the previous version), not {roots}"
+                logger.info("waiting for %s: an old version still answers (%s)", base_url, stale)
         await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
         delay = min(delay * 2, opts.max_delay_s)
     if listed is None:
@@ -142,6 +154,8 @@ async def _wait_for_models(client, base_url: str, expected: Sequence[str], deadl
             "startup", f"{base_url}/models did not answer within {opts.timeout_s:g} s (last: {last_error})"
         )
     missing = [name for name in expected if name not in listed]
+    if not missing:
+        raise DeployError("adapter missing", f"{base_url}: after {opts.timeout_s:g} s {last_error}")
     raise DeployError(
         "adapter missing",
         f"{base_url} never listed {missing} within {opts.timeout_s:g} s; it lists {sorted(listed)}. "
@@ -169,6 +183,12 @@ async def _probe(client, name: str, deadline: float, opts: ReadinessOptions) -> 
     text = response.choices[0].message.content
     logger.info("%s answers: %r", name, text[:80])
     return text
+
+
+def _stale_roots(listed: dict[str, Any], roots: dict[str, str]) -> dict[str, str | None]:
+    """The listed models whose `root` is not the folder asked for (model -> the root listed)."""
+    return {name: getattr(listed[name], "root", None) for name, root in roots.items()
+            if name in listed and getattr(listed[name], "root", None) != root}
 
 
 def _short(error: Exception, limit: int = 300) -> str:

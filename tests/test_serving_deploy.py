@@ -38,6 +38,8 @@ class FakeVllm:
     chats: list[str] = field(default_factory=list)
     url: str = ""
     roots: dict[str, str] = field(default_factory=dict)  # adapter -> the folder it says it loaded
+    old_roots: dict[str, str] = field(default_factory=dict)  # what an old warm container lists ...
+    old_polls: int = 0  # ... for the first polls (a rolling deploy: the previous version answers first)
     api_key: str | None = None  # when set, /v1 wants `Authorization: Bearer <api_key>` (as vLLM's --api-key)
     unauthorized: int = 0
 
@@ -57,8 +59,13 @@ class FakeVllm:
         for name in self.adapters:
             if name not in self.never and self.polls >= self.late.get(name, 0):
                 cards.append({"id": name, "object": "model", "parent": BASE, "created": 0, "owned_by": "vllm",
-                              "root": self.roots.get(name, f"/vol/adapters/{name}")})
+                              "root": self._root(name)})
         return web.json_response({"object": "list", "data": cards})
+
+    def _root(self, name: str) -> str:
+        if self.polls <= self.old_polls and name in self.old_roots:
+            return self.old_roots[name]
+        return self.roots.get(name, f"/vol/adapters/{name}")
 
     async def chat(self, request: web.Request) -> web.Response:
         if refused := self.refused(request):
@@ -211,6 +218,31 @@ def test_adapter_missing_on_the_volume_fails_without_waiting(fake_vllm, monkeypa
     # Serving only the SFT adapter (before the first DPO run) is a valid deploy.
     record = deploy_modal(state_dir=tmp_path, expected=["seinfeld"], options=FAST)
     assert [a.name for a in record.adapters] == ["seinfeld"]
+
+
+def test_an_old_container_answering_first_does_not_roll_back_a_good_deploy(
+        fake_vllm, monkeypatch, tmp_path, modal_logged_in):
+    """Issue 18.3: after a rolling `modal deploy` the previous version may answer the first polls; the check
+    polls until the live roots are the new version's instead of rolling back on one look."""
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
+    fake_vllm.old_roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/old-hash"}
+    fake_vllm.old_polls = 3
+    record = deploy_modal(state_dir=tmp_path, options=FAST)
+    assert modal_logged_in == []  # no rollback
+    assert fake_vllm.polls == 4  # three answers from the old version, then the new one
+    assert {a.name: a.path for a in record.adapters}["seinfeld-dpo"] == "/vol/adapters/seinfeld-dpo"
+    assert fake_vllm.chats == ["seinfeld", "seinfeld-dpo"]  # probed only once the new version answered
+
+
+def test_a_deploy_whose_new_version_never_answers_is_rolled_back(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
+    fake_vllm.old_roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/old-hash"}
+    fake_vllm.old_polls = 10**6
+    bound = ReadinessOptions(timeout_s=1.0, first_delay_s=0.02, max_delay_s=0.1)
+    with pytest.raises(DeployError) as err:
+        deploy_modal(state_dir=tmp_path, options=bound)
+    assert err.value.part == "adapter missing" and "old-hash" in str(err.value) and "Rolled" in str(err.value)
+    assert modal_logged_in == ["nothing-gpt-serve"] and fake_vllm.polls > 3 and fake_vllm.chats == []
 
 
 def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
