@@ -3,10 +3,14 @@
 1. sample: each prompt once from the baseline ("seinfeld") and once from the challenger ("seinfeld-dpo"),
    with the same settings and seed: the generate stage, twice (resumable, rate-limited, same records);
 2. pair: each prompt both answered becomes `{prompt, reference, completions: [baseline, challenger]}`;
+   a prompt a model answered only blank after its resamples (engine.generate.EMPTY_ANSWERS: the same seeds
+   draw the same blanks on a rerun) is final, never asked again, and becomes a forfeit in forfeits.jsonl,
+   decided without the judge: a loss for the model that could not answer, a tie when neither could;
 3. judge: the judge stage with the swap check on, so every pair is judged in both orders (A/B and B/A);
    resume, --max-cost, bad input and error records are the judge stage's own. It starts once every prompt
-   has both answers (the judge resumes only against an unchanged input file);
-4. tally (engine/evaluate_tally.py): a win or a loss only when both orders agree, else a tie.
+   is final for both models, answered or forfeited (the judge resumes only against an unchanged input file);
+   a prompt that failed otherwise (HTTP error, timeout) waits for a rerun, which asks again;
+4. tally (engine/evaluate_tally.py): a win or a loss only when both orders agree, else a tie; forfeits count.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from typing import Any
 
 import orjson
 
-from engine.checkpoint import read_records
+from engine.checkpoint import atomic_write, read_records
 from engine.errors import ConfigError
 from engine.evaluate_tally import EvalResult, tally, write_result
-from engine.generate import GenerateSettings, run_generate
+from engine.generate import EMPTY_ANSWERS, GenerateSettings, run_generate
 from engine.judge import run_judge
 from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
@@ -31,6 +35,7 @@ from engine.summary import StageSummary
 log = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.jsonl"
+FORFEITS_FILE = "forfeits.jsonl"
 
 
 @dataclass(frozen=True)
@@ -59,19 +64,36 @@ class EvaluateSettings:
 
 
 @dataclass(frozen=True)
+class Pairing:
+    """How the prompts stand after sampling both models."""
+
+    pairs: int = 0  # answered by both: the judge's input
+    forfeits: int = 0  # answered only blank by one model or both: decided without the judge
+    unpaired: int = 0  # not final for both yet (failed otherwise, or not reached): a rerun does them
+
+
+@dataclass(frozen=True)
 class EvalRun:
     """What one `run_evaluate` did: the stages' summaries and the tally over everything judged so far."""
 
     result: EvalResult
     samples: dict[str, StageSummary]  # by model name
-    judge: StageSummary | None  # None when nothing could be paired yet
-    unpaired: int  # prompts not yet answered by both models (a rerun does them)
+    judge: StageSummary | None  # None when nothing could be judged yet, or nothing needs the judge
+    pairing: Pairing
+
+    @property
+    def unpaired(self) -> int:
+        """Prompts not yet final for both models (a rerun does them)."""
+        return self.pairing.unpaired
 
     @property
     def exit_code(self) -> int:
         """The worst of the stages (0 done, 1 rows left or failed, 2 bad input, 130 interrupted)."""
         codes = [s.exit_code for s in self.samples.values()]
-        codes.append(self.judge.exit_code if self.judge is not None else 1)
+        if self.judge is not None:
+            codes.append(self.judge.exit_code)
+        elif self.pairing.pairs or len(self.samples) < 2:
+            codes.append(1)  # pairs waiting for the judge, or a model not sampled yet
         if 130 in codes:
             return 130
         return max(max(codes), 1 if self.unpaired else 0)
@@ -91,24 +113,27 @@ async def run_evaluate(
 ) -> EvalRun:
     """Sample both models, pair, judge in both orders and tally into out_dir/result.json + report.md."""
     out_dir = Path(out_dir)
-    samples, paired, unpaired = await sample_and_pair(prompts, out_dir, settings, generate, options,
-                                                      serve_api_key=serve_api_key)
+    samples, pairing = await sample_and_pair(prompts, out_dir, settings, generate, options,
+                                             serve_api_key=serve_api_key)
     pairs_path = out_dir / PAIRS_FILE
     judge_summary = None
-    sampled = all(s.exit_code == 0 for s in samples.values()) and len(samples) == 2 and not unpaired
+    sampled = all(s.exit_code == 0 for s in samples.values()) and len(samples) == 2 and not pairing.unpaired
     if not sampled:
         # The judge resumes only against the same input file, so it waits for the complete set of pairs:
         # judging part of them now would make the rerun's larger pairs.jsonl a different input.
         log.warning("sampling left prompts without both answers (%d unpaired); not judging yet: rerun to finish "
-                    "sampling, then the pairs are judged", unpaired)
-    elif paired:
+                    "sampling, then the pairs are judged", pairing.unpaired)
+    elif pairing.pairs:
         both_orders = dataclasses.replace(judge, swap_check=True, min_confidence=None)
         judge_summary = await run_judge(pairs_path, out_dir / "judge", both_orders, judge_options or options,
                                         api_key=judge_api_key)
-    result = tally(out_dir / "judge", settings, pairs_path)
+    if pairing.forfeits:
+        log.warning("%d prompt(s) a model answered only blank: decided without the judge (see %s)",
+                    pairing.forfeits, out_dir / FORFEITS_FILE)
+    result = tally(out_dir / "judge", settings, pairs_path, out_dir / FORFEITS_FILE)
     write_result(out_dir, result)
     log.info("%s", result.headline())
-    return EvalRun(result=result, samples=samples, judge=judge_summary, unpaired=unpaired)
+    return EvalRun(result=result, samples=samples, judge=judge_summary, pairing=pairing)
 
 
 async def sample_and_pair(
@@ -119,44 +144,60 @@ async def sample_and_pair(
     options: RunOptions,
     *,
     serve_api_key: str | None = None,
-) -> tuple[dict[str, StageSummary], int, int]:
-    """Steps 1 and 2: both models' samples, then out_dir/pairs.jsonl; (summaries, pairs, prompts unpaired)."""
+) -> tuple[dict[str, StageSummary], Pairing]:
+    """Steps 1 and 2: both models' samples, then out_dir/pairs.jsonl and out_dir/forfeits.jsonl."""
     samples: dict[str, StageSummary] = {}
     for model in (settings.baseline, settings.challenger):
         per_model = dataclasses.replace(generate, model=model, n=1)  # one continuation each, same seed
         samples[model] = await run_generate(prompts, out_dir / "samples" / model, per_model, options,
-                                            api_key=serve_api_key)
+                                            api_key=serve_api_key, forfeit_empty=True)
         if samples[model].interrupted:
-            return samples, 0, 0
-    paired, unpaired = write_pairs(out_dir / PAIRS_FILE, [samples[m] for m in (settings.baseline, settings.challenger)])
-    return samples, paired, unpaired
+            return samples, Pairing()
+    pairing = write_pairs(out_dir, [samples[m] for m in (settings.baseline, settings.challenger)])
+    return samples, pairing
 
 
-def write_pairs(path: Path, summaries: list[StageSummary]) -> tuple[int, int]:
-    """Join both models' samples by row id into the judge's input; (pairs written, prompts left unpaired).
+def write_pairs(out_dir: Path, summaries: list[StageSummary]) -> Pairing:
+    """Join both models' samples by row id: the judge's input (pairs.jsonl) and the forfeits (forfeits.jsonl).
 
-    Rebuilt from the two checkpoints on every run (atomically), in the baseline's order, so it is the same
-    file whenever the same rows are done: the judge resumes against it.
+    Both rebuilt from the two checkpoints on every run (atomically), in the baseline's order, so each is the
+    same file whenever the same rows are done: the judge resumes against pairs.jsonl.
     """
-    baseline, challenger = (_by_id(s.output) for s in summaries)
-    tmp = path.with_name(path.name + ".tmp")
-    written = 0
-    with tmp.open("wb") as f:
-        for row_id, row in baseline.items():
-            other = challenger.get(row_id)
-            if other is None:
-                continue
-            pair: dict[str, Any] = {"id": row_id, "prompt": row["prompt"],
-                                    "completions": [row["completions"][0], other["completions"][0]],
-                                    "models": [row.get("model"), other.get("model")]}
-            if row.get("reference") is not None:
-                pair["reference"] = row["reference"]
-            f.write(orjson.dumps(pair) + b"\n")
-            written += 1
-    tmp.replace(path)
-    unpaired = len(set(baseline) ^ set(challenger))
-    return written, unpaired
+    (base, base_blank), (chal, chal_blank) = (_final(s.output) for s in summaries)
+    pairs, forfeits = [], []
+    for row_id, row in {**base, **base_blank}.items():
+        other = chal.get(row_id) or chal_blank.get(row_id)
+        if other is None:
+            continue  # the challenger's row is not final yet
+        record: dict[str, Any] = {"id": row_id, "prompt": row["prompt"],
+                                  "completions": [_text(row), _text(other)],
+                                  "models": [row.get("model"), other.get("model")]}
+        if row.get("reference") is not None:
+            record["reference"] = row["reference"]
+        blank = [r for r in (row, other) if r.get("reason") == EMPTY_ANSWERS]
+        if not blank:
+            pairs.append(record)
+            continue
+        record["forfeit"] = "both" if len(blank) == 2 else "baseline" if blank[0] is row else "challenger"
+        record["reason"] = "; ".join(r.get("problem") or EMPTY_ANSWERS for r in blank)
+        forfeits.append(record)
+    for name, records in ((PAIRS_FILE, pairs), (FORFEITS_FILE, forfeits)):
+        atomic_write(out_dir / name, b"".join(orjson.dumps(r) + b"\n" for r in records))
+    seen = set(base) | set(base_blank) | set(chal) | set(chal_blank)
+    for summary in summaries:  # rows that failed for both models are in neither model's finished files
+        seen |= {r["id"] for r in read_records(summary.output.with_suffix(".errors.jsonl")) if "id" in r}
+    return Pairing(pairs=len(pairs), forfeits=len(forfeits), unpaired=len(seen) - len(pairs) - len(forfeits))
 
 
-def _by_id(path: Path) -> dict[str, dict[str, Any]]:
-    return {row["id"]: row for row in read_records(path) if row.get("completions")}
+def _final(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """A model's finished rows by id: answered (completions.jsonl), and answered only blank (its skipped file)."""
+    answered = {row["id"]: row for row in read_records(path) if row.get("completions")}
+    blank = {row["id"]: row for row in read_records(path.with_suffix(".skipped.jsonl"))
+             if row.get("reason") == EMPTY_ANSWERS and row["id"] not in answered}
+    return answered, blank
+
+
+def _text(row: dict[str, Any]) -> str | None:
+    """The row's answer, None for a row answered only blank."""
+    return row["completions"][0] if row.get("reason") != EMPTY_ANSWERS and row.get("completions") else None
+

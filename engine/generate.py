@@ -13,7 +13,7 @@ import orjson
 
 from engine.chat import chat_completion, usage_of
 from engine.client import check_endpoint, make_client
-from engine.errors import ConfigError, FatalError
+from engine.errors import ConfigError, FatalError, SkipRow
 from engine.options import RunOptions
 from engine.rows import Row, check_input_file, validate_prompt_row
 from engine.runner import RowContext, run_stage
@@ -24,6 +24,11 @@ DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 # SFT data), chat-template tokens left out. A row this count already puts over the served context cannot fit and
 # is rejected before any request; a row near the limit is sent and the server's own 400 fails it.
 MIN_CHARS_PER_TOKEN = 6
+# The skip reason of a row the model answered only blank (forfeit_empty, as the A/B evaluation asks): every
+# request came back with the choices asked for, but too few had text. A rerun with the same seeds draws the same
+# blanks, so the row is finished (skipped file, never asked again) rather than failed. HTTP errors, timeouts and
+# missing choices still fail the row, and a rerun retries it.
+EMPTY_ANSWERS = "empty_answers"
 
 
 @dataclass(frozen=True)
@@ -91,10 +96,12 @@ class GenerateStage:
     output_name = "completions"
     input_flag = "--prompts"
 
-    def __init__(self, settings: GenerateSettings, client: openai.AsyncOpenAI, max_model_len: int | None = None):
+    def __init__(self, settings: GenerateSettings, client: openai.AsyncOpenAI, max_model_len: int | None = None,
+                 *, forfeit_empty: bool = False):
         self.s = settings
         self.client = client
         self.max_model_len = max_model_len  # the served context; None: not known, nothing checked here
+        self.forfeit_empty = forfeit_empty  # a row answered only blank is skipped (EMPTY_ANSWERS), not failed
 
     def settings(self) -> dict[str, Any]:
         return self.s.fingerprinted()
@@ -120,13 +127,17 @@ class GenerateStage:
         samples: list[str] = []
         finish: list[str | None] = []
         empty = 0
+        short = 0  # choices asked for but not returned (a server that ignores n), unlike blank answers
         requests = 0
         while len(samples) < s.n:
             if requests > s.max_extra_requests:
-                raise FatalError(
-                    f"got {len(samples)} usable of {s.n} samples after {requests} requests "
-                    f"({empty} empty); the server may ignore n or return blank text"
-                )
+                problem = f"got {len(samples)} usable of {s.n} samples after {requests} requests ({empty} empty)"
+                if self.forfeit_empty and not short:
+                    self._count_empty(ctx, empty)
+                    raise SkipRow(EMPTY_ANSWERS, {"prompt": row.data["prompt"], "completions": samples,
+                                                  "model": s.model, "requests": requests,
+                                                  "problem": f"{s.model}: {problem}; no answer had text"})
+                raise FatalError(f"{problem}; the server may ignore n or return blank text")
             want = s.n - len(samples)
             seed = None if s.seed is None else (s.seed + int(row.id[:8], 16) + 1000 * requests) % 2**31
 
@@ -143,6 +154,7 @@ class GenerateStage:
             requests += 1
             u = usage_of(data)
             ctx.counters.add_usage(u.tokens_in, u.tokens_out, u.tokens_cached)
+            short += max(0, want - len(data["choices"]))
             for choice in data["choices"][:want]:
                 text = choice["message"].get("content")
                 if not isinstance(text, str) or not text.strip():
@@ -150,8 +162,7 @@ class GenerateStage:
                     continue
                 samples.append(text)
                 finish.append(choice.get("finish_reason"))
-        if empty:
-            ctx.counters.extra["empty_samples"] = ctx.counters.extra.get("empty_samples", 0) + empty
+        self._count_empty(ctx, empty)
         record: dict[str, Any] = {"prompt": row.data["prompt"], "completions": samples}
         if "reference" in row.data:
             record["reference"] = row.data["reference"]
@@ -159,6 +170,11 @@ class GenerateStage:
         record["finish_reasons"] = finish
         record["requests"] = requests
         return record
+
+    @staticmethod
+    def _count_empty(ctx: RowContext, empty: int) -> None:
+        if empty:
+            ctx.counters.extra["empty_samples"] = ctx.counters.extra.get("empty_samples", 0) + empty
 
 
 async def run_generate(
@@ -169,14 +185,20 @@ async def run_generate(
     *,
     api_key: str | None = None,
     resume_command: str | None = None,
+    forfeit_empty: bool = False,
 ) -> StageSummary:
-    """Sample `settings.n` completions per prompt into out_dir/completions.jsonl (resumable)."""
+    """Sample `settings.n` completions per prompt into out_dir/completions.jsonl (resumable).
+
+    `forfeit_empty`: a row the model answers only blank after its top-ups is finished in
+    completions.skipped.jsonl (reason EMPTY_ANSWERS) instead of failed, so a rerun does not ask again.
+    """
     check_input_file(prompts, "--prompts")
     key = api_key or os.environ.get("SERVE_API_KEY")
     client = make_client(settings.serve_url, key, timeout_s=settings.timeout_s, concurrency=options.concurrency)
     try:
         models = await check_endpoint(client, url_setting="--serve-url / SERVE_URL", key_setting="SERVE_API_KEY")
-        stage = GenerateStage(settings, client, served_context(models, settings.model))
+        stage = GenerateStage(settings, client, served_context(models, settings.model),
+                              forfeit_empty=forfeit_empty)
         return await run_stage(stage, prompts, out_dir, options, resume_command=resume_command)
     finally:
         await client.close()

@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Sample each prompt once from --baseline and once from --challenger (same settings, same "
         "seed), judge every pair in both orders (a win or a loss only when both agree, else a tie) and write "
         "result.json and report.md: wins, losses, ties, win rates with Wilson 95%% intervals, order agreement, "
-        "lengths and the worst losses. Rerun the same command to resume. Exit 1 when rows are left or the "
-        "--min-win-rate gate fails.",
+        "lengths and the worst losses. A prompt a model answers only blank after its resamples is a forfeit: a "
+        "loss for that model (a tie when both do), decided without the judge and never asked again; other "
+        "failures (HTTP errors, timeouts) wait for a rerun. Rerun the same command to resume. Exit 1 when rows "
+        "are left or the --min-win-rate gate fails.",
     )
     p.add_argument("--prompts", type=Path, required=True,
                    help="prompts DPO never trained on: the split's val.jsonl, or any {prompt, completion?} JSONL")
@@ -68,6 +70,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  report: {args.out / 'report.md'}", file=sys.stderr)
     if run.unpaired:
         print(f"  {run.unpaired} prompts were not answered by both models yet: rerun to finish", file=sys.stderr)
+    if run.pairing.forfeits:
+        f = run.result.forfeits
+        print(f"  {run.pairing.forfeits} prompts a model answered only blank, decided without the judge "
+              f"({settings.baseline} {f['baseline']}, {settings.challenger} {f['challenger']}, both {f['both']}): "
+              f"see {args.out / 'forfeits.jsonl'}", file=sys.stderr)
     code = run.exit_code
     gate = run.result.gate
     if gate is not None and not gate["passed"]:
@@ -101,8 +108,9 @@ def _estimate(args, settings, generate, judge, options, serve_key) -> int:  # no
     from engine.evaluate import PAIRS_FILE, sample_and_pair
     from engine.judge import estimate
 
-    _, paired, unpaired = asyncio.run(sample_and_pair(args.prompts, args.out, settings, generate, options,
-                                                      serve_api_key=serve_key))
-    print(f"{paired} pairs sampled ({unpaired} prompts not answered by both yet)", file=sys.stderr)
+    _, pairing = asyncio.run(sample_and_pair(args.prompts, args.out, settings, generate, options,
+                                             serve_api_key=serve_key))
+    print(f"{pairing.pairs} pairs sampled ({pairing.unpaired} prompts not answered by both yet, "
+          f"{pairing.forfeits} forfeited: answered only blank, not judged)", file=sys.stderr)
     print(estimate(args.out / PAIRS_FILE, dataclasses.replace(judge, swap_check=True)).render())
     return 0

@@ -5,7 +5,8 @@ recorded Modal endpoint, key from SERVE_API_KEY), on the split's val set (prompt
 unless `prompts_file` names another. Records the `ab_eval` artifact: the numbers as metadata, the report, a
 win-rate chart and the DPO training curves as dashboard visualizations. With `settings.min_win_rate` set,
 a result whose 95% interval's lower end is below it fails the step, after putting the previous DPO adapter
-back (serving/rollback.py).
+back (serving/rollback.py). A prompt a model answers only blank is a forfeit (a loss for it), so the step
+always reaches a verdict; other failures (HTTP errors, timeouts) still ask for a rerun.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ async def evaluate_adapters(
     curves = training_curves(adapter.metrics.get("log_history") or [])
     if curves is not None:
         charts["training_curves.png"] = curves
-    log_metadata(metadata=ab_eval_metadata(result))
+    forfeits = {f"forfeits_{side}": n for side, n in result["forfeits"].items()}  # answered only blank: losses
+    log_metadata(metadata={**ab_eval_metadata(result), **forfeits})
     if run.exit_code != 0:
         raise RuntimeError(f"the A/B evaluation left rows for a rerun (exit {run.exit_code}; {run.unpaired} prompts "
                            f"unpaired); rerun the pipeline to finish them. Results so far: {run.result.headline()}")

@@ -158,9 +158,12 @@ def test_estimate_samples_and_forecasts_both_orders_without_judging(tmp_path):
     assert not (tmp_path / "out" / "judge").exists()
 
 
-def test_a_prompt_one_model_failed_waits_unjudged_and_a_rerun_finishes_it(tmp_path):
+# Not a forfeit: a refusal of the request, or a server that sends no choice at all, is no blank answer of the
+# model's; the row fails and a rerun asks again.
+@pytest.mark.parametrize(("kind", "status"), [("400", 400), ("fewer_choices", None)])
+def test_a_prompt_one_model_failed_waits_unjudged_and_a_rerun_finishes_it(tmp_path, kind, status):
     write_prompts(tmp_path / "p.jsonl", 6)
-    fault = [{"substring": "row 3?", "kind": "400", "model": "seinfeld-dpo"}]  # one prompt fails for DPO only
+    fault = [{"substring": "row 3?", "kind": kind, "model": "seinfeld-dpo"}]  # one prompt fails for DPO only
     with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, fail_matching=fault) as server:
         first = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out")
         errors = read_jsonl(tmp_path / "out" / "samples" / "seinfeld-dpo" / "completions.errors.jsonl")
@@ -170,6 +173,46 @@ def test_a_prompt_one_model_failed_waits_unjudged_and_a_rerun_finishes_it(tmp_pa
         judged_after = server.stats(log=False)["by_kind"].get("judge", 0)
     assert first.unpaired == 1 and first.exit_code == 1
     assert judged_before == 0 and first.judge is None  # no pair is judged until every prompt has both answers
-    assert len(errors) == 1 and errors[0]["status"] == 400
+    assert len(errors) == 1 and errors[0]["status"] == status
+    assert not (tmp_path / "out" / "samples" / "seinfeld-dpo" / "completions.skipped.jsonl").read_bytes()
     assert second.unpaired == 0 and second.exit_code == 0 and second.result.wins == 6
     assert judged_after == 2 * 6  # each pair once, in both orders
+
+
+def test_a_prompt_a_model_always_answers_empty_is_its_loss_in_one_run_and_a_rerun_asks_nothing(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", 6)
+    out = tmp_path / "out"
+    # Every sample DPO draws for row 3 is blank, and both models' for row 5: the same on every try (same seed).
+    fault = [{"substring": "row 3?", "kind": "empty", "model": "seinfeld-dpo"},
+             {"substring": "row 5?", "kind": "empty"}]
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, fail_matching=fault) as server:
+        first = evaluate(server, tmp_path / "p.jsonl", out)
+        before = server.stats(log=False)["by_kind"]
+        second = evaluate(server, tmp_path / "p.jsonl", out)
+        after = server.stats(log=False)["by_kind"]
+    r = first.result
+    assert first.exit_code == 0 and first.unpaired == 0  # a verdict in one run
+    assert (r.wins, r.losses, r.ties) == (4, 1, 1) and r.ties_by_reason == {"both_forfeited": 1}
+    assert r.forfeits == {"baseline": 0, "challenger": 1, "both": 1} and r.judged == 6 and r.pairs == 4
+    assert before["judge"] == 2 * 4  # a forfeit is decided without a judge request
+    records = {rec["forfeit"]: rec for rec in read_jsonl(out / "forfeits.jsonl")}
+    assert set(records) == {"challenger", "both"}
+    lost = records["challenger"]
+    assert "row 3?" in lost["prompt"][-1]["content"] and lost["completions"][0] and lost["completions"][1] is None
+    assert "seinfeld-dpo" in lost["reason"] and "empty" in lost["reason"]
+    assert orjson.loads((out / "result.json").read_bytes())["forfeits"]["challenger"] == 1
+    assert "could not answer" in (out / "report.md").read_text()
+    assert after == before  # the rerun sends nothing: the forfeits are final, the pairs judged
+    assert second.exit_code == 0 and second.result.to_dict() == r.to_dict()
+
+
+@pytest.mark.parametrize("empty", [8, N])  # most prompts; every prompt (nothing left for the judge)
+def test_a_challenger_that_answers_most_prompts_empty_fails_the_gate(tmp_path, empty):
+    write_prompts(tmp_path / "p.jsonl", N)
+    fault = [{"substring": f"row {i}?", "kind": "empty", "model": "seinfeld-dpo"} for i in range(empty)]
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, fail_matching=fault) as server:
+        run = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out", EvaluateSettings(min_win_rate=0.5))
+    r = run.result
+    assert run.exit_code == 0 and run.unpaired == 0  # a verdict, not a request for a rerun
+    assert (r.wins, r.losses, r.forfeits["challenger"]) == (N - empty, empty, empty)
+    assert r.gate is not None and r.gate["passed"] is False and r.gate["lower_bound"] < 0.5
