@@ -355,13 +355,33 @@ async def test_reference_backend_picks_the_closest_to_the_reference_and_says_so(
     for r in read_jsonl(out / "preferences.jsonl"):
         j = r["judge"]
         assert text(r["chosen"]) == near and text(r["rejected"]) == far
-        assert j["backend"] == "reference" and j["model"] == "reference-similarity-v1"
-        assert j["reason"].startswith("[reference judge]") and j["usage"]["cost_usd"] == 0
+        assert j["backend"] == "reference" and j["model"] == "reference-rubric-v1"
+        assert j["reason"].startswith("[reference judge: rubric]") and j["usage"]["cost_usd"] == 0
         assert j["scores"][j["chosen_index"]] == max(j["scores"])
     assert read_jsonl(out / "preferences.skipped.jsonl")[0] | {"id": ids[6]} == {
         "id": ids[6], "input": row_key(validate_completions_row(rows[6])), "line": 7, "reason": "no_reference",
         "detail": 'the reference judge needs the row\'s "reference" (the SFT completion); this row has none'}
     assert "reference judge" in (out / "report.md").read_text()
+
+
+async def test_reference_backend_ranks_by_the_rubric_before_similarity(tmp_path):
+    """Script format beats closeness to the reference: assistant talk and prose lose even when closer to it."""
+    scene = "[JERRY] The dry cleaner has my shirt.\n[GEORGE] The ticket is power."
+    ref = "[JERRY] The dry cleaner has my shirt. He knows it's my shirt.\n[GEORGE] The ticket is power."
+    chatty = "Sure! Here is the scene: Jerry says the dry cleaner has my shirt, he knows it's my shirt."
+    prose = "JERRY: The dry cleaner has my shirt.\nGEORGE: The ticket is power, he knows it's my shirt."
+    script = "[GEORGE] I lost the ticket, Jerry.\n[JERRY] Then you lost the shirt."
+    rows = [{"prompt": [{"role": "user", "content": scene + f" ({i})"}], "reference": ref,
+             "completions": [[chatty, prose, script][(i + k) % 3] for k in range(3)]} for i in range(3)]
+    comp = tmp_path / "c.jsonl"
+    write(comp, rows)
+    out = tmp_path / "j"
+    summary = await run_judge(comp, out, JudgeSettings(backend="reference"), RunOptions(**FAST))
+    assert summary.succeeded == 3
+    for r in read_jsonl(out / "preferences.jsonl"):
+        assert text(r["chosen"]) == script and text(r["rejected"]) == chatty, r["judge"]["reason"]
+        assert "script lines 2/2, in the scene" in r["judge"]["reason"] and "assistant talk" in r["judge"]["reason"]
+        assert sorted(r["judge"]["scores"]) == [-0.5, 0.0, 1.2]
 
 
 def _judge_cli(server, comp, out) -> list[str]:

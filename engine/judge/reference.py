@@ -1,7 +1,8 @@
-"""The offline reference judge: ranks completions by similarity to the row's reference completion.
+"""The offline reference judge's tie-break: similarity to the row's reference completion.
 
-Deterministic and free, for CI and the local profile. It measures closeness to the real continuation
-from the SFT data, not quality: every row it writes says `"backend": "reference"`.
+The offline judge ranks by a format rubric (engine/judge/rubric.py) and breaks equal totals with this
+similarity. Deterministic and free, for CI and the local profile: every row it writes says
+`"backend": "reference"`.
 
 Similarity: cosine of lower-cased word unigram + bigram counts (speaker tags included), in [0, 1].
 """
@@ -12,7 +13,7 @@ import math
 import re
 from collections import Counter
 
-REFERENCE_MODEL = "reference-similarity-v1"
+REFERENCE_MODEL = "reference-rubric-v1"  # the judge is the rubric (engine/judge/rubric.py), this its tie-break
 _WORD = re.compile(r"[a-z0-9']+")
 
 

@@ -37,9 +37,10 @@ from engine.judge.prompt import (
     response_format,
     shown_order,
 )
-from engine.judge.reference import confidence_from_gap, rank_by_reference
+from engine.judge.reference import confidence_from_gap
 from engine.judge.report import write_report
 from engine.judge.rows import validate_completions_row
+from engine.judge.rubric import rank_by_rubric
 from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from engine.rows import Row, check_input_file
@@ -65,7 +66,7 @@ class Judgement:
     confidence: int
     reason: str
     model_version: str | None = None
-    scores: list[float] | None = None  # reference backend: similarity per candidate position
+    scores: list[float] | None = None  # reference backend: rubric total per candidate position
 
     @property
     def best(self) -> int:
@@ -219,18 +220,24 @@ class JudgeStage:
         shown = [cands.texts[p] for p in order]
         ids = [label(i) for i in range(len(shown))]
         if self.s.backend == "reference":
-            best_first, scores = rank_by_reference(row.data["reference"], shown)
+            best_first, rubrics, sims = rank_by_rubric(row.data["prompt"], row.data["reference"], shown)
             b, w = best_first[0], best_first[-1]
+            parts = "; ".join(f"{ids[i]} {rubrics[i].describe()}" for i in best_first)
+            tie = rubrics[b].total == rubrics[w].total
             reason = (
-                f"[reference judge] {ids[b]} is closest to the reference completion (similarity {scores[b]:.2f}), "
-                f"{ids[w]} the farthest ({scores[w]:.2f}); a similarity score, not a model's judgement."
+                f"[reference judge: rubric] {parts}. "
+                + (f"Equal rubric totals: {ids[b]} is closer to the reference completion (similarity "
+                   f"{sims[b]:.2f} vs {sims[w]:.2f})." if tie else
+                   f"{ids[b]} best, {ids[w]} worst (similarity to the reference breaks equal totals only).")
+                + " A format rubric, not a model's judgement."
             )
             by_candidate = [0.0] * len(cands)
             for i, p in enumerate(order):
-                by_candidate[p] = scores[i]
+                by_candidate[p] = rubrics[i].total
+            gap = rubrics[b].total - rubrics[w].total
             return Judgement(
                 order, [order[i] for i in best_first], [ids[i] for i in best_first],
-                confidence_from_gap(scores[b] - scores[w]), reason, scores=by_candidate,
+                confidence_from_gap(gap if not tie else sims[b] - sims[w]), reason, scores=by_candidate,
             )
         verdict, model_version = await self._ask(row, ctx, shown, ids, usage)
         return judgement(order, ids, verdict, model_version)
