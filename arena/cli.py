@@ -13,10 +13,19 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DEFAULT_VOTES = Path("data/runs/arena/votes.jsonl")
+LIMIT_FLAGS = {  # ArenaLimits field -> what its flag limits
+    "samples_per_minute": "rounds one session may sample in any minute",
+    "samples_per_session": "rounds one session may sample in all",
+    "votes_per_minute": "votes one session may cast in any minute",
+    "votes_per_session": "votes one session may cast in all",
+    "samples_per_minute_all": "rounds all sessions together may sample in any minute (a script can open any "
+                              "number of sessions: this bounds the endpoint's load)",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from arena.endpoint import DEFAULT_STATE_DIR
+    from arena.limits import MAX_TOKENS, ArenaLimits
     from infra.names import NAMES
 
     arena = subparsers.add_parser(
@@ -38,13 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     arena.add_argument("--baseline", default=NAMES.sft_model_name, help="served name of the SFT model")
     arena.add_argument("--challenger", default=NAMES.dpo_model_name, help="served name of the DPO model")
     arena.add_argument("--temperature", type=float, default=0.9, help="default sampling temperature")
-    arena.add_argument("--max-tokens", type=int, default=256, help="default most tokens per answer")
+    arena.add_argument("--max-tokens", type=int, default=256,
+                       help=f"default most tokens per answer (1 to {MAX_TOKENS}, the most the page allows)")
     arena.add_argument("--wake-after", type=float, default=5.0,
                        help="seconds without a first token before the page says the model is waking")
     arena.add_argument("--timeout", type=float, default=600.0,
                        help="seconds a request may wait for the server (a cold Modal endpoint takes minutes)")
     arena.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                        help="where `deploy --local` keeps the local server's record and key")
+    limits = arena.add_argument_group("limits", "what one browser session, and all together, may ask of the "
+                                      "endpoint; a click over a limit is refused with a message on the page")
+    defaults = ArenaLimits()
+    for name, what in LIMIT_FLAGS.items():
+        limits.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(defaults, name),
+                            metavar="N", help=f"{what} (default: %(default)s)")
     arena.set_defaults(func=_serve)
     sub = arena.add_subparsers(dest="arena_command", metavar="{export}", required=False)
     export = sub.add_parser("export", help="turn decided votes into TRL preference rows {prompt, chosen, rejected}",
@@ -73,14 +89,16 @@ def _export(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from arena.duel import Sampling
     from arena.endpoint import resolve_endpoint
+    from arena.limits import ArenaLimits
     from arena.scenes import load_scenes
     from arena.votes import VoteLog
     from engine.errors import ConfigError
 
-    try:
+    try:  # the flags first: a wrong value says so before anything is looked up or opened
+        sampling = Sampling(temperature=args.temperature, max_tokens=args.max_tokens)
+        limits = ArenaLimits(**{name: getattr(args, name) for name in LIMIT_FLAGS})
         endpoint = resolve_endpoint(args.serve_url, state_dir=args.state_dir)
         scenes = load_scenes(args.held_out)
-        sampling = Sampling(temperature=args.temperature, max_tokens=args.max_tokens)
         votes = VoteLog(args.votes)
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -89,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = ArenaSettings(baseline=args.baseline, challenger=args.challenger, sampling=sampling,
-                                 wake_after_s=args.wake_after, timeout_s=args.timeout)
+                                 wake_after_s=args.wake_after, timeout_s=args.timeout, limits=limits)
     except ConfigError as e:
         votes.close()
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 
+from arena.limits import MAX_TOKENS
 from engine.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,16 @@ class Sampling:
     """The settings both models get for one round."""
 
     temperature: float = 0.9  # the plan's sampling temperature
-    max_tokens: int = 256
+    max_tokens: int = 256  # at most arena.limits.MAX_TOKENS
     seed: int | None = None  # the same seed for both models; None: the server's own randomness
 
     def __post_init__(self) -> None:
         if not 0 <= self.temperature <= 2:
             raise ConfigError(f"temperature must be between 0 and 2; got {self.temperature}; e.g. 0.9")
-        if not 1 <= self.max_tokens <= 4096:
-            raise ConfigError(f"max_tokens must be between 1 and 4096; got {self.max_tokens}; e.g. 256")
+        tokens = self.max_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_TOKENS:
+            raise ConfigError(f"max_tokens must be a whole number from 1 to {MAX_TOKENS} (the arena's most tokens "
+                              f"per answer); got {tokens!r}; e.g. 256")
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise ConfigError(f"seed must be between 0 and 2^31 - 1, or empty; got {self.seed}")
 

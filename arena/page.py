@@ -3,6 +3,13 @@
 Imported only by `python -m pipelines.dpo arena` (Gradio takes seconds to import). Everything a session
 needs lives in `Arena`; the page keeps the round (models, texts) on the server in a per-session `gr.State`,
 so the browser never sees which side is which model until it has voted, and never sees the API key.
+
+Gradio makes every event a public API route by default. Here none is: every event is
+`api_visibility="private"` (no API docs, refused by gradio_client), the queue is `api_open=False`, and
+`ClosedRoutes` answers 404 to the routes that run an event by name (`/gradio_api/call/...`, `/run/...`,
+`/api/...`), which Gradio 6.31 still serves for private events. What is left is the page's own route (join
+the queue with a session id), which a script can speak as well, so samples and votes are metered per session
+and across sessions (arena.limits) and the page says which limit a refused click hit.
 """
 
 import asyncio
@@ -20,6 +27,7 @@ import openai  # noqa: E402
 
 from arena.duel import Answer, Sampling, duel  # noqa: E402
 from arena.endpoint import Endpoint  # noqa: E402
+from arena.limits import MAX_TOKENS, ArenaLimits, Meter  # noqa: E402
 from arena.rounds import Round  # noqa: E402
 from arena.scenes import SceneBook  # noqa: E402
 from arena.votes import Tally, VoteLog  # noqa: E402
@@ -34,6 +42,9 @@ VOTE_BUTTONS = (("left", "⬅ Left is better"), ("right", "Right is better ➡")
 PHASES = {"waiting": "waiting for the first token…", "waking": "waking the model…", "streaming": "writing…",
           "done": "done", "error": "failed"}
 CSS = ".answer textarea {font-family: ui-monospace, monospace; font-size: 0.9em}"
+PRIVATE = {"api_visibility": "private"}  # every event: the page's, never an API route
+# Routes that run an event by its name (with a fresh session each call): not the page's, so closed.
+CLOSED_PREFIXES = ("/gradio_api/call/", "/gradio_api/run/", "/gradio_api/api/")
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class ArenaSettings:
     wake_after_s: float = 5.0  # no first token after this long: say the model is waking
     timeout_s: float = 600.0  # per request: how long a cold endpoint may take to answer at all
     concurrency: int = 16  # browser sessions sampling at once
+    limits: ArenaLimits = ArenaLimits()  # samples and votes per session and per minute
 
     def __post_init__(self) -> None:
         if not self.baseline or not self.challenger or self.baseline == self.challenger:
@@ -61,7 +73,8 @@ class Arena:
     def __init__(self, endpoint: Endpoint, scenes: SceneBook, votes: VoteLog, settings: ArenaSettings,
                  rng: random.Random | None = None):
         self.endpoint, self.scenes, self.votes, self.settings = endpoint, scenes, votes, settings
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # scene draws and seeds only; the left/right order uses `secrets`
+        self.meter = Meter(settings.limits)
         self._client: openai.AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
@@ -84,10 +97,29 @@ class Arena:
         return self.votes.tally(self.settings.baseline, self.settings.challenger)
 
 
+class ClosedRoutes:
+    """ASGI middleware: 404 for Gradio's run-by-name routes (CLOSED_PREFIXES); everything else passes."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(CLOSED_PREFIXES):
+            from starlette.responses import JSONResponse
+
+            response = JSONResponse({"detail": "not found: the arena has no API; use the page"}, status_code=404)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def serve(page: gr.Blocks, host: str, port: int) -> str:
     """Start the page's web server in a background thread; returns its URL. `page.close()` stops it."""
+    from starlette.middleware import Middleware
+
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                            ssr_mode=False, css=CSS, footer_links=["gradio", "settings"])
+                            ssr_mode=False, css=CSS, footer_links=["gradio", "settings"], mcp_server=False,
+                            app_kwargs={"middleware": [Middleware(ClosedRoutes)]})
     return url
 
 
@@ -110,8 +142,8 @@ def build_page(arena: Arena) -> gr.Blocks:
         with gr.Accordion("Settings (the same for both models)", open=False):
             with gr.Row():
                 temperature = gr.Slider(0, 2, value=s.sampling.temperature, step=0.05, label="temperature")
-                max_tokens = gr.Slider(16, max(1024, s.sampling.max_tokens), value=s.sampling.max_tokens, step=16,
-                                       label="max tokens")
+                max_tokens = gr.Slider(16, MAX_TOKENS, value=s.sampling.max_tokens, step=16,
+                                       label=f"max tokens (at most {MAX_TOKENS})")
                 seed = gr.Number(value=s.sampling.seed, precision=0, label="seed (empty: a new one each round)")
         status = gr.Markdown("Type a scene or draw one, then sample.", elem_id="status")
         with gr.Row(equal_height=True):
@@ -130,38 +162,61 @@ def build_page(arena: Arena) -> gr.Blocks:
 
         answer_outputs = [left, right, left_name, right_name, status, *buttons.values(), sample, round_state]
 
-        async def on_sample(text: str, temp: float, tokens: float, seed_value: float | None):
-            async for update in _sample(arena, text, temp, tokens, seed_value):
+        async def on_sample(text: str, temp: float, tokens: float, seed_value: float | None, request: gr.Request):
+            async for update in _sample(arena, text, temp, tokens, seed_value, _session_key(request)):
                 yield update
 
         def on_load():
             return arena.scenes.draw(arena.rng).text, _tally_markdown(arena)
 
-        page.load(on_load, None, [scene, tally])
-        held_out.click(lambda: arena.scenes.draw(arena.rng).text, None, scene)
-        sample.click(on_sample, [scene, temperature, max_tokens, seed], answer_outputs)
+        page.load(on_load, None, [scene, tally], **PRIVATE)
+        held_out.click(lambda: arena.scenes.draw(arena.rng).text, None, scene, **PRIVATE)
+        sample.click(on_sample, [scene, temperature, max_tokens, seed], answer_outputs, **PRIVATE)
         for vote in buttons:
             buttons[vote].click(_vote_handler(arena, vote), round_state,
-                                [left_name, right_name, status, *buttons.values(), tally, round_state])
-    page.queue(default_concurrency_limit=s.concurrency)
+                                [left_name, right_name, status, *buttons.values(), tally, round_state], **PRIVATE)
+    page.queue(default_concurrency_limit=s.concurrency, api_open=False)  # api_open: no run without the queue
     return page
 
 
-async def _sample(arena: Arena, text: str, temp: float, tokens: float, seed_value: float | None):
-    """Yield the page's answer outputs while both models stream (see `answer_outputs`)."""
+async def _sample(arena: Arena, text: str, temp: float, tokens: float, seed_value: float | None, session: str):
+    """Yield the page's answer outputs while both models stream (see `answer_outputs`).
+
+    Values come from the browser (or a script speaking its route): anything out of bounds is refused with a
+    message, before the session's limits are counted."""
     s = arena.settings
     try:
         scene = arena.scenes.scene_for(text or "")
-        seed = int(seed_value) if seed_value not in (None, "") else arena.rng.randrange(2**31)
-        sampling = Sampling(temperature=float(temp), max_tokens=int(tokens), seed=seed)
-    except (ValueError, ConfigError) as e:
+        seed = _whole(seed_value, "seed") if seed_value not in (None, "") else arena.rng.randrange(2**31)
+        sampling = Sampling(temperature=float(temp), max_tokens=_whole(tokens, "max tokens"), seed=seed)
+    except (ValueError, TypeError, ConfigError) as e:
         yield _answer_outputs(None, f"**Cannot sample:** {e}")
         return
-    rnd = Round.start(scene, s.baseline, s.challenger, sampling, arena.endpoint.public_url, arena.rng)
+    refused = arena.meter.sample(session)
+    if refused:
+        log.info("sample refused for session %s: %s", _session_id_of(session), refused)
+        yield _refused_outputs(refused)
+        return
+    rnd = Round.start(scene, s.baseline, s.challenger, sampling, arena.endpoint.public_url)
     log.info("round %s: %s scene, seed %d", rnd.id, scene.source, seed)
     async for left, right in duel(arena.client(), scene.prompt, rnd.models, sampling, wake_after_s=s.wake_after_s):
         rnd.answers = {"left": left, "right": right}
         yield _answer_outputs(rnd, _status(rnd, s.timeout_s), busy=not (left.finished and right.finished))
+
+
+def _whole(value: Any, what: str) -> int:
+    """A whole number from the page (a slider sends floats such as 256.0); ValueError otherwise."""
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{what} must be a whole number; got {value!r}")
+    return int(number)
+
+
+def _refused_outputs(status: str) -> list[Any]:
+    """A sample over a limit: only the status line changes; the last round stays as it was (still votable)."""
+    outputs = [gr.skip() for _ in range(5 + len(VOTE_BUTTONS) + 2)]
+    outputs[4] = status
+    return outputs
 
 
 def _answer_outputs(rnd: Round | None, status: str, *, busy: bool = False) -> list[Any]:
@@ -219,6 +274,10 @@ def _vote_handler(arena: Arena, vote: str):
             status = "Nothing to vote on: sample a round first." if rnd is None or rnd.vote is None else \
                 "This round already has your vote: sample another one."
             return [gr.update(), gr.update(), status, *[gr.update() for _ in VOTE_BUTTONS], gr.update(), rnd]
+        refused = arena.meter.vote(_session_key(request))
+        if refused:
+            log.info("vote refused for session %s: %s", _session_id(request), refused)
+            return [gr.update(), gr.update(), refused, *[gr.update() for _ in VOTE_BUTTONS], gr.update(), rnd]
         record = rnd.vote_record(vote, _session_id(request))
         arena.votes.append(record)
         rnd.vote = vote
@@ -232,9 +291,18 @@ def _vote_handler(arena: Arena, vote: str):
     return on_vote
 
 
+def _session_key(request: gr.Request | None) -> str:
+    """The browser session's id (Gradio's session hash), as the limits count it."""
+    return getattr(request, "session_hash", None) or "api"
+
+
 def _session_id(request: gr.Request | None) -> str:
-    raw = getattr(request, "session_hash", None) or "api"
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+    """The session as the vote log and the log name it: a hash, never the session's own id."""
+    return _session_id_of(_session_key(request))
+
+
+def _session_id_of(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _tally_markdown(arena: Arena) -> str:

@@ -1,12 +1,13 @@
 """One round of the arena: a scene, two hidden models in a random left/right order, their answers, one vote.
 
 The round lives on the server (in the browser session's state); the page only ever sees the texts and,
-after the vote, the names. `vote_record()` is the line the vote log gets.
+after the vote, the names. The left/right order comes from `secrets` (the OS's randomness): a voter who has
+seen earlier rounds' orders cannot work out the next one, as they could from `random`'s Mersenne Twister.
+`vote_record()` is the line the vote log gets.
 """
 
 from __future__ import annotations
 
-import random
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,10 +35,9 @@ class Round:
     vote: str | None = None
 
     @classmethod
-    def start(cls, scene: Scene, baseline: str, challenger: str, sampling: Sampling, endpoint: str,
-              rng: random.Random) -> Round:
-        """A new round with the two models in a random left/right order."""
-        left, right = rng.sample([baseline, challenger], 2)
+    def start(cls, scene: Scene, baseline: str, challenger: str, sampling: Sampling, endpoint: str) -> Round:
+        """A new round with the two models in a random left/right order (`secrets.randbelow`, never `random`)."""
+        left, right = (baseline, challenger) if secrets.randbelow(2) == 0 else (challenger, baseline)
         return cls(scene, baseline, challenger, sampling, endpoint, left, right)
 
     @property

@@ -3,8 +3,8 @@
 - against the real local vLLM: load the page, sample, vote, see the names and the tally change, find the vote
   line on disk; two browser sessions sampling and voting at once;
 - the `arena` command itself against a small streaming endpoint: a server error shown on the page (no
-  traceback), a cold start shown as "waking the model", and the API key nowhere on the page, in the log or
-  in the votes.
+  traceback), a cold start shown as "waking the model", a sample over the session's limit refused with a
+  message, and the API key nowhere on the page, in the log or in the votes.
 Chromium missing fails these tests with how to install it; NGPT_SKIP_BROWSER_TESTS=1 skips them knowingly.
 NGPT_ARENA_SCREENSHOT=docs/arena.png saves the README's screenshot from the first test.
 """
@@ -154,7 +154,8 @@ def test_the_arena_command_shows_server_errors_and_a_waking_model_and_keeps_the_
     with FakeEndpoint(behaviour) as endpoint, log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.dpo", "arena", "--serve-url", endpoint.base_url, "--port", "0",
-             "--votes", str(votes), "--wake-after", "1", "--state-dir", str(tmp_path / "serving")],
+             "--votes", str(votes), "--wake-after", "1", "--state-dir", str(tmp_path / "serving"),
+             "--samples-per-minute", "2"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
         )
         try:
@@ -184,6 +185,11 @@ def test_the_arena_command_shows_server_errors_and_a_waking_model_and_keeps_the_
                 page.wait_for_function("!document.querySelector('#vote-tie').disabled", timeout=60_000)
                 page.click("#vote-tie")
                 wait_for_status(page, "Vote recorded")
+                requests_before = len(endpoint.requests)
+                page.click("#sample")  # a third round within the minute: over --samples-per-minute 2
+                slow_down = wait_for_status(page, "Slow down")
+                assert "2 rounds in the last minute" in slow_down and "sample again in" in slow_down
+                assert len(endpoint.requests) == requests_before  # nothing was asked of the endpoint
                 content = page.content() + urllib.request.urlopen(url + "config", timeout=10).read().decode()
         finally:
             proc.send_signal(signal.SIGINT)

