@@ -148,6 +148,32 @@ def test_prices_and_settings_validation(monkeypatch):
     assert a != JudgeSettings(judge_model="gpt-5", swap_check=True).fingerprinted()
 
 
+@pytest.mark.parametrize("model", ["gpt-5", "gpt-5-2025-08-07", "gpt-5-mini", "gpt-5-nano"])
+def test_reasoning_effort_is_one_the_gpt5_judge_takes_checked_before_any_request(model):
+    # gpt-5 takes minimal, low, medium, high and answers 400 to anything else (NOTES); `none` and `xhigh` belong
+    # to other model families, and in batch mode the 400 would come back on every row only when the batch ends
+    for effort in ("minimal", "low", "medium", "high"):
+        assert JudgeSettings(judge_model=model, reasoning_effort=effort).reasoning_effort == effort
+    for effort in ("none", "xhigh", "extreme"):
+        with pytest.raises(ConfigError) as e:
+            JudgeSettings(judge_model=model, reasoning_effort=effort)
+        message = str(e.value)
+        assert f"['minimal', 'low', 'medium', 'high'] for judge model {model!r}, got {effort!r}" in message
+        assert "--reasoning-effort low" in message  # the fix
+
+
+def test_another_judge_model_takes_the_api_s_efforts_and_estimate_has_a_guess_for_each():
+    free = Prices(0, 0, 0)  # a local judge: no price is known for it
+    assert JudgeSettings(judge_model="my-llama", prices=free, reasoning_effort="none").reasoning_effort == "none"
+    with pytest.raises(ConfigError, match="reasoning_effort must be one of .* for judge model 'my-llama'"):
+        JudgeSettings(judge_model="my-llama", prices=free, reasoning_effort="extreme")
+    from engine.judge.estimate import REASONING_GUESS
+    from engine.judge.settings import MODEL_EFFORTS, REASONING_EFFORTS
+
+    accepted = set(REASONING_EFFORTS).union(*MODEL_EFFORTS.values())
+    assert accepted <= set(REASONING_GUESS)  # `estimate` never meets an effort it has no guess for
+
+
 def test_reference_judge_ranks_by_closeness_to_the_reference():
     reference = "[JERRY] The dry cleaner has my shirt. He knows it's my shirt.\n[GEORGE] The ticket is power."
     shown = [

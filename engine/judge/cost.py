@@ -51,8 +51,13 @@ PRICE_TABLE: dict[str, Prices] = {
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # gpt-5-2025-08-07 is priced as gpt-5
 
 
+def base_model(model: str) -> str:
+    """The model a dated snapshot belongs to (gpt-5-2025-08-07 -> gpt-5); other names as they are."""
+    return _SNAPSHOT.sub("", model)
+
+
 def known_prices(model: str) -> Prices | None:
-    return PRICE_TABLE.get(model) or PRICE_TABLE.get(_SNAPSHOT.sub("", model))
+    return PRICE_TABLE.get(model) or PRICE_TABLE.get(base_model(model))
 
 
 @dataclass

@@ -7,16 +7,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.judge.cost import FREE, Prices, known_prices
+from engine.judge.cost import FREE, Prices, base_model, known_prices
 from engine.judge.prompt import PROMPT_VERSION
 from engine.judge.reference import REFERENCE_MODEL
 
 BACKENDS = ("openai", "reference")
+# The reasoning_effort values each judge model takes (a dated snapshot as its model): GPT-5 takes minimal, low,
+# medium, high and refuses any other with a 400 (NOTES: OpenAI SDK 3.x and GPT-5); mini and nano are the same
+# family. In batch mode that 400 would come back on every row only when the batch ends, so it is checked here.
+GPT5_EFFORTS = ("minimal", "low", "medium", "high")
+MODEL_EFFORTS: dict[str, tuple[str, ...]] = dict.fromkeys(("gpt-5", "gpt-5-mini", "gpt-5-nano"), GPT5_EFFORTS)
+# Any other model (a local judge, a newer family): the values OpenAI's API defines; that model's server decides.
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 DEFAULT_JUDGE_MODEL = "gpt-5"
 MODES = ("live", "batch")
 BATCH_MAX_REQUESTS = 50_000  # the Batch API's limits per input file (NOTES: OpenAI SDK 3.x and GPT-5)
 BATCH_MAX_BYTES = 200 * 1024 * 1024
+
+
+def reasoning_efforts(model: str) -> tuple[str, ...]:
+    """The reasoning_effort values `model` takes (MODEL_EFFORTS; REASONING_EFFORTS for a model not listed)."""
+    return MODEL_EFFORTS.get(model) or MODEL_EFFORTS.get(base_model(model)) or REASONING_EFFORTS
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,10 @@ class JudgeSettings:
         default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or None,
         metadata={"help": "OpenAI-compatible base URL (env OPENAI_BASE_URL; unset: api.openai.com)"},
     )
-    reasoning_effort: str = field(default="low", metadata={"help": "GPT-5 reasoning effort"})
+    reasoning_effort: str = field(
+        default="low",
+        metadata={"help": "reasoning effort, one the judge model takes: gpt-5 (mini, nano) minimal, low, medium, high"},
+    )
     max_completion_tokens: int = field(
         default=4096, metadata={"help": "first output budget per request, reasoning included"}
     )
@@ -86,9 +100,11 @@ class JudgeSettings:
             f"judge_url must be an http(s) URL ending in /v1, got {self.judge_url!r}; set --judge-url or "
             "OPENAI_BASE_URL, or unset both for api.openai.com",
         )
+        efforts = reasoning_efforts(self.judge_model)
         rule(
-            self.reasoning_effort in REASONING_EFFORTS,
-            f"reasoning_effort must be one of {list(REASONING_EFFORTS)}, got {self.reasoning_effort!r}",
+            self.reasoning_effort in efforts,
+            f"reasoning_effort must be one of {list(efforts)} for judge model {self.judge_model!r}, got "
+            f"{self.reasoning_effort!r}; pass --reasoning-effort low (or another of those)",
         )
         rule(
             self.max_completion_tokens >= 16,
