@@ -273,3 +273,30 @@ def test_estimate_reads_a_bom_first_row_refuses_a_folder_and_prices_paid_rows(tm
     assert e.cost_per_paid_row_usd == pytest.approx(2 * e.cost_per_row_usd)  # the skipped row is free
     with pytest.raises(ConfigError, match="is a folder"):
         estimate(tmp_path, JudgeSettings(judge_model="gpt-5"))
+
+
+def test_no_batch_input_file_reaches_the_api_s_200_mb():
+    """The Batch API takes at most 200 MB per input file: 200,000,000 bytes, not 200 MiB (NOTES)."""
+    from engine.judge.batch_chunks import Packer
+    from engine.judge.settings import BATCH_MAX_BYTES
+
+    api_limit = 200_000_000
+    s = JudgeSettings()
+    assert s.batch_max_bytes == BATCH_MAX_BYTES < api_limit
+    with pytest.raises(ConfigError, match=r"batch_max_bytes must be 1-190,000,000 .* got 209,715,200"):
+        JudgeSettings(batch_max_bytes=200 * 1024 * 1024)  # the old cap, 200 MiB
+    # 1 MB request lines at the default cap: the same bytes object each time, so nothing near 200 MB is allocated
+    line = b"x" * 999_999 + b"\n"
+    packer = Packer(s.batch_max_requests, s.batch_max_bytes)
+    for i in range(450):
+        packer.add(f"row{i}", "key", line)
+    sizes = [c.size for c in packer.chunks]
+    assert sizes == [190_000_000, 190_000_000, 70_000_000] and max(sizes) < api_limit
+    assert [len(c.keys) for c in packer.chunks] == [190, 190, 70]
+    # at the boundary: a line that fills the file to the cap exactly stays in it; one byte more starts the next
+    small = Packer(max_requests=10, max_bytes=100)
+    for cid, n in (("a", 60), ("b", 40), ("c", 1)):
+        small.add(cid, "key", b"x" * n)
+    assert [(c.size, list(c.keys)) for c in small.chunks] == [(100, ["a", "b"]), (1, ["c"])]
+    with pytest.raises(ValueError, match="over the 100 per file"):
+        small.add("d", "key", b"x" * 101)  # fits in no file: the run refuses such a row before packing

@@ -1,6 +1,6 @@
 """`judge --mode batch`: the live judge's requests sent through OpenAI's Batch API, at half the price.
 
-    rows -> request lines (custom_id = row id) -> chunk files (<= 50,000 lines, <= 200 MB) -> upload -> batch
+    rows -> request lines (custom_id = row id) -> chunk files (<= 50,000 lines, < 200 MB) -> upload -> batch
          <- results / skipped / errors <- JudgeStage reads each answer as live mode does <- output files <- poll
 
 Every request body, answer check, price and record comes from `JudgeStage` (engine/judge/stage.py), so a
@@ -9,6 +9,7 @@ batch answer becomes exactly the row live mode would write. The modules:
 - batch.py (this one): the entry point; starting or resuming a folder as the runner starts a stage.
 - batch_live.py: --finish-live, the live stage reusing a --swap-check order the batches answered.
 - batch_run.py: the rounds: write, upload and create chunk batches within --max-cost, poll them, retry.
+- batch_chunks.py: a round's request lines packed into input files within the API's per-file limits.
 - batch_collect.py: a finished batch's output and error files turned into results, skips, errors or retries.
 - batch_state.py: what is recorded in NAME.batches.json, so a rerun resumes polling and never submits twice.
 """

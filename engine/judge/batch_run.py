@@ -25,6 +25,7 @@ from openai.types import Batch
 
 from engine.checkpoint import Writer, atomic_write
 from engine.errors import FatalError, SkipRow
+from engine.judge.batch_chunks import Packer
 from engine.judge.batch_collect import Collector
 from engine.judge.batch_state import BatchState, Chunk, custom_id, row_of
 from engine.judge.cost import BATCH_DISCOUNT
@@ -194,10 +195,7 @@ class BatchRun:
         pending = self.todo - self.done - self.records.finished - self.records.failed_rows
         allowed = self._requests_allowed()
         capped = False
-        chunks: list[tuple[list[bytes], dict[str, str]]] = []
-        lines: list[bytes] = []
-        keys: dict[str, str] = {}
-        size = 0
+        packer = Packer(s.batch_max_requests, s.batch_max_bytes)
         round_no = self._round()
         async for row in self._rows(pending):
             self.state.forget_if_changed(row.id, row.key)
@@ -223,15 +221,8 @@ class BatchRun:
             if self._refuse_oversized(row, row_lines):
                 continue
             for cid, line in row_lines:
-                if len(lines) >= s.batch_max_requests or (lines and size + len(line) > s.batch_max_bytes):
-                    chunks.append((lines, keys))
-                    lines, keys, size = [], {}, 0
-                lines.append(line)
-                keys[cid] = row.key
-                size += len(line)
+                packer.add(cid, row.key, line)
                 allowed -= 1
-        if lines:
-            chunks.append((lines, keys))
         self.capped = None
         if capped:  # the batches sent are still polled and collected; the run stops when nothing more fits
             self.capped = (
@@ -240,15 +231,15 @@ class BatchRun:
                 "per row); rerun to continue (the cap is per run)"
             )
         submitted = 0
-        for chunk_lines, chunk_keys in chunks:
-            chunk = Chunk(self.state.next_name(), round_no, chunk_keys, sum(map(len, chunk_lines)))
-            atomic_write(chunk.file(self.out_dir, self.name, "input"), b"".join(chunk_lines))
+        for packed in packer.chunks:
+            chunk = Chunk(self.state.next_name(), round_no, packed.keys, packed.size)
+            atomic_write(chunk.file(self.out_dir, self.name, "input"), b"".join(packed.lines))
             self.state.chunks.append(chunk)
             self.state.save()
             await self._send(chunk)
-            submitted += len(chunk_keys)
+            submitted += len(packed.keys)
         if submitted:
-            log.info("round %d: submitted %d request(s) in %d batch(es)", round_no, submitted, len(chunks))
+            log.info("round %d: submitted %d request(s) in %d batch(es)", round_no, submitted, len(packer.chunks))
         return submitted
 
     def _refuse_oversized(self, row: Row, row_lines: list[tuple[str, bytes]]) -> bool:

@@ -21,8 +21,11 @@ MODEL_EFFORTS: dict[str, tuple[str, ...]] = dict.fromkeys(("gpt-5", "gpt-5-mini"
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 DEFAULT_JUDGE_MODEL = "gpt-5"
 MODES = ("live", "batch")
-BATCH_MAX_REQUESTS = 50_000  # the Batch API's limits per input file (NOTES: OpenAI SDK 3.x and GPT-5)
-BATCH_MAX_BYTES = 200 * 1024 * 1024
+BATCH_MAX_REQUESTS = 50_000  # the Batch API's limits per input file (NOTES: OpenAI SDK 3.x and GPT-5) ...
+BATCH_API_MAX_BYTES = 200_000_000  # ... and 200 MB, decimal (NOTES: OpenAI Batch API limits), not 200 MiB
+# The largest input file written: the packer fills a file to this byte exactly (batch_chunks.py), so the 5% below
+# the API's limit is a margin for how the API counts its 200 MB, which the notes do not pin down to the byte.
+BATCH_MAX_BYTES = 190_000_000
 
 
 def reasoning_efforts(model: str) -> tuple[str, ...]:
@@ -85,7 +88,8 @@ class JudgeSettings:
         default=BATCH_MAX_REQUESTS, metadata={"help": "batch mode: most requests per input file (API limit 50,000)"}
     )
     batch_max_bytes: int = field(
-        default=BATCH_MAX_BYTES, metadata={"help": "batch mode: largest input file in bytes (API limit 200 MB)"}
+        default=BATCH_MAX_BYTES,
+        metadata={"help": "batch mode: largest input file in bytes (the API's limit is 200 MB: 200,000,000 bytes)"},
     )
 
     def __post_init__(self) -> None:
@@ -141,7 +145,8 @@ class JudgeSettings:
         )
         rule(
             1 <= self.batch_max_bytes <= BATCH_MAX_BYTES,
-            f"batch_max_bytes must be 1-{BATCH_MAX_BYTES:,} (the Batch API's 200 MB), got {self.batch_max_bytes}",
+            f"batch_max_bytes must be 1-{BATCH_MAX_BYTES:,} (5% under the Batch API's {BATCH_API_MAX_BYTES:,} bytes "
+            f"per file), got {self.batch_max_bytes:,}; omit it for the largest",
         )
         if self.backend == "reference":
             object.__setattr__(self, "prices", FREE)
