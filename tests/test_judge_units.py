@@ -287,16 +287,16 @@ def test_no_batch_input_file_reaches_the_api_s_200_mb():
         JudgeSettings(batch_max_bytes=200 * 1024 * 1024)  # the old cap, 200 MiB
     # 1 MB request lines at the default cap: the same bytes object each time, so nothing near 200 MB is allocated
     line = b"x" * 999_999 + b"\n"
-    packer = Packer(s.batch_max_requests, s.batch_max_bytes)
+    packer = Packer(s.batch_max_requests, s.batch_max_bytes, s.batch_max_enqueued_tokens)
     for i in range(450):
-        packer.add(f"row{i}", "key", line)
+        packer.add(f"row{i}", "key", line, 1)
     sizes = [c.size for c in packer.chunks]
     assert sizes == [190_000_000, 190_000_000, 70_000_000] and max(sizes) < api_limit
     assert [len(c.keys) for c in packer.chunks] == [190, 190, 70]
     # at the boundary: a line that fills the file to the cap exactly stays in it; one byte more starts the next
-    small = Packer(max_requests=10, max_bytes=100)
+    small = Packer(max_requests=10, max_bytes=100, max_tokens=1000)
     for cid, n in (("a", 60), ("b", 40), ("c", 1)):
-        small.add(cid, "key", b"x" * n)
+        small.add(cid, "key", b"x" * n, 1)
     assert [(c.size, list(c.keys)) for c in small.chunks] == [(100, ["a", "b"]), (1, ["c"])]
     with pytest.raises(ValueError, match="over the 100 per file"):
-        small.add("d", "key", b"x" * 101)  # fits in no file: the run refuses such a row before packing
+        small.add("d", "key", b"x" * 101, 1)  # fits in no file: the run refuses such a row before packing

@@ -28,6 +28,7 @@ from testserver import (
 )
 from testserver.__main__ import build_parser, options_from_args
 from testserver.faults import FailNext
+from testserver.responders import prompt_tokens
 
 USER = [{"role": "user", "content": "Jerry finds a marble rye on the subway."}]
 JUDGE_FORMAT = {
@@ -320,3 +321,38 @@ def test_options_round_trip_and_validation():
     assert opts.fault_kinds == {FaultKind.RATE_LIMIT: 3.0, FaultKind.DROP: 1.0}
     assert opts.fail_next[0] == FailNext(FaultKind.SERVER_ERROR, 2, "gpt-5")
     assert (opts.fail_matching[0].substring, opts.fail_matching[0].kind) == ("a:b", FaultKind.UNPROCESSABLE)
+
+
+async def test_a_batch_past_the_enqueued_token_limit_fails_validation_with_token_limit_exceeded():
+    """As OpenAI's queue does (openai-python issue 2084): accepted at create, failed at validation with nothing run,
+    counted per model against the batches in progress; once they finish, the same file is accepted again."""
+    messages = judge_messages({"A": "x" * 400, "B": "y" * 400})
+    body = {"model": "gpt-5", "messages": messages, "response_format": JUDGE_FORMAT}
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body} for i in range(3)]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    per_line = prompt_tokens(messages)
+    async with run_in_process(batch_enqueued_token_limit=4 * per_line, batch_slow_polls=1) as server:
+        c = AsyncOpenAI(base_url=server.url, api_key="test", max_retries=0, timeout=5.0)
+        try:
+            f = await c.files.create(file=("in.jsonl", data), purpose="batch")
+            create = {"input_file_id": f.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+            first, second = await c.batches.create(**create), await c.batches.create(**create)
+            assert (first.status, second.status) == ("validating", "validating")  # accepted at create
+            assert (await c.batches.retrieve(first.id)).status == "in_progress"  # 3 lines of 4 allowed
+            refused = await c.batches.retrieve(second.id)  # 3 + 3 > 4
+            assert refused.status == "failed" and refused.request_counts.total == 0
+            error = refused.errors.data[0]
+            assert error.code == "token_limit_exceeded" and error.line is None
+            expected = f"Enqueued token limit reached for gpt-5 in organization org-testserver. Limit: {4 * per_line:,}"
+            assert expected in error.message
+            while (await c.batches.retrieve(first.id)).status != "completed":
+                await asyncio.sleep(0.01)
+            third = await c.batches.create(**create)  # the queue is empty again
+            assert (await c.batches.retrieve(third.id)).status == "in_progress"
+        finally:
+            await c.close()
+        stats = server.stats()
+    assert stats["by_kind"]["judge"] >= 3 and stats["batch"]["token_limit_exceeded"] == 1
+    assert stats["batch"]["enqueued_tokens_max"] == 3 * per_line
+    with pytest.raises(ValueError, match="batch_enqueued_token_limit must be an integer >= 1 or null"):
+        ServerOptions(batch_enqueued_token_limit=0)

@@ -27,6 +27,7 @@ from testserver.responders import (
     judge,
     marker_slots,
     sample_text,
+    text_of,
     truncate,
 )
 from testserver.stats import CLIENT_CLOSED, DROPPED, Stats
@@ -35,14 +36,6 @@ logger = logging.getLogger(__name__)
 
 _JUDGE_FORMATS = frozenset({"json_schema", "json_object"})
 _MAX_N = 128
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 class FakeOpenAIServer:
@@ -201,7 +194,7 @@ class FakeOpenAIServer:
         model: str = body["model"]
         n: int = body.get("n") or 1
         messages = body["messages"]
-        texts = [_text_of(m.get("content")) for m in messages]
+        texts = [text_of(m.get("content")) for m in messages]
         prompt_text = "\n".join(texts)
         rf = body.get("response_format")
         is_judge = isinstance(rf, dict) and rf.get("type") in _JUDGE_FORMATS

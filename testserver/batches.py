@@ -6,6 +6,9 @@ chat endpoint's own: a batch line costs exactly what the same live request costs
 A batch moves validating -> in_progress -> completed | failed | expired, one step per retrieve at most:
 - validating: the next retrieve checks every line (JSON, unique custom_id, method POST, url = the batch's
   endpoint, a known model); a bad file, or an injected `batch_fail_validation`, fails the batch with errors.
+  With `batch_enqueued_token_limit`, a batch whose input tokens (as the chat endpoint's usage counts them) and
+  those of its model's batches in progress pass the limit fails with code token_limit_exceeded and OpenAI's
+  message (openai-python issue 2084): nothing in it runs, and the client may create it again later.
 - in_progress: the lines are answered in the background; the batch stays here for at least
   `batch_slow_polls` retrieves (slow progress), with `request_counts` growing as lines finish.
 - completed, or expired (`batch_expire_half`: only the first half of the lines ran; the rest are error lines
@@ -25,12 +28,14 @@ import orjson
 from aiohttp import web
 
 from testserver.replies import error_response, json_response
+from testserver.responders import prompt_tokens
 
 if TYPE_CHECKING:
     from testserver.app import FakeOpenAIServer
     from testserver.options import ServerOptions
 
 ENDPOINTS = frozenset({"/v1/chat/completions"})
+TOKEN_LIMIT_CODE = "token_limit_exceeded"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -74,6 +79,8 @@ class _Batch:
     task: asyncio.Task[None] | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
+    model: str | None = None  # of its first line: the queue's limit is per model
+    tokens: int = 0  # input tokens of its lines, counted once it is validated
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -202,7 +209,7 @@ class BatchService:
     def _advance(self, b: _Batch) -> None:
         now = int(time.time())
         if b.status == "validating":
-            problems = self._validate(b)
+            problems = self._validate(b) or self._over_token_limit(b)
             if problems:
                 b.status, b.errors, b.times["failed"] = "failed", problems, now
                 return
@@ -244,6 +251,25 @@ class BatchService:
         if not b.lines and not problems:
             problems.append({"code": "empty_file", "message": "the input file has no requests", "line": None})
         return problems
+
+    def _over_token_limit(self, b: _Batch) -> list[dict[str, Any]]:
+        """The queue's enqueued-token limit per model: this batch's tokens beside those of its model's batches in
+        progress. Over it, the batch fails validation as OpenAI's does, with none of its lines run."""
+        b.model = b.lines[0]["body"]["model"]
+        b.tokens = sum(prompt_tokens(line["body"].get("messages")) for line in b.lines)
+        limit = self.server.options.batch_enqueued_token_limit
+        enqueued = sum(o.tokens for o in self.batches.values() if o.status == "in_progress" and o.model == b.model)
+        if limit is None or enqueued + b.tokens <= limit:
+            stats = self.server._stats.batch
+            stats["enqueued_tokens_max"] = max(stats["enqueued_tokens_max"], enqueued + b.tokens)
+            return []
+        self._count(TOKEN_LIMIT_CODE)
+        b.lines = []  # nothing in it runs: request_counts are zero, as OpenAI reports a batch failed in validation
+        message = (
+            f"Enqueued token limit reached for {b.model} in organization org-testserver. Limit: {limit:,} enqueued "
+            "tokens. Please try again once some in_progress batches have been completed."
+        )
+        return [{"code": TOKEN_LIMIT_CODE, "message": message, "line": None}]
 
     async def _run(self, b: _Batch, lines: list[dict[str, Any]]) -> None:
         if self._session is None:

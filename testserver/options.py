@@ -106,6 +106,13 @@ class ServerOptions:
         default=0, metadata={"help": "the next N batches expire with only the first half of their requests run"}
     )
     batch_concurrency: int = field(default=8, metadata={"help": "lines of one batch answered at once"})
+    batch_enqueued_token_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "input tokens per model the batch queue holds (None: no limit): a batch that would take its "
+            "model's batches in progress past it fails validation with code token_limit_exceeded, as OpenAI's does"
+        },
+    )
     max_model_len: int = field(
         default=8192, metadata={"help": "context length /v1/models reports for every model (vLLM's max_model_len)"}
     )
@@ -184,6 +191,9 @@ class ServerOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        limit = self.batch_enqueued_token_limit
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ValueError(f"batch_enqueued_token_limit must be an integer >= 1 or null, got {limit!r}")
         if not isinstance(self.batch_concurrency, int) or self.batch_concurrency < 1:
             raise ValueError(f"batch_concurrency must be an integer >= 1, got {self.batch_concurrency!r}")
         if not isinstance(self.log_size, int) or self.log_size < 1:

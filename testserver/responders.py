@@ -9,6 +9,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 PREFER_MARKER = "PREFER-ME"
 AVOID_MARKER = "AVOID-ME"
@@ -64,6 +65,22 @@ _TAILS = (
 def estimate_tokens(chars: int) -> int:
     """Tokens as characters // 4, at least 1 for non-empty text (close enough for English)."""
     return max(1, chars // 4) if chars else 0
+
+
+def text_of(content: Any) -> str:
+    """A message's text: a string, or the text of its content parts ([{"type": "text", "text": ...}])."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def prompt_tokens(messages: Any) -> int:
+    """The prompt tokens a chat request's usage reports: its messages' text, counted by `estimate_tokens`."""
+    if not isinstance(messages, list):
+        return 0
+    return estimate_tokens(sum(len(text_of(m.get("content"))) for m in messages if isinstance(m, dict)))
 
 
 def _stable_int(*parts: object) -> int:

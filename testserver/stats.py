@@ -31,7 +31,8 @@ class Stats:
         self.usage: dict[str, Counter[str]] = {}
         self.in_flight = 0
         self.in_flight_max = 0
-        self.batch: Counter[str] = Counter()  # files_uploaded, batches_created, retrieves, downloads
+        # files_uploaded, batches_created, retrieves, downloads, token_limit_exceeded, enqueued_tokens_max
+        self.batch: Counter[str] = Counter()
         self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
 
     def resize(self, log_size: int) -> None:

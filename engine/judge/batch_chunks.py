@@ -1,4 +1,5 @@
-"""Packing a round's request lines, in order, into Batch API input files ("chunks") within the per-file limits."""
+"""Packing a round's request lines, in order, into Batch API input files ("chunks") within the per-file limits and
+the queue's enqueued-token cap (a chunk over the cap could never be enqueued)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,33 @@ class Packed:
     lines: list[bytes] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)
     size: int = 0  # bytes: the file written is exactly the lines joined
+    tokens: int = 0  # input tokens of its requests (engine/judge/estimate.py: request_tokens)
 
 
 class Packer:
-    """Lines go into the current chunk while it stays within `max_requests` lines and `max_bytes` bytes; the line that
-    would pass either starts the next chunk. A line alone over `max_bytes` fits in no file: refuse it first."""
+    """Lines go into the current chunk while it stays within `max_requests` lines, `max_bytes` bytes and `max_tokens`
+    input tokens; the line that would pass one starts the next chunk. A line alone over `max_bytes` or `max_tokens`
+    fits in no chunk: refuse it first."""
 
-    def __init__(self, max_requests: int, max_bytes: int):
-        self.max_requests, self.max_bytes = max_requests, max_bytes
+    def __init__(self, max_requests: int, max_bytes: int, max_tokens: int):
+        self.max_requests, self.max_bytes, self.max_tokens = max_requests, max_bytes, max_tokens
         self.chunks: list[Packed] = []
 
-    def add(self, cid: str, key: str, line: bytes) -> None:
+    def add(self, cid: str, key: str, line: bytes, tokens: int) -> None:
         if len(line) > self.max_bytes:
             raise ValueError(f"a request line of {len(line):,} bytes is over the {self.max_bytes:,} per file")
+        if tokens > self.max_tokens:
+            raise ValueError(f"a request of {tokens:,} input tokens is over the {self.max_tokens:,} enqueued at once")
         last = self.chunks[-1] if self.chunks else None
-        if last is None or len(last.lines) >= self.max_requests or last.size + len(line) > self.max_bytes:
+        if (
+            last is None
+            or len(last.lines) >= self.max_requests
+            or last.size + len(line) > self.max_bytes
+            or last.tokens + tokens > self.max_tokens
+        ):
             last = Packed()
             self.chunks.append(last)
         last.lines.append(line)
         last.keys[cid] = key
         last.size += len(line)
+        last.tokens += tokens

@@ -1,7 +1,9 @@
-"""The loop of one `judge --mode batch` run: rounds that write, upload and create chunk batches (within --max-cost,
-forecast at batch prices before anything is sent), then poll until they end and hand each finished batch to the
-Collector (batch_collect.py). Requests that failed, expired, or came back malformed or cut by the token budget
-go into the next round, within live mode's limits; with --finish-live they are left for the live stage.
+"""The loop of one `judge --mode batch` run: rounds that write chunk files (within --max-cost, forecast at batch
+prices before anything is sent), upload and create them as batches while the queue has room for their tokens
+(batch_queue.py), then poll until they end and hand each finished batch to the Collector (batch_collect.py).
+Requests that failed, expired, or came back malformed or cut by the token budget go into the next round, within
+live mode's limits; with --finish-live they are left for the live stage. A batch refused for the queue's token
+limit is no attempt: its chunk waits and is created again.
 
 Every chunk's file id and batch id are recorded in the state (batch_state.py) the moment they exist, so a rerun
 polls what was submitted and never submits a chunk twice (a batch id lost to a kill between `create` and the
@@ -27,8 +29,10 @@ from engine.checkpoint import Writer, atomic_write
 from engine.errors import FatalError, SkipRow
 from engine.judge.batch_chunks import Packer
 from engine.judge.batch_collect import Collector
+from engine.judge.batch_queue import Queue, refused_for_queue
 from engine.judge.batch_state import BatchState, Chunk, custom_id, row_of
 from engine.judge.cost import BATCH_DISCOUNT
+from engine.judge.estimate import request_tokens
 from engine.judge.stage import JudgeStage
 from engine.options import RunOptions
 from engine.output import Duplicate, rows_in_scope
@@ -83,6 +87,7 @@ class BatchRun:
             done=done,
         )
         self.backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, options.max_retry_after_s)
+        self.queue = Queue(state, self.s.batch_max_enqueued_tokens, self.s.batch_requeue_wait_s)
         self.stop = asyncio.Event()
         self.stopped_reason: str | None = None
         self.capped: str | None = None  # why the latest round left requests unsent (--max-cost)
@@ -97,7 +102,7 @@ class BatchRun:
             await self._scan_input()
             await self._forget_changed_rows()
             while not self.stop.is_set():
-                await self._resubmit_unsent()
+                await self._send_waiting()
                 if self.stop.is_set():
                     break
                 await self._poll_and_collect()
@@ -190,12 +195,12 @@ class BatchRun:
         return max((c.round for c in self.state.chunks), default=0) + 1
 
     async def _submit_round(self) -> int:
-        """Write, upload and create this round's chunks; the number of requests submitted."""
+        """Write this round's chunks and create those the queue has room for; the number of requests in them."""
         s = self.s
         pending = self.todo - self.done - self.records.finished - self.records.failed_rows
         allowed = self._requests_allowed()
         capped = False
-        packer = Packer(s.batch_max_requests, s.batch_max_bytes)
+        packer = Packer(s.batch_max_requests, s.batch_max_bytes, s.batch_max_enqueued_tokens)
         round_no = self._round()
         async for row in self._rows(pending):
             self.state.forget_if_changed(row.id, row.key)
@@ -204,7 +209,7 @@ class BatchRun:
             except SkipRow as skip:
                 self.records.skip(row, skip)
                 continue
-            row_lines: list[tuple[str, bytes]] = []
+            row_lines: list[tuple[str, bytes, int]] = []
             for second in (False, True) if s.swap_check else (False,):
                 cid = custom_id(row.id, second)
                 req = self.state.requests.get(cid)
@@ -217,11 +222,11 @@ class BatchRun:
                 budget = (req or {}).get("budget") or s.max_completion_tokens
                 body = self.stage.request_body(row.data["prompt"], [cands.texts[p] for p in shown_order], budget)
                 line = orjson.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
-                row_lines.append((cid, line))
+                row_lines.append((cid, line, request_tokens(body)))
             if self._refuse_oversized(row, row_lines):
                 continue
-            for cid, line in row_lines:
-                packer.add(cid, row.key, line)
+            for cid, line, tokens in row_lines:
+                packer.add(cid, row.key, line, tokens)
                 allowed -= 1
         self.capped = None
         if capped:  # the batches sent are still polled and collected; the run stops when nothing more fits
@@ -232,32 +237,42 @@ class BatchRun:
             )
         submitted = 0
         for packed in packer.chunks:
-            chunk = Chunk(self.state.next_name(), round_no, packed.keys, packed.size)
+            chunk = Chunk(self.state.next_name(), round_no, packed.keys, packed.size, packed.tokens)
             atomic_write(chunk.file(self.out_dir, self.name, "input"), b"".join(packed.lines))
             self.state.chunks.append(chunk)
-            self.state.save()
-            await self._send(chunk)
             submitted += len(packed.keys)
+        self.state.save()
         if submitted:
-            log.info("round %d: submitted %d request(s) in %d batch(es)", round_no, submitted, len(packer.chunks))
+            log.info(
+                "round %d: %d request(s) in %d chunk(s), %s input tokens; created as batches while at most %s "
+                "tokens are enqueued",
+                round_no,
+                submitted,
+                len(packer.chunks),
+                f"{sum(p.tokens for p in packer.chunks):,}",
+                f"{s.batch_max_enqueued_tokens:,}",
+            )
+        await self._send_waiting()
         return submitted
 
-    def _refuse_oversized(self, row: Row, row_lines: list[tuple[str, bytes]]) -> bool:
-        """A request line over the per-file size limit fits in no file: its row fails (an error record a rerun
-        retries) before anything is uploaded, instead of a batch the API would refuse."""
+    def _refuse_oversized(self, row: Row, row_lines: list[tuple[str, bytes, int]]) -> bool:
+        """A request line over the per-file size limit fits in no file, and one over the enqueued-token cap in no
+        queue: its row fails (an error record a rerun retries) before anything is uploaded, instead of a batch the
+        API would refuse or one that would wait forever."""
         limit = self.s.batch_max_bytes
-        size = max((len(line) for _, line in row_lines), default=0)
-        if size <= limit:
-            return False
-        self.records.fail(
-            row,
-            FatalError(
+        size = max((len(line) for _, line, _ in row_lines), default=0)
+        tokens = max((n for _, _, n in row_lines), default=0)
+        if size > limit:
+            reason = (
                 f"its batch request is {size:,} bytes, over the Batch API's limit of {limit:,} bytes per input file, "
                 "so no batch can carry it: judge it live (--mode live, or --finish-live), or shorten its prompt or "
-                "completions",
-                attempts=0,
-            ),
-        )
+                "completions"
+            )
+        elif (too_large := self.queue.too_large(tokens)) is not None:
+            reason = too_large
+        else:
+            return False
+        self.records.fail(row, FatalError(reason, attempts=0))
         return True
 
     def _requests_allowed(self) -> float:
@@ -270,11 +285,12 @@ class BatchRun:
             return math.inf
         return max(0, math.floor((cap - self.counters.cost_usd) / per_request + 1e-9))
 
-    async def _resubmit_unsent(self) -> None:
-        """Chunks written but never created as a batch (a kill or an API failure came between): send them now."""
-        for chunk in self.state.open_chunks():
-            if chunk.batch_id is None:
-                await self._send(chunk)
+    async def _send_waiting(self) -> None:
+        """Chunks written but not created as a batch yet, in order, while the queue has room (Queue.next_to_send):
+        new ones, ones kept back for the enqueued-token cap or refused for the queue's limit, and ones a kill or an
+        API failure caught between writing and creating."""
+        while not self.stop.is_set() and (chunk := self.queue.next_to_send()) is not None:
+            await self._send(chunk)
 
     async def _send(self, chunk: Chunk) -> None:
         found = None
@@ -321,7 +337,7 @@ class BatchRun:
     async def _created_batch(self, chunk: Chunk) -> Batch | None:
         """The batch already made over this chunk's uploaded file, if any (found by its input file id)."""
         async for b in self.client.batches.list(limit=100):
-            if b.input_file_id == chunk.input_file_id:
+            if b.input_file_id == chunk.input_file_id and b.id not in chunk.refused:
                 return b
         return None
 
@@ -350,10 +366,32 @@ class BatchRun:
             if chunk.batch_id is None:
                 continue
             batch = await self._api(lambda chunk=chunk: self.client.batches.retrieve(chunk.batch_id))
+            refusal = refused_for_queue(batch)
+            if refusal is not None:
+                self._requeue(chunk, batch.id, refusal)
+                continue
             if chunk.update(batch):
                 self.state.save()
             if chunk.terminal:
                 await self.records.collect(chunk)
+
+    def _requeue(self, chunk: Chunk, batch_id: str, refusal: str) -> None:
+        """The API refused the chunk's batch for the queue's token limit: nothing in it ran, so no attempt counts;
+        the chunk waits and is created again (batch_queue.py)."""
+        wait = self.queue.refuse(chunk, batch_id)
+        self.state.save()
+        self.counters.extra["batch_queue_refusals"] = self.counters.extra.get("batch_queue_refusals", 0) + 1
+        log.warning(
+            "%s: batch %s refused, the Batch API queue is full (%s); %s of this run's tokens are enqueued, %s in this "
+            "chunk: created again in %.0f s, no attempt counted (lower batch_max_enqueued_tokens if this repeats "
+            "while nothing else uses the queue)",
+            chunk.name,
+            batch_id,
+            refusal[:300],
+            f"{self.state.enqueued_tokens():,}",
+            f"{chunk.tokens:,}",
+            wait,
+        )
 
     # -- progress and signals ---------------------------------------------------------------------
     def _progress(self) -> None:

@@ -1,9 +1,11 @@
 """What batch mode records in the output folder, so a kill, a closed laptop or a rerun never loses or repeats a
 submitted batch: NAME.batches.json, rewritten atomically (engine.checkpoint.atomic_write) at every change.
 
-- `chunks`: one per input file sent: its name, round, the requests in it (custom_id -> the row's input key),
-  size, local input file, then the file id, batch id, status and counts the moment the API gives them, and
-  whether its answers were collected into the checkpoint.
+- `chunks`: one per input file written: its name, round, the requests in it (custom_id -> the row's input key),
+  size and input tokens, local input file, then the file id, batch id, status and counts the moment the API gives
+  them, and whether its answers were collected into the checkpoint. A chunk waits (no batch id) until the queue
+  has room for its tokens; a batch the API refused for its queue limit is recorded in `refused`, and the chunk is
+  created again after `not_before`.
 - `requests`: per custom_id of a row not finished yet: the batches it was in (`tries`), malformed answers,
   and the token budget its next attempt gets (doubled after an answer cut by the budget).
 - `held`: verdicts of one order of a --swap-check row whose other order is still to come (never paid twice),
@@ -45,9 +47,11 @@ class Chunk:
     round: int
     requests: dict[str, str]  # custom_id -> the row's input key when it was sent
     bytes: int
+    tokens: int = 0  # input tokens, counted as `estimate` counts them (0 in a state from before they were counted)
     input_file_id: str | None = None
     batch_id: str | None = None
-    status: str = "prepared"  # prepared (file written), uploaded, then the batch's own status
+    # prepared (file written), uploaded, then the batch's own status; waiting: refused for the queue's token limit
+    status: str = "prepared"
     request_counts: dict[str, int] | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
@@ -55,6 +59,13 @@ class Chunk:
     collected: bool = False
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    refused: list[str] = field(default_factory=list)  # ids of its batches failed with token_limit_exceeded
+    not_before: float | None = None  # a refused chunk is created again from this time (epoch seconds) on
+
+    @property
+    def enqueued(self) -> bool:
+        """Created as a batch that has not ended: its tokens count against the queue's limit."""
+        return self.batch_id is not None and not self.terminal
 
     @property
     def terminal(self) -> bool:
@@ -128,6 +139,9 @@ class BatchState:
 
     def open_chunks(self) -> list[Chunk]:
         return [c for c in self.chunks if not c.collected]
+
+    def enqueued_tokens(self) -> int:
+        return sum(c.tokens for c in self.open_chunks() if c.enqueued)
 
     def open_requests(self) -> set[str]:
         return {cid for c in self.open_chunks() for cid in c.requests}

@@ -43,6 +43,14 @@ def count_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
+def request_tokens(body: dict[str, Any]) -> int:
+    """The input tokens of one judge request body (messages and JSON schema), counted as above: what `estimate`
+    sums, and what batch mode counts against the queue's enqueued-token cap."""
+    messages = body["messages"]
+    chars = sum(len(m["content"]) for m in messages) + len(orjson.dumps(body["response_format"]))
+    return count_tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(messages) + REPLY_PRIMING_TOKENS
+
+
 def output_tokens_per_request(settings: JudgeSettings) -> tuple[int, str]:
     """(tokens, how that number was chosen)."""
     if settings.expected_output_tokens is not None:
@@ -185,9 +193,7 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
                 continue
             order = shown_order(row_id, len(cands))
             messages = build_messages(data["prompt"], [cands.texts[p] for p in order])
-            schema_chars = len(orjson.dumps(response_format(len(cands))))
-            chars = sum(len(m["content"]) for m in messages) + schema_chars
-            tokens = count_tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(messages) + REPLY_PRIMING_TOKENS
+            tokens = request_tokens({"messages": messages, "response_format": response_format(len(cands))})
             requests += passes
             tokens_in += tokens * passes
             if limit_in is not None and tokens > limit_in:

@@ -26,6 +26,11 @@ BATCH_API_MAX_BYTES = 200_000_000  # ... and 200 MB, decimal (NOTES: OpenAI Batc
 # The largest input file written: the packer fills a file to this byte exactly (batch_chunks.py), so the 5% below
 # the API's limit is a margin for how the API counts its 200 MB, which the notes do not pin down to the byte.
 BATCH_MAX_BYTES = 190_000_000
+# An organisation's Batch API queue holds at most so many input tokens per model in batches not finished; a batch
+# over it fails validation with token_limit_exceeded (NOTES: OpenAI Batch API limits). The notes give no figure:
+# gpt-5's tier-1 limit is published as 1,500,000 (a third-party copy of OpenAI's table; see your organisation's
+# Limits page), and the default is 10% under it for the error of counting characters / 4.
+BATCH_MAX_ENQUEUED_TOKENS = 1_350_000
 
 
 def reasoning_efforts(model: str) -> tuple[str, ...]:
@@ -91,6 +96,21 @@ class JudgeSettings:
         default=BATCH_MAX_BYTES,
         metadata={"help": "batch mode: largest input file in bytes (the API's limit is 200 MB: 200,000,000 bytes)"},
     )
+    batch_max_enqueued_tokens: int = field(
+        default=BATCH_MAX_ENQUEUED_TOKENS,
+        metadata={
+            "help": "batch mode: most input tokens (counted as `estimate` counts them) in this folder's batches not "
+            "finished yet; later chunks wait. Set it to your organisation's Batch queue limit for the judge model "
+            "(default: 10% under gpt-5's tier-1 1.5M)"
+        },
+    )
+    batch_requeue_wait_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "batch mode: a batch the API refused for the queue's token limit (token_limit_exceeded, not an "
+            "attempt) is created again after up to this wait (half fixed, half random), doubled per refusal up to 32x"
+        },
+    )
 
     def __post_init__(self) -> None:
         def rule(ok: bool, message: str) -> None:
@@ -148,6 +168,12 @@ class JudgeSettings:
             f"batch_max_bytes must be 1-{BATCH_MAX_BYTES:,} (5% under the Batch API's {BATCH_API_MAX_BYTES:,} bytes "
             f"per file), got {self.batch_max_bytes:,}; omit it for the largest",
         )
+        rule(
+            self.batch_max_enqueued_tokens >= 1,
+            f"batch_max_enqueued_tokens must be >= 1, got {self.batch_max_enqueued_tokens}; set it to the Batch "
+            "queue limit of your organisation's Limits page for the judge model, or omit it",
+        )
+        rule(self.batch_requeue_wait_s > 0, f"batch_requeue_wait_s must be > 0, got {self.batch_requeue_wait_s}")
         if self.backend == "reference":
             object.__setattr__(self, "prices", FREE)
         elif self.prices is None:
