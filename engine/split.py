@@ -21,6 +21,9 @@ from engine.preference_rows import check_preference_file
 log = logging.getLogger(__name__)
 
 SALT = b"split-v1:"
+# The A/B hold-out (configs/local.yaml `holdout_fraction`): prompts never sampled nor trained on. Its own salt, so
+# the train/val split of the sampled prompts is independent of it.
+HOLDOUT_SALT = b"holdout-v1:"
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -42,9 +45,9 @@ class SplitResult:
         )
 
 
-def split_value(pid: str) -> float:
-    """A number in [0, 1) that depends only on the prompt id."""
-    digest = hashlib.sha256(SALT + pid.encode()).digest()
+def split_value(pid: str, salt: bytes = SALT) -> float:
+    """A number in [0, 1) that depends only on the prompt id (and the salt)."""
+    digest = hashlib.sha256(salt + pid.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -18,14 +18,23 @@ logger = logging.getLogger(__name__)
 
 DASHBOARD_PORT = 8237
 LOCAL_BANNER = """\
-Local profile: the production stack, small. vLLM (CPU build) serves the tiny model kit, the offline
-reference judge ranks, DPO trains on a 4-bit NF4 base on the CPU, vLLM is redeployed with both adapters
-and stays up (`python -m pipelines.dpo deploy --local --stop` stops it). No account, no network, no
-cost; the numbers it produces only prove the plumbing.
+Local profile: the production stack, small. vLLM (CPU build) serves {model}, the offline rubric judge
+ranks, DPO trains on the CPU, vLLM is redeployed with both adapters and stays up
+(`python -m pipelines.dpo deploy --local --stop` stops it). No account, no network, no cost.
+{meaning}
 To go to production (vLLM on Modal, GPT-5 judge, L4 training):
   export SERVE_URL=https://...modal.run/v1 OPENAI_API_KEY=sk-...   # and `modal token new` once
   python -m pipelines.dpo run --profile modal          # settings: configs/modal.yaml
 """
+
+
+def local_banner(local_model: str) -> str:
+    if local_model == "tiny":
+        return LOCAL_BANNER.format(model="the tiny random model kit",
+                                   meaning="Its numbers only prove the plumbing (the model writes gibberish).")
+    return LOCAL_BANNER.format(
+        model="SmolLM2-135M-Instruct with a short SFT adapter",
+        meaning="The A/B gate is on: DPO must beat SFT on held-out scenes by the rubric (a format judge, not GPT-5).")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "interrupted stages resume from their checkpoints, so rerunning the same command continues.",
     )
     run.add_argument("--profile", choices=("local", "modal"), default=None,
-                     help="local (default): offline, tiny model; modal: production (needs credentials)")
+                     help="local (default): offline, a small real model; modal: production (needs credentials)")
     run.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/<profile>.yaml)")
     run.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     run.add_argument("--workdir", type=Path, default=None,
@@ -66,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if cfg.is_local:
-        print(LOCAL_BANNER, file=sys.stderr)
+        print(local_banner(cfg.local_model), file=sys.stderr)
     else:
         problems = _preflight(cfg, online=not args.skip_online_checks)
         if problems:

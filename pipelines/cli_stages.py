@@ -186,7 +186,7 @@ def _judge_flags(p: argparse.ArgumentParser, *, completions: bool = True) -> Non
     p.add_argument("--judge-model", default=None, help="judge model (default: env JUDGE_MODEL, else gpt-5)")
     p.add_argument("--judge-url", default=None,
                    help="OpenAI-compatible base URL (default: env OPENAI_BASE_URL, else api.openai.com)")
-    p.add_argument("--reasoning-effort", default="low", help="none, minimal, low (default), medium, high, xhigh")
+    p.add_argument("--reasoning-effort", default="low", help="gpt-5: minimal, low (default), medium or high")
     p.add_argument("--max-completion-tokens", type=int, default=4096,
                    help="first output budget per request, reasoning included")
     p.add_argument("--max-completion-tokens-cap", type=int, default=16384,

@@ -21,6 +21,7 @@ from typing import Any
 from engine.generate import GenerateSettings
 from engine.options import RunOptions
 from pipelines.zenml_home import REPO_ROOT
+from training.local_kit import DEFAULT_LOCAL_MODEL, LOCAL_MODELS
 
 PROFILES = ("local", "modal")
 DEFAULT_PROFILE = "local"
@@ -35,11 +36,11 @@ PIPELINE_RUN_OPTIONS = {
     "handle_signals": "always on in the pipeline: Ctrl-C stops scheduling, lets rows in flight finish, and the "
     "step fails with the finished rows kept (a second Ctrl-C exits at once)",
 }
-# Training settings the pipeline fills in from earlier steps (both profiles) or the tiny kit (local).
+# Training settings the pipeline fills in from earlier steps (both profiles) or the local kit (local).
 TRAIN_FROM_PIPELINE = {"data_dir": "the upload step's output"}
 TRAIN_FROM_LOCAL_KIT = {
-    "base_model": "the tiny kit's base model",
-    "sft_adapter": "the tiny kit's SFT adapter",
+    "base_model": "the local kit's base model",
+    "sft_adapter": "the local kit's SFT adapter",
     "output_dir": "the working folder",
     "adapter_out": "the working folder",
 }
@@ -106,7 +107,9 @@ class PipelineConfig:
     source: str  # the YAML file it came from
     evaluate: Any = None  # engine.evaluate.EvaluateSettings
     evaluate_judge: Any = None  # JudgeSettings of the A/B judge (both orders are judged regardless)
-    evaluate_prompts: Path | None = None  # None: the split's val set
+    evaluate_prompts: Path | None = None  # None: the hold-out, else the split's val set
+    holdout_fraction: float = 0.0  # share of the prompts never sampled nor trained on: the A/B's prompts
+    local_model: str = "smollm2"  # local profile: the kit (training/local_kit.py)
 
     @property
     def is_local(self) -> bool:
@@ -121,6 +124,9 @@ TOP_LEVEL_HELP = {
     "profile": f"one of {', '.join(PROFILES)}",
     "prompts": "JSONL prompt file (rows of {prompt, completion?})",
     "limit": "only the first N prompts (null: all)",
+    "holdout_fraction": "share of the prompts (by a hash of each prompt) never sampled nor trained on; the A/B "
+    "evaluates on them (0: no hold-out, the A/B uses the split's val set)",
+    "local_model": "local profile: smollm2 (a real instruct model, the default) or tiny (the fast test model)",
     "workdir": "stable working folder for the stages' checkpoints (default data/dpo/<profile>)",
     "enable_cache": "reuse ZenML's cached results of unchanged steps",
     "generate": "GenerateSettings and RunOptions keys for sampling",
@@ -175,6 +181,14 @@ def load_config(
     prompts = _resolve(raw.get("prompts", "data/sample/prompts.jsonl"))
     if not prompts.is_file():
         raise PipelineConfigError(f"prompts: no file at {prompts}; set `prompts:` in {path} to a JSONL file")
+    holdout = raw.get("holdout_fraction", 0.0)
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1:
+        raise PipelineConfigError(f"{path}: holdout_fraction must be a number in [0, 1), got {holdout!r}; "
+                                  "0.2 holds out a fifth of the prompts for the A/B, 0 none")
+    local_model = raw.get("local_model", DEFAULT_LOCAL_MODEL)
+    if local_model not in LOCAL_MODELS:
+        raise PipelineConfigError(f"{path}: local_model must be one of {', '.join(LOCAL_MODELS)}, got "
+                                  f"{local_model!r}")
     enable_cache = raw.get("enable_cache", True)
     if not isinstance(enable_cache, bool):
         raise PipelineConfigError(f"enable_cache must be true or false, got {enable_cache!r}")
@@ -205,6 +219,8 @@ def load_config(
         train=_train_overrides(sections["train"], chosen),
         deploy=build(DeploySettings, sections["deploy"], "deploy"),
         source=str(path),
+        holdout_fraction=float(holdout),
+        local_model=local_model,
     )
 
 

@@ -51,23 +51,30 @@ def dpo_pipeline(
     evaluate: EvaluateSettings,
     evaluate_judge: JudgeSettings,
     evaluate_prompts: str | None,
+    holdout_fraction: float = 0.0,
     upload_token: str = "",
     deploy_token: str = "",
 ) -> None:
-    """Sample, judge, split, upload, train, redeploy and A/B-evaluate; `profile` picks local (tiny kit) or modal."""
+    """Sample, judge, split, upload, train, redeploy and A/B-evaluate; `profile` picks local (a local kit, named
+    by `model_key`) or modal. With `holdout_fraction` > 0 that share of the prompt file (by a hash of the prompt)
+    is never sampled nor trained on, and the A/B evaluates on it instead of the split's val set."""
     local = profile == "local"
-    prompts = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256, limit=limit)
+    prompts = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256, limit=limit,
+                             holdout_fraction=holdout_fraction, side="sample")
     completions = generate_completions(prompts, workdir=workdir, settings=generate, options=generate_run,
-                                       serve_tiny_kit=local, model_key=model_key, state_dir=deploy_state_dir)
+                                       serve_local_kit=local, model_key=model_key, state_dir=deploy_state_dir)
     preferences, _report = judge_preferences(completions, workdir=workdir, settings=judge, options=judge_run)
     train_set, val_set = split_dataset(preferences, val_fraction=val_fraction)
     data_path = upload_dataset(train_set, val_set, target=profile, workdir=workdir, place_token=upload_token)
     adapter = train_adapter(data_path, target=profile, workdir=workdir, overrides=train, model_key=model_key)
     deploy_adapters(adapter, target=profile, state_dir=deploy_state_dir, timeout_s=deploy_timeout_s,
-                    port=deploy_port, place_token=deploy_token)
+                    port=deploy_port, place_token=deploy_token, model_key=model_key)
+    if holdout_fraction > 0:  # the prompts nothing sampled: the A/B's prompts (unless evaluate_prompts names a file)
+        val_set = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256,
+                                 holdout_fraction=holdout_fraction, side="holdout", id="select_holdout_prompts")
     evaluate_adapters(adapter, val_set, workdir=workdir, generate=generate, judge=evaluate_judge,
                       options=judge_run, settings=evaluate, target=profile, state_dir=deploy_state_dir,
-                      prompts_file=evaluate_prompts, after="deploy_adapters")
+                      prompts_file=evaluate_prompts, model_key=model_key, after="deploy_adapters")
 
 
 def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
@@ -77,9 +84,9 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
 
     model_key = ""  # modal: the endpoint's model is known only by its name, already in the settings
     if cfg.is_local:
-        from training.tiny import kit_key
+        from training.local_kit import local_model_key
 
-        model_key = f"tiny-kit:{kit_key()}"  # a rebuilt kit is a new model: new samples, new adapter
+        model_key = local_model_key(cfg.local_model)  # a rebuilt kit is a new model: new samples, new adapter
     return {
         "profile": cfg.profile,
         "prompts_file": str(cfg.prompts),
@@ -99,6 +106,7 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
         "evaluate": cfg.evaluate,
         "evaluate_judge": cfg.evaluate_judge,
         "evaluate_prompts": str(cfg.evaluate_prompts) if cfg.evaluate_prompts else None,
+        "holdout_fraction": cfg.holdout_fraction,
         "upload_token": upload_token(cfg.workdir, cfg.profile),
         "deploy_token": deploy_token(cfg.state_dir, cfg.profile),
     }

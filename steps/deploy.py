@@ -30,18 +30,20 @@ def deploy_adapters(
     timeout_s: float = 180.0,
     port: int = 0,
     place_token: str = "",
+    model_key: str = "",
 ) -> Annotated[dict[str, Any], ArtifactConfig(name=Artifact.DEPLOYMENT)]:
-    """local: (re)start the local vLLM (CPU build) with the tiny kit's base, its SFT adapter and `adapter`.
+    """local: (re)start the local vLLM (CPU build) with the local kit's base (`model_key`:
+    training/local_kit.py), its SFT adapter and `adapter`.
     modal: deploy the vLLM app (it serves the adapters on the volume) and wait until both answer.
     Returns the deployment record (URL, models, adapter paths and hashes, readiness time)."""
     from serving.deploy import deploy_local, deploy_modal, live_local
 
     expected = (NAMES.sft_model_name, NAMES.dpo_model_name)
     if target == "local":
-        from training.tiny import ensure_tiny_kit
+        from training.local_kit import ensure_local_kit
 
         _check_local_adapter(adapter)
-        kit = ensure_tiny_kit()
+        kit = ensure_local_kit(model_key)
         adapters = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: Path(adapter.path)}
         record = live_local(Path(state_dir), adapters)  # the same adapter files answering: no restart
         reused = record is not None

@@ -47,6 +47,7 @@ async def evaluate_adapters(
     target: str = "local",
     state_dir: str = "data/runs/serving",
     prompts_file: str | None = None,
+    model_key: str = "",
 ) -> Annotated[ABEval, ArtifactConfig(name=Artifact.AB_EVAL)]:
     """Sample both served models on the held-out prompts, judge every pair in both orders, tally, gate."""
     from engine.evaluate import run_evaluate
@@ -78,7 +79,7 @@ async def evaluate_adapters(
                            f"unpaired); rerun the pipeline to finish them. Results so far: {run.result.headline()}")
     gate = result.get("gate")
     if gate is not None and not gate["passed"]:
-        restored = _roll_back(target, Path(state_dir), record)
+        restored = _roll_back(target, Path(state_dir), record, model_key)
         raise GateFailed(
             f"{settings.challenger} did not pass the A/B gate: the 95% interval's lower end "
             f"{gate['lower_bound']:.3f} is below evaluate.min_win_rate {gate['min_win_rate']:.3f} "
@@ -87,15 +88,15 @@ async def evaluate_adapters(
     return ABEval(data=result, markdown=(out / "report.md").read_text(encoding="utf-8"), charts=charts)
 
 
-def _roll_back(target: str, state_dir: Path, record: Any) -> str:
+def _roll_back(target: str, state_dir: Path, record: Any, model_key: str) -> str:
     """Put the previous DPO adapter back; says what serves now."""
     from infra.names import NAMES
     from serving.rollback import rollback_local, rollback_modal
 
     if target == "local":
-        from training.tiny import ensure_tiny_kit
+        from training.local_kit import ensure_local_kit
 
-        kit = ensure_tiny_kit()
+        kit = ensure_local_kit(model_key)
         live = rollback_local(state_dir, kit.base_dir, {NAMES.sft_model_name: kit.sft_adapter_dir})
         served = {a.name: a.path for a in live.adapters}
         if NAMES.dpo_model_name not in served:

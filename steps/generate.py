@@ -26,16 +26,16 @@ async def generate_completions(
     workdir: str,
     settings: GenerateSettings,
     options: RunOptions,
-    serve_tiny_kit: bool = False,
+    serve_local_kit: bool = False,
     model_key: str = "",
     state_dir: str = "data/runs/serving",
 ) -> Annotated[JsonlFile, ArtifactConfig(name=Artifact.COMPLETIONS)]:
     """Sample `settings.n` completions per prompt into `<workdir>/generate/<key>/completions.jsonl`.
 
-    `serve_tiny_kit` (local profile): sample from the local vLLM serving the tiny kit's SFT adapter,
+    `serve_local_kit` (local profile): sample from the local vLLM serving the local kit's SFT adapter,
     instead of `settings.serve_url`: the one `deploy --local` left running in `state_dir` when it
     serves that adapter, else one deployed now (it stays up; the deploy step redeploys it with the
-    DPO adapter). `model_key` names the served model's version (the tiny kit's key), so a new model
+    DPO adapter). `model_key` names the served model's version (training/local_kit.py), so a new model
     gets a new checkpoint folder and cache entry. The folder is keyed by settings and model, not by the
     prompts: runs over other prompt subsets share it (resume by row content, nothing sampled twice), and
     the artifact is this input's view (engine/view.py).
@@ -45,7 +45,8 @@ async def generate_completions(
     from engine.rows import validate_prompt_row
     from engine.view import write_view
 
-    live, api_key = (await _local_endpoint(settings, Path(state_dir))) if serve_tiny_kit else (settings, None)
+    live, api_key = ((await _local_endpoint(settings, Path(state_dir), model_key)) if serve_local_kit
+                     else (settings, None))
     summary = await run_generate(prompts.path, out_dir, live, options, api_key=api_key)
     log_summary(summary)
     log_metadata(metadata={**summary_metadata(summary), "model": settings.model, "n": settings.n,
@@ -54,12 +55,13 @@ async def generate_completions(
     return JsonlFile.of(await write_view(summary.output, prompts.path, validate_prompt_row, scratch_dir("view-")))
 
 
-async def _local_endpoint(settings: GenerateSettings, state_dir: Path) -> tuple[GenerateSettings, str | None]:
-    """Settings pointing at a local vLLM that serves the tiny kit's SFT adapter as `settings.model`, and its key."""
+async def _local_endpoint(settings: GenerateSettings, state_dir: Path,
+                          model_key: str) -> tuple[GenerateSettings, str | None]:
+    """Settings pointing at a local vLLM that serves the local kit's SFT adapter as `settings.model`, and its key."""
     from serving.deploy import deploy_local, live_local, local_api_key
-    from training.tiny import ensure_tiny_kit
+    from training.local_kit import ensure_local_kit
 
-    kit = await asyncio.to_thread(ensure_tiny_kit)
+    kit = await asyncio.to_thread(ensure_local_kit, model_key)
     adapters = {settings.model: kit.sft_adapter_dir}
     record = await asyncio.to_thread(live_local, state_dir, adapters, exact=False)
     if record is None:

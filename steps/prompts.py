@@ -1,4 +1,4 @@
-"""Step: the prompt subset this run samples from (the first `limit` rows of the prompt file)."""
+"""Step: the prompt subset this run samples from (the first `limit` rows of the prompt file), or its hold-out."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from zenml import ArtifactConfig, log_metadata, step
 
-from engine.rows import file_sha256
+from engine.rows import file_sha256, prompt_id
+from engine.split import HOLDOUT_SALT, split_value
 from steps.names import Artifact
 from steps.records import JsonlFile
 from steps.scratch import scratch_dir
 
 logger = logging.getLogger(__name__)
+
+SIDES = ("sample", "holdout")
 
 
 @step
@@ -21,12 +25,20 @@ def select_prompts(
     prompts_file: str,
     prompts_sha256: str,
     limit: int | None = None,
+    holdout_fraction: float = 0.0,
+    side: str = "sample",
 ) -> Annotated[JsonlFile, ArtifactConfig(name=Artifact.PROMPTS)]:
     """Copy the first `limit` non-blank rows (all when None) of `prompts_file` into a versioned artifact.
 
-    `prompts_sha256` is the file's hash taken when the run was launched: it makes the step's cache key
-    follow the file's content (a changed file is a new subset), and a file edited mid-run is refused.
+    With `holdout_fraction` > 0, a row whose prompt hashes below it (engine.split, salt "holdout-v1:") is held
+    out: `side="sample"` skips it (before `limit` counts), `side="holdout"` keeps only such rows (the A/B's
+    prompts, which no model was sampled or trained on). `prompts_sha256` is the file's hash taken when the run
+    was launched: it makes the step's cache key follow the file's content, and a file edited mid-run is refused.
     """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if not 0 <= holdout_fraction < 1 or (side == "holdout" and holdout_fraction == 0):
+        raise ValueError(f"holdout_fraction must be in [0, 1) (and > 0 for the hold-out), got {holdout_fraction}")
     source = Path(prompts_file)
     actual = file_sha256(source)
     if actual != prompts_sha256:
@@ -35,17 +47,38 @@ def select_prompts(
             "launch the run again"
         )
     out = scratch_dir("prompt-subset-") / "prompts.jsonl"  # removed once ZenML has stored the subset
-    kept = 0
+    kept, held = write_subset(source, out, limit=limit, holdout_fraction=holdout_fraction, side=side)
+    subset = JsonlFile.of(out)
+    logger.info("prompt %s: %d row(s) of %s (%d on the other side)", side, kept, source, held)
+    log_metadata(metadata={"source": str(source), "source_sha256": actual, "rows": kept, "side": side,
+                           "holdout_fraction": holdout_fraction, "limit": limit if limit is not None else "all"})
+    return subset
+
+
+def write_subset(source: Path, out: Path, *, limit: int | None, holdout_fraction: float, side: str) -> tuple[int, int]:
+    """Write `side`'s rows of `source` (at most `limit`) into `out`, byte for byte; returns (written, other side
+    seen before the limit stopped the copy)."""
+    kept = held = 0
     with open(source, "rb") as src, open(out, "wb") as dst:
         for line in src:
             if not line.strip():
+                continue
+            if holdout_fraction and (_held_out(line, holdout_fraction) != (side == "holdout")):
+                held += 1
                 continue
             if limit is not None and kept >= limit:
                 break
             dst.write(line if line.endswith(b"\n") else line + b"\n")
             kept += 1
-    subset = JsonlFile.of(out)
-    logger.info("prompt subset: %d row(s) of %s", kept, source)
-    log_metadata(metadata={"source": str(source), "source_sha256": actual, "rows": kept,
-                           "limit": limit if limit is not None else "all"})
-    return subset
+    return kept, held
+
+
+def _held_out(line: bytes, fraction: float) -> bool:
+    """Whether a prompt row is in the hold-out; a row that is not a JSON object with a prompt stays on the sample
+    side, where the stage that reads it names the file, the line and the problem (nothing dropped here)."""
+    try:
+        row = orjson.loads(line)
+        prompt = row["prompt"]
+        return split_value(prompt_id(prompt), HOLDOUT_SALT) < fraction
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return False

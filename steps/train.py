@@ -53,9 +53,9 @@ def train_adapter(
 def _train_local(data_path: str, workdir: str, overrides: dict[str, Any], model_key: str) -> AdapterRef:
     from training.config import DPOTrainConfig
     from training.dpo import train_dpo
-    from training.tiny import ensure_tiny_kit
+    from training.local_kit import ensure_local_kit
 
-    kit = ensure_tiny_kit()
+    kit = ensure_local_kit(model_key)
     folder = Path(workdir) / "train" / stage_key(data=data_path, overrides=overrides, model=model_key or kit.key)
     config = DPOTrainConfig.cpu_test(
         **overrides,

@@ -34,7 +34,7 @@ def trained_dpo(tiny_kit, tmp_path_factory):
     from training.tiny import write_sample_preferences
 
     work = tmp_path_factory.mktemp("trained-dpo")
-    local_train = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["train"]
+    local_train = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["train"]
     config = DPOTrainConfig.cpu_test(
         **local_train,
         data_dir=str(write_sample_preferences(work / "pairs")),

@@ -65,7 +65,7 @@ def judge_server():
 def chain(tmp_path_factory, judge_server):
     """Run the three pipeline runs once; yields what the tests below check."""
     base = tmp_path_factory.mktemp("pipeline")
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["workdir"] = str(base / "work")
     config["deploy"]["state_dir"] = str(base / "serving")
     config["judge"] = {"backend": "openai", "judge_url": judge_server.url, "judge_model": "gpt-5",

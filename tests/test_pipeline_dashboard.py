@@ -53,7 +53,7 @@ def _env(zenml_home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     base = tmp_path_factory.mktemp("dashboard")
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["workdir"] = str(base / "work")
     config["deploy"]["state_dir"] = str(base / "serving")
     (base / "config.yaml").write_text(yaml.safe_dump(config))

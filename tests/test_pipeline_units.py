@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(tmp_path: Path, **changes) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     for key, value in changes.items():
         section, _, name = key.partition("__")
         if name:
@@ -34,6 +34,10 @@ def test_shipped_configs_load_and_validate():
     assert local.profile == "local" and local.judge.backend == "reference"
     assert local.generate.serve_url == LOCAL_SERVE_URL  # the step serves the tiny kit itself
     assert local.workdir == ROOT / "data" / "dpo" / "local"
+    assert local.local_model == "smollm2" and local.holdout_fraction == 0.2  # the real model, a hold-out A/B
+    assert local.evaluate.min_win_rate == 0.5  # the gate is on locally
+    tiny = load_config(config_file=ROOT / "configs" / "tiny.yaml", env={})
+    assert tiny.local_model == "tiny" and tiny.holdout_fraction == 0 and tiny.evaluate.min_win_rate is None
     modal = load_config(profile="modal", env={"SERVE_URL": "https://example.modal.run/v1"})
     assert modal.judge.backend == "openai" and modal.generate.serve_url == "https://example.modal.run/v1"
     assert modal.judge_run.concurrency == 32 and modal.judge.max_cost_usd == 50
@@ -62,7 +66,7 @@ def test_values_are_validated_by_the_dataclass_that_owns_them(tmp_path):
 def test_keys_the_pipeline_sets_cannot_be_configured(tmp_path):
     with pytest.raises(PipelineConfigError, match=r"judge.limit is set by the pipeline.*--limit"):
         load_config(config_file=_config(tmp_path, judge__limit=3), env={})
-    with pytest.raises(PipelineConfigError, match=r"train.base_model is set by the pipeline from the tiny kit"):
+    with pytest.raises(PipelineConfigError, match=r"train.base_model is set by the pipeline from the local kit"):
         load_config(config_file=_config(tmp_path, train__base_model="x"), env={})
 
 

@@ -188,3 +188,17 @@ def test_serving_and_training_hash_an_adapter_the_same_way(tmp_path):
     assert hash_adapter_dir(a) == "sha256:" + adapter_sha256(a)
     (a / "training_metrics.json").write_text("{}")  # files beside the adapter do not change its identity
     assert hash_adapter_dir(a) == "sha256:" + adapter_sha256(a)
+
+
+def test_the_local_server_serves_the_dtype_the_model_config_names(tmp_path):
+    """SmolLM2's kit is stored in bf16 and served so (about twice fp32's tokens/s on this CPU); the tiny kit and
+    a folder without a readable config stay fp32 (vLLM's own `auto` would cast fp32 down)."""
+    from serving.local_vllm import local_settings
+
+    for name, config, expected in [("bf16", {"dtype": "bfloat16"}, "bfloat16"),
+                                   ("old-key", {"torch_dtype": "bfloat16"}, "bfloat16"),
+                                   ("fp32", {"dtype": "float32"}, "float32"), ("broken", None, "float32")]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{" if config is None else json.dumps(config))
+        assert local_settings(folder, port=1).dtype == expected, name

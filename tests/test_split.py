@@ -4,6 +4,7 @@ the judge's files (nested "judge" column and all) load unchanged into TRL 1.16's
 from __future__ import annotations
 
 import asyncio
+import json
 
 import orjson
 import pytest
@@ -123,3 +124,31 @@ def test_judge_and_split_files_load_unchanged_into_trl_dpo_trainer(tmp_path, tin
     trainer.train()
     logged = trainer.state.log_history[0]
     assert "rewards/accuracies" in logged and logged["loss"] > 0
+
+
+def test_the_holdout_and_the_sample_side_partition_the_prompt_file(tmp_path):
+    """The A/B's hold-out (configs/local.yaml holdout_fraction) is exactly the rows the sample side skips, by a
+    hash of the prompt with its own salt; a row that is not valid JSON stays on the sample side (the generate
+    stage reports it there, nothing is dropped)."""
+    from engine.rows import prompt_id
+    from engine.split import HOLDOUT_SALT, split_value
+    from steps.prompts import write_subset
+
+    source = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"scene {i}"} for i in range(200)]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    sample, holdout = tmp_path / "sample.jsonl", tmp_path / "holdout.jsonl"
+    write_subset(source, sample, limit=None, holdout_fraction=0.2, side="sample")
+    write_subset(source, holdout, limit=None, holdout_fraction=0.2, side="holdout")
+    sampled, held = sample.read_text().splitlines(), holdout.read_text().splitlines()
+    assert sampled[-1] == "{not json" and len(sampled) + len(held) == 201
+    assert {json.loads(x)["prompt"] for x in held}.isdisjoint(json.loads(x)["prompt"] for x in sampled[:-1])
+    assert all(split_value(prompt_id(json.loads(x)["prompt"]), HOLDOUT_SALT) < 0.2 for x in held)
+    assert 25 <= len(held) <= 55  # about a fifth
+    # the limit counts sample-side rows only, and keeps file order
+    first = tmp_path / "first.jsonl"
+    kept, _ = write_subset(source, first, limit=10, holdout_fraction=0.2, side="sample")
+    assert kept == 10 and first.read_text().splitlines() == sampled[:10]
+    # no hold-out: the first rows as they are
+    kept, skipped = write_subset(source, first, limit=5, holdout_fraction=0.0, side="sample")
+    assert (kept, skipped) == (5, 0) and first.read_text().splitlines() == [json.dumps(r) for r in rows[:5]]

@@ -179,8 +179,8 @@ def _build(tmp: Path, final_root: Path) -> None:
         model = _build_base(tokenizer)
         model.save_pretrained(base)
         tokenizer.save_pretrained(base)
-        _train_sft_adapter(model, tokenizer, rows, out=tmp / "sft-adapter", work=tmp / "sft-run",
-                           final_base=final_root / "base")
+        train_sft_adapter(model, tokenizer, rows, out=tmp / "sft-adapter", work=tmp / "sft-run",
+                          final_base=final_root / "base")
         shutil.rmtree(tmp / "sft-run", ignore_errors=True)
         _train_dpo_adapter(tmp, final_root)
     manifest = {
@@ -269,13 +269,17 @@ def _build_base(tokenizer):
     return model
 
 
-def _train_sft_adapter(model, tokenizer, rows: list[dict], out: Path, work: Path, final_base: Path) -> None:
+def train_sft_adapter(model, tokenizer, rows: list[dict], *, out: Path, work: Path, final_base: Path,
+                      recipe: dict = RECIPE, save_tokenizer: bool = False) -> None:
+    """A short real TRL SFT run of a LoRA adapter (`recipe`'s lora and sft entries) on `rows`, saved in `out`
+    and pointed at `final_base` (the build folder is renamed into place at the end). Used by both kits;
+    `save_tokenizer` puts the tokenizer (and its chat template) beside the adapter."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from trl import SFTConfig, SFTTrainer
 
-    sft = RECIPE["sft"]
-    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **RECIPE["lora"]))
+    sft = recipe["sft"]
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **recipe["lora"]))
     args = SFTConfig(
         output_dir=str(work),
         max_steps=sft["max_steps"],
@@ -289,14 +293,15 @@ def _train_sft_adapter(model, tokenizer, rows: list[dict], out: Path, work: Path
         save_strategy="no",
         logging_steps=1,
         report_to="none",
-        seed=RECIPE["seed"],
+        seed=recipe["seed"],
         disable_tqdm=True,
     )
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=peft_model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     peft_model.save_pretrained(out)
-    # The adapter names its base by the kit's final path (the build folder is renamed into place at the end).
+    if save_tokenizer:
+        tokenizer.save_pretrained(out)
     config_path = out / "adapter_config.json"
     adapter_config = json.loads(config_path.read_text())
     adapter_config["base_model_name_or_path"] = str(final_base)
