@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench
+.PHONY: install browser run smoke test proof lint bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,12 +31,20 @@ browser:
 run: $(STAMP)
 	$(BIN)/python -m pipelines.dpo run
 
+# The same pipeline on the tiny random model: a couple of minutes, numbers that mean nothing.
+smoke: $(STAMP)
+	$(BIN)/python -m pipelines.dpo run --config configs/tiny.yaml
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The real-model tests (-m realmodel): the SmolLM2 kit, and the local run proving DPO beats SFT (~13 min).
+proof: $(STAMP)
+	$(BIN)/python -m pytest -q -m realmodel
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine_bench.py

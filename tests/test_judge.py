@@ -355,7 +355,7 @@ async def test_reference_backend_picks_the_closest_to_the_reference_and_says_so(
     for r in read_jsonl(out / "preferences.jsonl"):
         j = r["judge"]
         assert text(r["chosen"]) == near and text(r["rejected"]) == far
-        assert j["backend"] == "reference" and j["model"] == "reference-rubric-v1"
+        assert j["backend"] == "reference" and j["model"] == "reference-rubric-v2"
         assert j["reason"].startswith("[reference judge: rubric]") and j["usage"]["cost_usd"] == 0
         assert j["scores"][j["chosen_index"]] == max(j["scores"])
     assert read_jsonl(out / "preferences.skipped.jsonl")[0] | {"id": ids[6]} == {

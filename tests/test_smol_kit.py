@@ -24,6 +24,9 @@ SCENE = "[JERRY] Why does the dry cleaner need a ticket?\n[GEORGE] The ticket is
         ("[GEORGE] The ticket is power.\n[JERRY] Power?", 0.7, 1, True, False),  # a copied scene line counts 0
         ("Sure! Here is the scene:\n[JERRY] Power over shirts.", 0.2, 1, True, True),
         ("", 0.0, 0, False, False),
+        ("[KRAMER] [ELAINE] [[ELAINE] power", 0.0, 0, False, False),  # tag spam is not dialogue
+        ("[JERRY] Power. [GEORGE] Shirts.\n[JERRY] Exactly.", 0.7, 1, True, False),  # two speakers on one line
+        ("[JERRY] 1543", 0.0, 0, False, False),  # no word
     ],
 )
 def test_rubric_scores_what_it_says(completion, total, script, in_scene, chatty):

@@ -13,7 +13,9 @@ import math
 import re
 from collections import Counter
 
-REFERENCE_MODEL = "reference-rubric-v1"  # the judge is the rubric (engine/judge/rubric.py), this its tie-break
+# The judge is the rubric (engine/judge/rubric.py), this its tie-break. v2: a script line's text is dialogue (no
+# `[...]` tag spam, one speaker per line), after v1's rewarded DPO for lines like "[KRAMER] [ELAINE] [[ELAINE]".
+REFERENCE_MODEL = "reference-rubric-v2"
 _WORD = re.compile(r"[a-z0-9']+")
 
 

@@ -3,7 +3,8 @@
 Deterministic and free; the local profile's stand-in for GPT-5 (which judges voice and humour, not this). For
 each completion, over its non-empty lines:
 - format: the share of lines that are `[CHARACTER] text` with a character of the show (the system prompt's
-  four, plus the recurring ones below), minus lines that only repeat a line of the scene;
+  four, plus the recurring ones below) and dialogue as the text (a word, no further `[...]` tag: one speaker per
+  line, as the show's scripts are written), minus lines that only repeat a line of the scene;
 - scene: +0.2 when at least one speaker is someone already in the scene (it continues this scene);
 - assistant talk: -0.5 when the text talks about the task instead of writing it ("Sure! Here is a scene...",
   "I hope this helps", "As an AI").
@@ -18,14 +19,13 @@ from dataclasses import dataclass
 
 from engine.judge.reference import features, similarity
 
-RUBRIC_MODEL = "reference-rubric-v1"
 CHARACTERS = frozenset({
     "JERRY", "GEORGE", "ELAINE", "KRAMER", "NEWMAN", "FRANK", "ESTELLE", "PUDDY", "JACKIE", "MORTY", "HELEN",
     "UNCLE LEO", "SUSAN", "PETERMAN", "STEINBRENNER", "MR. PITT", "WHATLEY", "BANIA", "MICKEY", "JACK",
 })
 SCENE_BONUS = 0.2
 ASSISTANT_PENALTY = 0.5
-_LINE = re.compile(r"^\[([A-Z][A-Z .']*)\]\s+(\S.*)$")
+_LINE = re.compile(r"^\[([A-Z][A-Z .']*)\]\s+([^\[\]]*[A-Za-z]{2}[^\[\]]*)$")
 _ASSISTANT = re.compile(
     r"\b(sure[,!.]|certainly[,!.]|here is|here's|here are|i hope|as an ai|let me know|feel free|"
     r"continue the scene|the scene continues|dialogue:|in this scene|i'd be happy|i can help)",
