@@ -42,7 +42,7 @@ MANIFEST = "kit.json"
 NUM_LAYERS = 30
 
 RECIPE: dict = {
-    "version": 1,
+    "version": 2,  # 2: the SFT adapter is seeded before its LoRA init (rebuilds are identical)
     "seed": 0,
     "lora": {
         "r": 16,

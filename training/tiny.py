@@ -276,9 +276,11 @@ def train_sft_adapter(model, tokenizer, rows: list[dict], *, out: Path, work: Pa
     `save_tokenizer` puts the tokenizer (and its chat template) beside the adapter."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     sft = recipe["sft"]
+    set_seed(recipe["seed"])  # LoRA's A matrices are drawn here, before the trainer seeds: a kit rebuilds bit for bit
     peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **recipe["lora"]))
     args = SFTConfig(
         output_dir=str(work),
