@@ -34,7 +34,8 @@ def local_banner(local_model: str) -> str:
                                    meaning="Its numbers only prove the plumbing (the model writes gibberish).")
     return LOCAL_BANNER.format(
         model="SmolLM2-135M-Instruct with a short SFT adapter",
-        meaning="The A/B gate is on: DPO must beat SFT on held-out scenes by the rubric (a format judge, not GPT-5).")
+        meaning="The A/B gate is on (configs/local.yaml): DPO is judged against SFT on held-out scenes by a "
+                "format rubric, not GPT-5.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
