@@ -21,7 +21,7 @@ from typing import Any
 from engine.generate import GenerateSettings
 from engine.options import RunOptions
 from pipelines.zenml_home import REPO_ROOT
-from training.local_kit import DEFAULT_LOCAL_MODEL, LOCAL_MODELS
+from training.local_kit import DEFAULT_LOCAL_MODEL, check_local_model
 
 PROFILES = ("local", "modal")
 DEFAULT_PROFILE = "local"
@@ -109,7 +109,7 @@ class PipelineConfig:
     evaluate_judge: Any = None  # JudgeSettings of the A/B judge (both orders are judged regardless)
     evaluate_prompts: Path | None = None  # None: the hold-out, else the split's val set
     holdout_fraction: float = 0.0  # share of the prompts never sampled nor trained on: the A/B's prompts
-    local_model: str = "smollm2"  # local profile: the kit (training/local_kit.py)
+    local_model: str = DEFAULT_LOCAL_MODEL  # local profile: the kit (training/local_kit.py)
 
     @property
     def is_local(self) -> bool:
@@ -186,9 +186,10 @@ def load_config(
         raise PipelineConfigError(f"{path}: holdout_fraction must be a number in [0, 1), got {holdout!r}; "
                                   "0.2 holds out a fifth of the prompts for the A/B, 0 none")
     local_model = raw.get("local_model", DEFAULT_LOCAL_MODEL)
-    if local_model not in LOCAL_MODELS:
-        raise PipelineConfigError(f"{path}: local_model must be one of {', '.join(LOCAL_MODELS)}, got "
-                                  f"{local_model!r}")
+    try:
+        check_local_model(local_model)
+    except ValueError as e:
+        raise PipelineConfigError(f"{path}: {e}") from e
     enable_cache = raw.get("enable_cache", True)
     if not isinstance(enable_cache, bool):
         raise PipelineConfigError(f"enable_cache must be true or false, got {enable_cache!r}")

@@ -132,10 +132,7 @@ def start_local_vllm(
         log_path = work / "server.log"
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **build_vllm_env(settings, key), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # vLLM keeps one core for its scheduler, whose loop spins even when idle; on a 2-core machine that leaves the
-    # model one thread. Both cores for the model measured 1.4x the tokens/s here (README, "Local profile").
-    env.setdefault(RESERVED_CPU_ENV, "0")
+    env = server_env(settings, key)
     logger.info("starting vLLM (CPU) on port %d with %s; log %s", settings.port, sorted(adapters), log_path)
     with log_path.open("ab") as log:
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -157,6 +154,17 @@ def start_local_vllm(
         raise
     logger.info("vLLM ready at %s after %.0f s (pid %d)", url, time.monotonic() - started, process.pid)
     return server
+
+
+def server_env(settings: VllmSettings, api_key: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The local server's environment: ours, the builder's CPU and key variables, offline, and both cores."""
+    env = {**(os.environ if environ is None else environ), **build_vllm_env(settings, api_key),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # vLLM keeps one core for its scheduler, whose loop spins even when idle; on a 2-core machine that leaves the
+    # model one thread. Both cores for the model measured 1.4x the tokens/s here (README, "Local profile"); a value
+    # already in the environment wins.
+    env.setdefault(RESERVED_CPU_ENV, "0")
+    return env
 
 
 def free_port(host: str = "127.0.0.1") -> int:

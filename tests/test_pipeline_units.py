@@ -61,6 +61,10 @@ def test_values_are_validated_by_the_dataclass_that_owns_them(tmp_path):
         load_config(config_file=_config(tmp_path, train__beta=-1), env={})
     with pytest.raises(PipelineConfigError, match=r"val_fraction must be between 0 and 1"):
         load_config(config_file=_config(tmp_path, split__val_fraction=1.5), env={})
+    with pytest.raises(PipelineConfigError, match=r"holdout_fraction must be a number in \[0, 1\), got 1"):
+        load_config(config_file=_config(tmp_path, holdout_fraction=1), env={})
+    with pytest.raises(PipelineConfigError, match=r"local_model must be one of smollm2, tiny, got 'big'"):
+        load_config(config_file=_config(tmp_path, local_model="big"), env={})
 
 
 def test_keys_the_pipeline_sets_cannot_be_configured(tmp_path):

@@ -202,3 +202,14 @@ def test_the_local_server_serves_the_dtype_the_model_config_names(tmp_path):
         folder.mkdir()
         (folder / "config.json").write_text("{" if config is None else json.dumps(config))
         assert local_settings(folder, port=1).dtype == expected, name
+
+
+def test_the_local_server_gives_both_cores_to_the_model_unless_told_otherwise(tmp_path):
+    from serving.local_vllm import local_settings, server_env
+
+    settings = local_settings(tmp_path / "base", port=1)
+    env = server_env(settings, "k", environ={"PATH": "/bin"})
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and env["HF_HUB_OFFLINE"] == "1" and env["PATH"] == "/bin"
+    assert env["VLLM_API_KEY"] == "k"
+    told = server_env(settings, "k", environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})
+    assert told["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"

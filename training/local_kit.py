@@ -31,8 +31,8 @@ class LocalKit(Protocol):
     def key(self) -> str: ...
 
 
-def check_local_model(name: str) -> str:
-    if name not in LOCAL_MODELS:
+def check_local_model(name: object) -> str:
+    if name not in LOCAL_MODELS or not isinstance(name, str):
         raise ValueError(f"local_model must be one of {', '.join(LOCAL_MODELS)}, got {name!r}; "
                          f"{DEFAULT_LOCAL_MODEL} is the real model, tiny the fast test model")
     return name

@@ -18,6 +18,7 @@ complete (as the tiny kit, training/tiny.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from engine.rows import file_sha256
 from training.errors import TrainingInputError
 from training.tiny import REPO_ROOT, SAMPLE_DATA, _offline, _version, train_sft_adapter
 
@@ -87,18 +89,18 @@ def gguf_file() -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+@functools.lru_cache(maxsize=4)
+def _gguf_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """The GGUF file's hash, once per process for an unchanged file (every step asks for the key)."""
+    return file_sha256(path)
 
 
 def smol_key() -> str:
     """Cache key: the GGUF file, the recipe, the sample data, the code that builds it and the library versions."""
     h = hashlib.sha256()
-    h.update(_file_sha256(gguf_file()).encode())
+    gguf = gguf_file()
+    stat = gguf.stat()
+    h.update(_gguf_sha256(gguf, stat.st_size, stat.st_mtime_ns).encode())
     h.update(json.dumps(RECIPE, sort_keys=True).encode())
     h.update(SAMPLE_DATA.read_bytes())
     h.update(Path(__file__).read_bytes())
