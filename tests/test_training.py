@@ -432,3 +432,40 @@ def test_servable_problems_lists_each_vllm_refusal():
     for fragment in ("rank 64", "bias is 'all'", "modules_to_save", "DoRA"):
         assert fragment in problems
     assert servable_problems({"r": 32, "bias": "none"}, 32) == []
+
+
+def capture_at_start(store: dict):
+    """The policy's and the reference's weights when training takes its first step."""
+    from transformers import TrainerCallback
+
+    class Capture(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if "policy_at_start" not in store:
+                store["policy_at_start"] = lora_weights(model.named_parameters(), "default")
+                store["ref_at_start"] = lora_weights(model.named_parameters(), "ref")
+
+    return Capture()
+
+
+def test_a_later_round_starts_the_policy_from_init_adapter_with_the_sft_adapter_as_reference(
+        first_run, tiny_kit, data_dir, tmp_path):
+    """Rounds (issue 19): round k trains on from round k-1's adapter, against the SFT adapter as the frozen
+    reference, in a run folder of its own."""
+    first, _, _, _ = first_run
+    store: dict = {}
+    config = make_config(tiny_kit, data_dir, tmp_path, init_adapter=str(first.adapter_dir), max_steps=1,
+                         save_steps=1, eval_steps=1)
+    result = train_dpo(config, callbacks=[capture_at_start(store)])
+    previous, sft = load_adapter_file(first.adapter_dir), load_adapter_file(tiny_kit.sft_adapter_dir)
+    assert set(store["policy_at_start"]) == set(previous)
+    for name, tensor in previous.items():
+        assert store["policy_at_start"][name].equal(tensor.to(store["policy_at_start"][name].dtype)), name
+        assert store["ref_at_start"][name].equal(sft[name]), f"the reference is not the SFT adapter: {name}"
+    assert result.checkpoint_dir.name != first.checkpoint_dir.name  # another run, another folder
+    assert json.loads((result.checkpoint_dir / "run.json").read_text())["init_adapter_sha256"] == \
+        adapter_sha256(first.adapter_dir)
+
+
+def test_init_adapter_that_is_the_sft_adapter_is_refused(tiny_kit, data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="init_adapter is the SFT adapter"):
+        make_config(tiny_kit, data_dir, tmp_path, init_adapter=str(tiny_kit.sft_adapter_dir))

@@ -56,6 +56,10 @@ class DPOTrainConfig:
         "root of the saved adapters: each lands with its metrics in <adapter_out>/<content hash>, never "
         "over another one",
     )
+    init_adapter: str = _f(
+        "", "a DPO adapter folder the policy starts from instead of the SFT adapter (a later round: the last "
+        "round's adapter); the reference stays the SFT adapter. '' = start from the SFT adapter",
+    )
     # DPO
     beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference")
     loss_type: str = _f("sigmoid", f"DPO loss, one of {', '.join(DPO_LOSS_TYPES)}")
@@ -142,6 +146,11 @@ class DPOTrainConfig:
         for name in ("data_dir", "base_model", "output_dir", "adapter_out"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must name a path; got an empty string.")
+        if self.init_adapter and Path(self.init_adapter).resolve() == Path(self.sft_adapter).resolve():
+            raise ConfigError(
+                f"init_adapter is the SFT adapter {self.init_adapter!r}; a run starts from the SFT adapter anyway. "
+                "Leave init_adapter '' or name an earlier DPO adapter."
+            )
         if Path(self.adapter_out).resolve() == Path(self.sft_adapter).resolve():
             raise ConfigError(
                 f"adapter_out must differ from sft_adapter, or the SFT adapter is overwritten; both are "

@@ -74,6 +74,8 @@ def check_inputs(config: DPOTrainConfig) -> _Inputs:
             f"{config.train_path} is {train_format} but {config.val_path} is {val_format}; use one format."
         )
     check_sft_adapter(Path(config.sft_adapter), config.base_model, config.max_lora_rank, config.check_base_model)
+    if config.init_adapter:  # the same rules: it becomes the policy, and vLLM must still serve what it turns into
+        check_sft_adapter(Path(config.init_adapter), config.base_model, config.max_lora_rank, config.check_base_model)
     if config.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
         raise TrainingInputError(
             "report_to='wandb' but WANDB_API_KEY is not set (a login prompt would block the run). "
@@ -130,6 +132,8 @@ def train_dpo(
     _restore_trainable(trainer.model, policy_fp32)  # before train() builds the optimizer over them
     if resume_from:
         restore_policy(trainer.model, resume_from)  # Trainer's own resume loads only `ref/`, never the policy
+    elif config.init_adapter:  # a later round: the policy starts from the last round's adapter, `ref` stays SFT
+        restore_policy(trainer.model, Path(config.init_adapter))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it print()s every metrics dict to stdout; we log them instead

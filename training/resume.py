@@ -47,14 +47,18 @@ def _checkpoints_by_step(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def run_fingerprint(config: DPOTrainConfig) -> dict[str, str]:
-    """What identifies a run: hashes of the data files and SFT adapter, plus the DPO settings."""
+    """What identifies a run: hashes of the data files, the SFT adapter (and the adapter it starts from, when
+    not the SFT one), plus the DPO settings."""
     settings = {name: getattr(config, name) for name in _FINGERPRINT_FIELDS}
-    return {
+    fingerprint = {
         "train_sha256": _file_sha256(config.train_path),
         "val_sha256": _file_sha256(config.val_path),
         "sft_adapter_sha256": adapter_sha256(Path(config.sft_adapter)),
         "settings_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
     }
+    if config.init_adapter:  # a later round: the policy starts from another adapter, so it is another run
+        fingerprint["init_adapter_sha256"] = adapter_sha256(Path(config.init_adapter))
+    return fingerprint
 
 
 def run_id(fingerprint: dict[str, str]) -> str:
