@@ -67,6 +67,8 @@ class ModalNames:
     # Names the served adapters are requested by.
     sft_model_name: str = "seinfeld"
     dpo_model_name: str = "seinfeld-dpo"
+    # Rounds (`run --rounds K`, local): the previous round's DPO adapter, served beside the new one for their A/B.
+    prev_model_name: str = "seinfeld-dpo-prev"
 
     def env(self) -> dict[str, str]:
         """Every name read from the environment, as the NGPT_* variables that resolve to it here.

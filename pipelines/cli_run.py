@@ -1,6 +1,7 @@
 """`run` (the whole pipeline under ZenML) and `dashboard` (ZenML's local dashboard on the project's store).
 
     python -m pipelines.dpo run [--profile local|modal] [--config FILE] [--limit N] [--workdir DIR] [--no-cache]
+                                [--rounds K]
     python -m pipelines.dpo dashboard [--port 8237]
 
 ZenML is imported inside the handlers, after `pipelines.zenml_home` has pointed it at `<repo>/.zenml`.
@@ -52,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--workdir", type=Path, default=None,
                      help="working folder for checkpoints (default: data/dpo/<profile>)")
     run.add_argument("--no-cache", action="store_true", help="run every step even if ZenML has its result")
+    run.add_argument("--rounds", type=int, default=None,
+                     help="on-policy DPO rounds (default: rounds.count in the config, 1): round k samples from "
+                     "round k-1's adapter and trains on from it; stops when a round no longer measurably beats "
+                     "the one before (pipelines/rounds.py)")
     run.add_argument("--skip-online-checks", action="store_true",
                      help="modal: check credentials are configured but make no call to prove they work")
     run.set_defaults(func=cmd_run)
@@ -71,7 +76,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(profile=args.profile, config_file=args.config, limit=args.limit,
-                          workdir=args.workdir, no_cache=args.no_cache)
+                          workdir=args.workdir, no_cache=args.no_cache, rounds=getattr(args, "rounds", None))
+        if cfg.rounds.count > 1:
+            from pipelines.rounds import check_rounds
+
+            check_rounds(cfg, cfg.rounds)
     except PipelineConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -92,6 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.zenml_home import init_zenml
 
     home = init_zenml()
+    if cfg.rounds.count > 1:
+        return _run_rounds(cfg, home)
     from pipelines.pipeline import run_pipeline
 
     try:
@@ -106,6 +117,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(render_run(run.id, home))
     return 0
+
+
+def _run_rounds(cfg: Any, home: Path) -> int:
+    from pipelines.rounds import run_rounds
+    from pipelines.rounds_report import REPORT_MD, render_table
+
+    try:
+        outcome = run_rounds(cfg, cfg.rounds)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished rounds are recorded and finished rows kept in the checkpoints under "
+              f"{cfg.workdir}; run the same command again to continue.", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        print(f"\nerror: {e}\nFinished rounds, steps and rows are kept: fix the cause, then run the same command "
+              "again to continue where it stopped.", file=sys.stderr)
+        return 1
+    print(render_table(outcome.rounds))
+    ran = ", ".join(map(str, outcome.ran)) or "none (every round was finished before)"
+    serving = f"round {outcome.deployed} serves as seinfeld-dpo" if outcome.deployed else "no round passed"
+    print(f"{outcome.stopped}; {serving}. Rounds run now: {ran}.\nreport: {outcome.report_dir / REPORT_MD}\n"
+          f"ZenML store: {home}; browse it with `python -m pipelines.dpo dashboard`")
+    return outcome.exit_code
 
 
 def _preflight(cfg: Any, *, online: bool) -> list[str]:

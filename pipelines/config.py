@@ -81,6 +81,36 @@ class DeploySettings:
             raise PipelineConfigError(f"deploy.port must be 0 (any free port) or 1-65535, got {self.port}")
 
 
+PROMPT_MODES = ("fresh", "all")
+DATA_MODES = ("round", "all")
+
+
+@dataclass(frozen=True)
+class RoundsSettings:
+    """How many rounds, on which prompts, trained on which pairs, stopped when."""
+
+    count: int = field(default=1, metadata={"help": "rounds to run (1: the plain pipeline)"})
+    prompts: str = field(default="fresh", metadata={
+        "help": "fresh: round k samples the k-th slice of `limit` training prompts (none sampled twice); "
+                "all: every round samples the same first `limit` prompts again, from its own policy"})
+    data: str = field(default="round", metadata={
+        "help": "round: a round trains on its own pairs (sampled from the policy it trains); all: on every "
+                "round's pairs so far"})
+    min_gain: float = field(default=0.5, metadata={
+        "help": "stop when the lower end of the 95% interval of round k's win rate over round k-1 is at or "
+                "below this (0.5: no measurable gain)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or not 1 <= self.count <= 10:
+            raise PipelineConfigError(f"rounds.count must be a whole number from 1 to 10, got {self.count!r}")
+        if self.prompts not in PROMPT_MODES:
+            raise PipelineConfigError(f"rounds.prompts must be one of {', '.join(PROMPT_MODES)}, got {self.prompts!r}")
+        if self.data not in DATA_MODES:
+            raise PipelineConfigError(f"rounds.data must be one of {', '.join(DATA_MODES)}, got {self.data!r}")
+        if not 0 <= self.min_gain < 1:
+            raise PipelineConfigError(f"rounds.min_gain must be in [0, 1), got {self.min_gain!r}; try 0.5")
+
+
 EVALUATE_EXTRA_HELP = {
     "prompts": "prompt file for the A/B evaluation (null: the split's val set, never trained on)",
     "judge_backend": "openai or reference for the A/B judge (null: the judge section's backend)",
@@ -110,6 +140,7 @@ class PipelineConfig:
     evaluate_prompts: Path | None = None  # None: the hold-out, else the split's val set
     holdout_fraction: float = 0.0  # share of the prompts never sampled nor trained on: the A/B's prompts
     local_model: str = DEFAULT_LOCAL_MODEL  # local profile: the kit (training/local_kit.py)
+    rounds: RoundsSettings = field(default_factory=RoundsSettings)  # `run --rounds K` (pipelines/rounds.py)
 
     @property
     def is_local(self) -> bool:
@@ -134,6 +165,7 @@ TOP_LEVEL_HELP = {
     "split": "SplitSettings keys (val_fraction)",
     "train": "DPOTrainConfig overrides",
     "deploy": "DeploySettings keys (state_dir, timeout_s, port)",
+    "rounds": "RoundsSettings keys (count, prompts, data, min_gain): on-policy rounds, pipelines/rounds.py",
     "evaluate": "EvaluateSettings keys (min_win_rate, baseline, challenger, worst_losses) and prompts, "
     "judge_backend, max_cost_usd",
 }
@@ -150,6 +182,7 @@ def load_config(
     limit: int | None = None,
     workdir: Path | None = None,
     no_cache: bool = False,
+    rounds: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> PipelineConfig:
     """Read the YAML for `profile` (or `config_file`), apply the environment and the flags, validate."""
@@ -168,7 +201,9 @@ def load_config(
         )
     chosen = profile or file_profile or DEFAULT_PROFILE
     sections = {name: dict(_section(raw, name, path))
-                for name in ("generate", "judge", "split", "train", "deploy", "evaluate")}
+                for name in ("generate", "judge", "split", "train", "deploy", "evaluate", "rounds")}
+    if rounds is not None:
+        sections["rounds"]["count"] = rounds
     for var, section, key in ENV_OVERRIDES:
         if env.get(var):
             sections[section][key] = env[var]
@@ -222,6 +257,7 @@ def load_config(
         source=str(path),
         holdout_fraction=float(holdout),
         local_model=local_model,
+        rounds=build(RoundsSettings, sections["rounds"], "rounds"),
     )
 
 

@@ -21,8 +21,10 @@ from pipelines.config import PipelineConfig
 from steps import (
     deploy_adapters,
     evaluate_adapters,
+    evaluate_vs_previous,
     generate_completions,
     judge_preferences,
+    merge_preferences,
     select_prompts,
     split_dataset,
     train_adapter,
@@ -54,27 +56,52 @@ def dpo_pipeline(
     holdout_fraction: float = 0.0,
     upload_token: str = "",
     deploy_token: str = "",
+    prompt_offset: int = 0,
+    previous_adapter_id: str | None = None,
+    earlier_preferences_ids: tuple[str, ...] = (),
 ) -> None:
     """Sample, judge, split, upload, train, redeploy and A/B-evaluate; `profile` picks local (a local kit, named
     by `model_key`) or modal. With `holdout_fraction` > 0 that share of the prompt file (by a hash of the prompt)
-    is never sampled nor trained on, and the A/B evaluates on it instead of the split's val set."""
+    is never sampled nor trained on, and the A/B evaluates on it instead of the split's val set.
+
+    A later round (pipelines/rounds.py) names the previous round's `dpo_adapter` version: it is sampled from,
+    trained on from (the SFT adapter stays the reference), served beside as seinfeld-dpo-prev and A/B'd against;
+    `prompt_offset` picks the round's slice of prompts, `earlier_preferences_ids` the pairs it trains on too."""
     local = profile == "local"
+    previous = _artifact(previous_adapter_id)  # an input artifact: lineage from the previous round's adapter
     prompts = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256, limit=limit,
-                             holdout_fraction=holdout_fraction, side="sample")
+                             holdout_fraction=holdout_fraction, side="sample", offset=prompt_offset)
     completions = generate_completions(prompts, workdir=workdir, settings=generate, options=generate_run,
-                                       serve_local_kit=local, model_key=model_key, state_dir=deploy_state_dir)
+                                       serve_local_kit=local, model_key=model_key, state_dir=deploy_state_dir,
+                                       sample_adapter=previous)
     preferences, _report = judge_preferences(completions, workdir=workdir, settings=judge, options=judge_run)
+    for number, earlier in enumerate(earlier_preferences_ids, start=1):
+        preferences = merge_preferences(preferences, _artifact(earlier), id=f"merge_preferences_{number}")
     train_set, val_set = split_dataset(preferences, val_fraction=val_fraction)
     data_path = upload_dataset(train_set, val_set, target=profile, workdir=workdir, place_token=upload_token)
-    adapter = train_adapter(data_path, target=profile, workdir=workdir, overrides=train, model_key=model_key)
+    adapter = train_adapter(data_path, target=profile, workdir=workdir, overrides=train, model_key=model_key,
+                            init_adapter=previous)
     deploy_adapters(adapter, target=profile, state_dir=deploy_state_dir, timeout_s=deploy_timeout_s,
-                    port=deploy_port, place_token=deploy_token, model_key=model_key)
+                    port=deploy_port, place_token=deploy_token, model_key=model_key, previous_adapter=previous)
     if holdout_fraction > 0:  # the prompts nothing sampled: the A/B's prompts (unless evaluate_prompts names a file)
         val_set = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256,
                                  holdout_fraction=holdout_fraction, side="holdout", id="select_holdout_prompts")
     evaluate_adapters(adapter, val_set, workdir=workdir, generate=generate, judge=evaluate_judge,
                       options=judge_run, settings=evaluate, target=profile, state_dir=deploy_state_dir,
                       prompts_file=evaluate_prompts, model_key=model_key, after="deploy_adapters")
+    if previous is not None:
+        evaluate_vs_previous(adapter, previous, val_set, workdir=workdir, generate=generate, judge=evaluate_judge,
+                             options=judge_run, settings=evaluate, state_dir=deploy_state_dir,
+                             prompts_file=evaluate_prompts, after="evaluate_adapters")
+
+
+def _artifact(version_id: str | None) -> Any:
+    """The artifact version with this id (a step input that records lineage), or None."""
+    if not version_id:
+        return None
+    from zenml.client import Client
+
+    return Client().get_artifact_version(version_id)
 
 
 def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:

@@ -15,10 +15,12 @@ _STEPS = {
     "generate_completions": "steps.generate",
     "judge_preferences": "steps.judge",
     "split_dataset": "steps.split",
+    "merge_preferences": "steps.split",
     "upload_dataset": "steps.upload",
     "train_adapter": "steps.train",
     "deploy_adapters": "steps.deploy",
     "evaluate_adapters": "steps.evaluate",
+    "evaluate_vs_previous": "steps.evaluate",
 }
 
 __all__ = sorted(_STEPS)

@@ -31,9 +31,11 @@ def deploy_adapters(
     port: int = 0,
     place_token: str = "",
     model_key: str = "",
+    previous_adapter: AdapterRef | None = None,
 ) -> Annotated[dict[str, Any], ArtifactConfig(name=Artifact.DEPLOYMENT)]:
     """local: (re)start the local vLLM (CPU build) with the local kit's base (`model_key`:
-    training/local_kit.py), its SFT adapter and `adapter`.
+    training/local_kit.py), its SFT adapter and `adapter` (and, in a later round, `previous_adapter` as
+    "seinfeld-dpo-prev", for the A/B of this round over the last).
     modal: deploy the vLLM app (it serves the adapters on the volume) and wait until both answer.
     Returns the deployment record (URL, models, adapter paths and hashes, readiness time)."""
     from serving.deploy import deploy_local, deploy_modal, live_local
@@ -45,6 +47,8 @@ def deploy_adapters(
         _check_local_adapter(adapter)
         kit = ensure_local_kit(model_key)
         adapters = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: Path(adapter.path)}
+        if previous_adapter is not None:
+            adapters[NAMES.prev_model_name] = Path(previous_adapter.path)
         record = live_local(Path(state_dir), adapters)  # the same adapter files answering: no restart
         reused = record is not None
         if record is None:
@@ -56,6 +60,8 @@ def deploy_adapters(
             if replaced is not None:
                 save_previous(Path(state_dir), replaced)  # what a failed A/B gate rolls back to
     elif target == "modal":
+        if previous_adapter is not None:
+            raise ValueError("rounds (a previous adapter served beside) are local-only for now")
         reused = False
         # The trained adapter's own content-addressed folder; the SFT one from NGPT_SFT_ADAPTER. The deploy
         # checks that the live server loaded exactly these folders (vLLM's `root`), else rolls back.

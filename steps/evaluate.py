@@ -50,6 +50,38 @@ async def evaluate_adapters(
     model_key: str = "",
 ) -> Annotated[ABEval, ArtifactConfig(name=Artifact.AB_EVAL)]:
     """Sample both served models on the held-out prompts, judge every pair in both orders, tally, gate."""
+    return await _evaluate(adapter, val_set, workdir, generate, judge, options, settings, target, state_dir,
+                           prompts_file, model_key)
+
+
+@step
+async def evaluate_vs_previous(
+    adapter: AdapterRef,
+    previous: AdapterRef,
+    val_set: JsonlFile,
+    workdir: str,
+    generate: GenerateSettings,
+    judge: JudgeSettings,
+    options: RunOptions,
+    settings: EvaluateSettings,
+    state_dir: str = "data/runs/serving",
+    prompts_file: str | None = None,
+) -> Annotated[ABEval, ArtifactConfig(name=Artifact.AB_EVAL_PREVIOUS)]:
+    """Rounds: the same A/B with the previous round's adapter ("seinfeld-dpo-prev") as the baseline, on the
+    same prompts. No gate here (the A/B over SFT guards the deploy): its interval feeds the stop rule."""
+    from infra.names import NAMES
+
+    if previous.sha256 == adapter.sha256:
+        raise ValueError("the previous round's adapter is this round's: nothing to compare")
+    versus = dataclasses.replace(settings, baseline=NAMES.prev_model_name, min_win_rate=None)
+    return await _evaluate(adapter, val_set, workdir, generate, judge, options, versus, "local", state_dir,
+                           prompts_file, "", previous=previous)
+
+
+async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, workdir: str, generate: GenerateSettings,
+                    judge: JudgeSettings, options: RunOptions, settings: EvaluateSettings, target: str,
+                    state_dir: str, prompts_file: str | None, model_key: str,
+                    previous: AdapterRef | None = None) -> ABEval:
     from engine.evaluate import run_evaluate
     from serving.deploy import load_record, local_api_key
     from steps.charts import training_curves, win_rate_chart
@@ -63,7 +95,8 @@ async def evaluate_adapters(
     out = stage_dir(workdir, "evaluate", settings={"evaluate": dataclasses.asdict(settings),
                                                    "generate": live.fingerprinted(),
                                                    "judge": judge.fingerprinted()},
-                    input=file_sha256(prompts) if prompts_file else val_set.sha256, model=adapter.sha256)
+                    input=file_sha256(prompts) if prompts_file else val_set.sha256, model=adapter.sha256,
+                    **({"previous": previous.sha256} if previous is not None else {}))
     run = await run_evaluate(prompts, out, settings, live, judge, options, serve_api_key=key)
     for summary in [*run.samples.values(), *([run.judge] if run.judge else [])]:
         log_summary(summary)

@@ -27,6 +27,7 @@ def select_prompts(
     limit: int | None = None,
     holdout_fraction: float = 0.0,
     side: str = "sample",
+    offset: int = 0,
 ) -> Annotated[JsonlFile, ArtifactConfig(name=Artifact.PROMPTS)]:
     """Copy the first `limit` non-blank rows (all when None) of `prompts_file` into a versioned artifact.
 
@@ -34,7 +35,10 @@ def select_prompts(
     out: `side="sample"` skips it (before `limit` counts), `side="holdout"` keeps only such rows (the A/B's
     prompts, which no model was sampled or trained on). `prompts_sha256` is the file's hash taken when the run
     was launched: it makes the step's cache key follow the file's content, and a file edited mid-run is refused.
+    `offset` skips that many of the side's rows first (rounds: each round samples a fresh slice).
     """
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     if not 0 <= holdout_fraction < 1 or (side == "holdout" and holdout_fraction == 0):
@@ -47,24 +51,29 @@ def select_prompts(
             "launch the run again"
         )
     out = scratch_dir("prompt-subset-") / "prompts.jsonl"  # removed once ZenML has stored the subset
-    kept, held = write_subset(source, out, limit=limit, holdout_fraction=holdout_fraction, side=side)
+    kept, held = write_subset(source, out, limit=limit, holdout_fraction=holdout_fraction, side=side, offset=offset)
     subset = JsonlFile.of(out)
     logger.info("prompt %s: %d row(s) of %s (%d on the other side)", side, kept, source, held)
     log_metadata(metadata={"source": str(source), "source_sha256": actual, "rows": kept, "side": side,
+                           "offset": offset,
                            "holdout_fraction": holdout_fraction, "limit": limit if limit is not None else "all"})
     return subset
 
 
-def write_subset(source: Path, out: Path, *, limit: int | None, holdout_fraction: float, side: str) -> tuple[int, int]:
-    """Write `side`'s rows of `source` (at most `limit`) into `out`, byte for byte; returns (written, other side
-    seen before the limit stopped the copy)."""
-    kept = held = 0
+def write_subset(source: Path, out: Path, *, limit: int | None, holdout_fraction: float, side: str,
+                 offset: int = 0) -> tuple[int, int]:
+    """Write `side`'s rows of `source` (at most `limit`, after skipping `offset` of them) into `out`, byte for
+    byte; returns (written, other side seen before the limit stopped the copy)."""
+    kept = held = skipped = 0
     with open(source, "rb") as src, open(out, "wb") as dst:
         for line in src:
             if not line.strip():
                 continue
             if holdout_fraction and (_held_out(line, holdout_fraction) != (side == "holdout")):
                 held += 1
+                continue
+            if skipped < offset:
+                skipped += 1
                 continue
             if limit is not None and kept >= limit:
                 break

@@ -30,3 +30,20 @@ def split_dataset(
     logger.info("%s", result.render())
     log_metadata(metadata={"n_train": result.n_train, "n_val": result.n_val, "val_fraction": val_fraction})
     return JsonlFile.of(result.train_path), JsonlFile.of(result.val_path)
+
+
+@step
+def merge_preferences(
+    preferences: JsonlFile,
+    earlier: JsonlFile,
+) -> Annotated[JsonlFile, ArtifactConfig(name=Artifact.PREFERENCES_ALL)]:
+    """Rounds with `data: all`: this round's pairs followed by an earlier round's, byte for byte (the split then
+    puts every pair of a prompt on one side, whichever round it came from)."""
+    out = scratch_dir("merge-") / "preferences.jsonl"
+    with open(out, "wb") as dst:
+        for part in (preferences, earlier):
+            data = part.path.read_bytes()
+            dst.write(data if not data or data.endswith(b"\n") else data + b"\n")
+    merged = JsonlFile.of(out)
+    log_metadata(metadata={"rows": merged.rows, "this_round": preferences.rows, "earlier": earlier.rows})
+    return merged

@@ -24,6 +24,7 @@ def train_adapter(
     workdir: str = "",
     overrides: dict[str, Any] | None = None,
     model_key: str = "",
+    init_adapter: AdapterRef | None = None,
 ) -> Annotated[AdapterRef, ArtifactConfig(name=Artifact.ADAPTER)]:
     """Train on the split at `data_path`; return a reference to the adapter (path, content hash, metrics).
 
@@ -32,8 +33,11 @@ def train_adapter(
     newest checkpoint and every trained adapter stays where its reference points.
     modal: `training.remote.train_remote` (checkpoints on the volume, resumable, adapter in
     /vol/adapters/...). The weights are never copied into ZenML's store.
+    `init_adapter` (a later round): the policy starts from that adapter; the SFT adapter stays the reference.
     """
     overrides = dict(overrides or {})
+    if init_adapter is not None:
+        overrides["init_adapter"] = init_adapter.path
     if target == "local":
         ref = _train_local(data_path, workdir, overrides, model_key)
     elif target == "modal":
@@ -46,6 +50,7 @@ def train_adapter(
         "adapter_sha256": ref.sha256,
         "steps": ref.steps,
         "base_model": ref.base_model,
+        **({"init_adapter_sha256": init_adapter.sha256} if init_adapter is not None else {}),
     })
     return ref
 

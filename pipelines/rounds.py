@@ -1,0 +1,315 @@
+"""`run --rounds K`: on-policy DPO rounds, each one run of the same ZenML pipeline, resumable and cached.
+
+Round 1 is `run`. Round k samples its slice of the training prompts from round k-1's DPO adapter (the served
+adapter's checkpoint folder is keyed by that adapter's content hash), judges them, trains the policy on from
+round k-1's adapter with the SFT adapter as the frozen reference, deploys it as `seinfeld-dpo` with round k-1's
+as `seinfeld-dpo-prev`, and A/Bs it against SFT (the gate, as in every run) and against round k-1 (the stop
+rule), on the same held-out prompts.
+
+Each finished round is recorded in `<workdir>/rounds/<key>/round-<k>.json` (key: every setting that defines
+the rounds); a rerun reads those records and never samples, judges or trains a finished round again. A round
+killed midway has no record: the rerun runs its pipeline again, ZenML's cache skips its finished steps and the
+stages resume from their checkpoints. Stop rule: when round k's win rate over round k-1 has its interval's lower
+end at or below `min_gain` (0.5: no measurable gain), the rounds stop and round k-1 is put back into service.
+Importing this module does not import ZenML (the CLI sets ZenML's home first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import PipelineConfig, PipelineConfigError, RoundsSettings
+
+logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one finished round left: its run, its adapter (an artifact version), its A/B results."""
+
+    round: int
+    run_id: str
+    run_name: str
+    adapter_id: str  # the dpo_adapter artifact version: the next round's input
+    adapter_path: str
+    adapter_sha256: str
+    preferences_id: str  # this round's own pairs (a `data: all` round merges the earlier ones)
+    pairs: int  # preference pairs this round judged
+    vs_sft: dict[str, Any]  # wins, losses, ties, n, win_rate_all, ci95_all_low/high, cost_usd, gate_passed
+    vs_previous: dict[str, Any] | None  # the same against round k-1 (None in round 1)
+    cost_usd: float  # judge + A/B judge dollars this round's runs paid
+    status: str = "done"  # done, or gate_failed (the A/B over SFT refused the deploy; serving rolled back)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RoundsOutcome:
+    rounds: list[RoundRecord]
+    deployed: int | None  # the round serving as seinfeld-dpo at the end (None: none passed)
+    stopped: str  # why the rounds ended
+    ran: list[int]  # rounds whose pipeline ran in this call (the others were finished before)
+    report_dir: Path
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(r.status != "done" for r in self.rounds) else 0
+
+
+def check_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> None:
+    """Refuse, before anything runs, what the rounds cannot do with this config."""
+    if settings.count == 1:
+        return
+    if not cfg.is_local:
+        raise PipelineConfigError(
+            "rounds.count > 1 runs locally only for now: a later round serves the previous adapter beside the new "
+            "one (seinfeld-dpo-prev), which the Modal serving app does not yet; use --profile local"
+        )
+    if cfg.holdout_fraction <= 0 and cfg.evaluate_prompts is None:
+        raise PipelineConfigError(
+            "rounds compare each round on the same held-out prompts: set holdout_fraction (e.g. 0.4) or "
+            "evaluate.prompts"
+        )
+    if settings.prompts == "fresh":
+        if cfg.limit is None:
+            raise PipelineConfigError("rounds.prompts: fresh slices need a `limit` (the slice size); set limit or "
+                                      "rounds.prompts: all")
+        available = _sample_side_rows(cfg)
+        if available < settings.count * cfg.limit:
+            raise PipelineConfigError(
+                f"rounds.prompts: fresh: {settings.count} rounds of {cfg.limit} prompts need "
+                f"{settings.count * cfg.limit} training prompts, and {cfg.prompts} has {available} outside the "
+                f"hold-out; lower limit to {available // settings.count}, run fewer rounds, or use "
+                "rounds.prompts: all"
+            )
+
+
+def _sample_side_rows(cfg: PipelineConfig) -> int:
+    import orjson
+
+    from engine.rows import prompt_id
+    from engine.split import HOLDOUT_SALT, split_value
+
+    count = 0
+    for line in cfg.prompts.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            prompt = orjson.loads(line)["prompt"]
+            held = cfg.holdout_fraction > 0 and split_value(prompt_id(prompt), HOLDOUT_SALT) < cfg.holdout_fraction
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            held = False  # the select step names the line; it counts on the sample side there too
+        count += not held
+    return count
+
+
+def rounds_dir(cfg: PipelineConfig, settings: RoundsSettings, params: dict[str, Any]) -> Path:
+    """`<workdir>/rounds/<key>`: the key hashes every parameter but the place tokens, and the rounds settings."""
+    from steps.stage_io import stage_key
+
+    stable = {k: v for k, v in params.items() if not k.endswith("_token")}
+    key = stage_key(params=stable, prompts=settings.prompts, data=settings.data)
+    return Path(cfg.workdir) / "rounds" / key
+
+
+def round_parameters(base: dict[str, Any], settings: RoundsSettings, k: int,
+                     done: list[RoundRecord]) -> dict[str, Any]:
+    """Round k's pipeline parameters: round 1's are the plain run's (so a plain run's cache serves it)."""
+    params = dict(base)
+    if k == 1:
+        return params
+    limit = base["limit"]
+    params["prompt_offset"] = (k - 1) * limit if settings.prompts == "fresh" else 0
+    params["previous_adapter_id"] = done[-1].adapter_id
+    if settings.data == "all":
+        params["earlier_preferences_ids"] = tuple(r.preferences_id for r in done)
+    return params
+
+
+def load_record(folder: Path, k: int) -> RoundRecord | None:
+    """Round k's record when its adapter is still the one recorded (else the round runs again)."""
+    from training.adapters import adapter_sha256
+
+    path = folder / f"round-{k}.json"
+    if not path.is_file():
+        return None
+    record = RoundRecord(**json.loads(path.read_text()))
+    adapter = Path(record.adapter_path)
+    if not adapter.is_dir() or adapter_sha256(adapter) != record.adapter_sha256:
+        logger.warning("round %d's adapter %s is gone or changed: the round runs again", k, adapter)
+        return None
+    return record
+
+
+def save_record(folder: Path, record: RoundRecord) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"round-{record.round}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def stop_reason(record: RoundRecord, settings: RoundsSettings) -> str | None:
+    """Why the rounds stop after this one (None: go on)."""
+    if record.status == "gate_failed":
+        return (f"round {record.round} failed the A/B gate against SFT (lower end "
+                f"{record.vs_sft.get('ci95_all_low', float('nan')):.3f}); serving was rolled back")
+    if record.vs_previous is None:
+        return None
+    low = record.vs_previous["ci95_all_low"]
+    if low <= settings.min_gain:
+        return (f"round {record.round} over round {record.round - 1}: the 95% interval's lower end {low:.3f} is at "
+                f"or below rounds.min_gain {settings.min_gain} (no measurable gain)")
+    return None
+
+
+def best_round(records: list[RoundRecord], settings: RoundsSettings) -> RoundRecord | None:
+    """The round to keep serving: the last that passed its gate and, after round 1, measurably beat the one
+    before it (its head-to-head interval's lower end above min_gain)."""
+    best = None
+    for record in records:
+        if record.status != "done":
+            break
+        if record.vs_previous is not None and record.vs_previous["ci95_all_low"] <= settings.min_gain:
+            break
+        best = record
+    return best
+
+
+def run_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> RoundsOutcome:
+    """Run (or resume) the rounds; returns every round's record and what serves at the end."""
+    from pipelines.pipeline import pipeline_parameters
+
+    check_rounds(cfg, settings)
+    folder = rounds_dir(cfg, settings, pipeline_parameters(cfg))
+    records: list[RoundRecord] = []
+    ran: list[int] = []
+    stopped = f"all {settings.count} rounds ran"
+    for k in range(1, settings.count + 1):
+        record = load_record(folder, k)
+        if record is None:
+            logger.info("round %d of %d: running", k, settings.count)
+            record = _run_round(cfg, settings, k, records)
+            save_record(folder, record)
+            ran.append(k)
+        else:
+            logger.info("round %d of %d: finished before (run %s), not run again", k, settings.count,
+                        record.run_name)
+        records.append(record)
+        reason = stop_reason(record, settings)
+        if reason:
+            stopped = f"stopped after round {k}: {reason}"
+            break
+    best = best_round(records, settings)
+    if best is not None and best is not records[-1]:
+        _serve_round(cfg, best)
+    from pipelines.rounds_report import write_report
+
+    write_report(folder, records, settings, deployed=best.round if best else None, stopped=stopped,
+                 save_artifact=bool(ran))
+    return RoundsOutcome(records, best.round if best else None, stopped, ran, folder)
+
+
+def _run_round(cfg: PipelineConfig, settings: RoundsSettings, k: int, done: list[RoundRecord]) -> RoundRecord:
+    from zenml.client import Client
+
+    from pipelines.pipeline import dpo_pipeline, pipeline_parameters
+    from steps.names import PIPELINE_NAME
+
+    params = round_parameters(pipeline_parameters(cfg), settings, k, done)  # place tokens taken now
+    name = f"{PIPELINE_NAME}-{cfg.profile}-round{k}-{{date}}-{{time}}"
+    configured = dpo_pipeline.with_options(enable_cache=cfg.enable_cache, run_name=name)
+    try:
+        run = configured(**params)
+    except RuntimeError:
+        failed = _latest_run(Client(), k)
+        gate = _step_metadata(failed, "evaluate_adapters") if failed is not None else {}
+        if gate.get("gate_passed") is False:  # the gate refused the deploy: a verdict, kept as the round's
+            return _record(Client(), failed, k, status="gate_failed")
+        raise
+    return _record(Client(), Client().get_pipeline_run(run.id), k)
+
+
+def _latest_run(client: Any, k: int) -> Any:
+    from steps.names import PIPELINE_NAME
+
+    runs = client.list_pipeline_runs(pipeline_name=PIPELINE_NAME, sort_by="desc:created", size=1)
+    run = runs.items[0] if runs.items else None
+    return run if run is not None and f"-round{k}-" in run.name else None
+
+
+def _step_metadata(run: Any, step: str) -> dict[str, Any]:
+    step_run = run.steps.get(step)
+    return dict(step_run.run_metadata) if step_run is not None else {}
+
+
+def _output(run: Any, step: str, name: str) -> Any:
+    outputs = run.steps[step].outputs.get(name) or []
+    if not outputs:
+        raise RuntimeError(f"run {run.name}: step {step} has no output {name!r}")
+    return outputs[0]
+
+
+def _record(client: Any, run: Any, k: int, status: str = "done") -> RoundRecord:
+    from zenml import log_metadata
+
+    from steps.names import Artifact
+
+    adapter_version = _output(run, "train_adapter", Artifact.ADAPTER)
+    adapter = adapter_version.load()
+    judge = _step_metadata(run, "judge_preferences")
+    vs_sft = _ab_numbers(_step_metadata(run, "evaluate_adapters"))
+    vs_previous = _ab_numbers(_step_metadata(run, "evaluate_vs_previous")) if k > 1 and status == "done" else None
+    cost = float(judge.get("cost_usd") or 0) + float(vs_sft.get("cost_usd") or 0) + \
+        float((vs_previous or {}).get("cost_usd") or 0)
+    record = RoundRecord(
+        round=k, run_id=str(run.id), run_name=run.name, adapter_id=str(adapter_version.id),
+        adapter_path=adapter.path, adapter_sha256=adapter.sha256,
+        preferences_id=str(_output(run, "judge_preferences", Artifact.PREFERENCES).id),
+        pairs=int(judge.get("rows_succeeded") or 0) + int(judge.get("rows_done_before") or 0),
+        vs_sft=vs_sft, vs_previous=vs_previous, cost_usd=round(cost, 6), status=status,
+    )
+    _tag_round(run, k)
+    log_metadata(metadata={"round": k, "round_status": status}, run_id_name_or_prefix=run.id)
+    return record
+
+
+AB_KEYS = ("wins", "losses", "ties", "n", "win_rate_all", "ci95_all_low", "ci95_all_high", "cost_usd",
+           "gate_passed", "order_agreement")
+
+
+def _ab_numbers(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in AB_KEYS if k in meta}
+
+
+def _tag_round(run: Any, k: int) -> None:
+    """Put `round: k` on every artifact version this round's run made (cached ones keep their own round)."""
+    from zenml import log_metadata
+    from zenml.enums import ExecutionStatus
+
+    for step_run in run.steps.values():
+        if step_run.status != ExecutionStatus.COMPLETED and step_run.status != ExecutionStatus.FAILED:
+            continue
+        for versions in step_run.outputs.values():
+            for version in versions:
+                log_metadata(metadata={"round": k}, artifact_version_id=version.id)
+
+
+def _serve_round(cfg: PipelineConfig, record: RoundRecord) -> None:
+    """Serve `record`'s adapter as seinfeld-dpo again (the stop rule's choice), unless it already is."""
+    from infra.names import NAMES
+    from serving.deploy import deploy_local, live_local
+    from training.local_kit import ensure_local_kit, local_model_key
+
+    kit = ensure_local_kit(local_model_key(cfg.local_model))
+    adapters = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: Path(record.adapter_path)}
+    if live_local(cfg.state_dir, adapters) is None:
+        logger.info("serving round %d's adapter as %s again", record.round, NAMES.dpo_model_name)
+        deploy_local(kit.base_dir, adapters, state_dir=cfg.state_dir, timeout_s=cfg.deploy.timeout_s,
+                     port=cfg.deploy.port)

@@ -1,0 +1,114 @@
+"""The rounds' rules without a model: settings, the stop rule's edges, which round keeps serving, each round's
+parameters, and the refusals before anything runs (issue 19)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pipelines.config import PipelineConfigError, RoundsSettings, load_config
+from pipelines.rounds import (
+    RoundRecord,
+    best_round,
+    check_rounds,
+    load_record,
+    round_parameters,
+    save_record,
+    stop_reason,
+)
+from pipelines.rounds_report import chart, render_table
+
+
+def _ab(low: float, rate: float = 0.6, high: float = 0.8) -> dict:
+    return {"wins": 10, "losses": 5, "ties": 1, "n": 16, "win_rate_all": rate, "ci95_all_low": low,
+            "ci95_all_high": high, "cost_usd": 0.0}
+
+
+def _record(k: int, *, vs_prev_low: float | None = None, status: str = "done", path: str = "/nowhere") -> RoundRecord:
+    return RoundRecord(round=k, run_id=f"run{k}", run_name=f"dpo-local-round{k}-x", adapter_id=f"adapter{k}",
+                       adapter_path=path, adapter_sha256=f"sha{k}", preferences_id=f"prefs{k}", pairs=12,
+                       vs_sft=_ab(0.55), vs_previous=None if vs_prev_low is None else _ab(vs_prev_low),
+                       cost_usd=0.0, status=status)
+
+
+def test_the_stop_rule_fires_at_or_below_min_gain_and_not_above():
+    settings = RoundsSettings(count=3)
+    assert stop_reason(_record(1), settings) is None  # round 1 has no previous round to beat
+    assert stop_reason(_record(2, vs_prev_low=0.5001), settings) is None
+    assert "no measurable gain" in stop_reason(_record(2, vs_prev_low=0.5), settings)  # at the edge: stop
+    assert "no measurable gain" in stop_reason(_record(2, vs_prev_low=0.31), settings)
+    assert stop_reason(_record(2, vs_prev_low=0.41), RoundsSettings(count=3, min_gain=0.4)) is None
+    assert "failed the A/B gate" in stop_reason(_record(1, status="gate_failed"), settings)
+
+
+def test_the_round_kept_serving_is_the_last_that_measurably_beat_the_one_before():
+    settings = RoundsSettings(count=3)
+    one, two, three = _record(1), _record(2, vs_prev_low=0.56), _record(3, vs_prev_low=0.44)
+    assert best_round([one], settings) is one
+    assert best_round([one, two], settings) is two
+    assert best_round([one, two, three], settings) is two  # round 3 did not beat round 2: round 2 serves
+    assert best_round([one, _record(2, vs_prev_low=0.5)], settings) is one
+    assert best_round([one, _record(2, vs_prev_low=0.7, status="gate_failed")], settings) is one
+    assert best_round([_record(1, status="gate_failed")], settings) is None
+
+
+def test_round_parameters_slice_the_prompts_and_chain_the_adapters():
+    base = {"limit": 40, "prompt_offset": 0, "previous_adapter_id": None, "earlier_preferences_ids": ()}
+    done = [_record(1), _record(2, vs_prev_low=0.6)]
+    assert round_parameters(base, RoundsSettings(count=3), 1, []) == base  # round 1 is the plain run
+    third = round_parameters(base, RoundsSettings(count=3), 3, done)
+    assert third["prompt_offset"] == 80 and third["previous_adapter_id"] == "adapter2"
+    assert third["earlier_preferences_ids"] == ()  # data: round (the default) trains on its own pairs
+    everything = round_parameters(base, RoundsSettings(count=3, prompts="all", data="all"), 3, done)
+    assert everything["prompt_offset"] == 0 and everything["earlier_preferences_ids"] == ("prefs1", "prefs2")
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"count": 0}, "rounds.count must be a whole number from 1 to 10"),
+    ({"count": True}, "rounds.count must be a whole number"),
+    ({"prompts": "some"}, "rounds.prompts must be one of fresh, all"),
+    ({"data": "mine"}, "rounds.data must be one of round, all"),
+    ({"min_gain": 1.0}, "rounds.min_gain must be in"),
+])
+def test_bad_rounds_settings_are_refused(values, message):
+    with pytest.raises(PipelineConfigError, match=message):
+        RoundsSettings(**values)
+
+
+def test_fresh_slices_that_do_not_fit_the_prompt_file_are_refused_before_anything_runs():
+    cfg = load_config(rounds=3)  # configs/local.yaml: limit 48, 200 scenes, holdout 0.4
+    assert cfg.rounds.count == 3
+    with pytest.raises(PipelineConfigError, match=r"3 rounds of 48 prompts need 144 training prompts.*lower limit"):
+        check_rounds(cfg, cfg.rounds)
+    check_rounds(dataclasses.replace(cfg, limit=30), cfg.rounds)  # 90 fit
+    with pytest.raises(PipelineConfigError, match="locally only"):
+        check_rounds(dataclasses.replace(cfg, profile="modal"), cfg.rounds)
+    with pytest.raises(PipelineConfigError, match="same held-out prompts"):
+        check_rounds(dataclasses.replace(cfg, holdout_fraction=0.0, limit=30), cfg.rounds)
+
+
+def test_a_record_whose_adapter_changed_is_not_trusted(tmp_path):
+    from training.adapters import adapter_sha256
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    record = dataclasses.replace(_record(1, path=str(adapter)), adapter_sha256=adapter_sha256(adapter))
+    save_record(tmp_path / "rounds", record)
+    assert load_record(tmp_path / "rounds", 1) == record
+    assert load_record(tmp_path / "rounds", 2) is None
+    (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert load_record(tmp_path / "rounds", 1) is None  # the round runs again rather than chain a changed file
+    assert json.loads((tmp_path / "rounds" / "round-1.json").read_text())["round"] == 1
+
+
+def test_the_report_table_and_chart_show_every_round():
+    records = [_record(1), _record(2, vs_prev_low=0.44)]
+    table = render_table(records)
+    assert table.count("\n") == 3
+    assert "| 2 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | 10 / 5 / 1 | 60.0% [44.0%" in table
+    assert "| 1 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | - | - |" in table
+    assert chart(records)[:8] == b"\x89PNG\r\n\x1a\n"
