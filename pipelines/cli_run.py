@@ -1,7 +1,7 @@
 """`run` (the whole pipeline under ZenML) and `dashboard` (ZenML's local dashboard on the project's store).
 
     python -m pipelines.dpo run [--profile local|modal] [--config FILE] [--limit N] [--workdir DIR] [--no-cache]
-                                [--rounds K]
+                                [--rounds K] [--estimate] [--max-cost USD]
     python -m pipelines.dpo dashboard [--port 8237]
 
 ZenML is imported inside the handlers, after `pipelines.zenml_home` has pointed it at `<repo>/.zenml`.
@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="on-policy DPO rounds (default: rounds.count in the config, 1): round k samples from "
                      "round k-1's adapter and trains on from it; stops when a round no longer measurably beats "
                      "the one before (pipelines/rounds.py)")
+    run.add_argument("--estimate", action="store_true",
+                     help="forecast every round's judge and A/B requests and dollars, then exit; sends nothing")
+    run.add_argument("--max-cost", type=float, default=None,
+                     help="refuse to start when the forecast's expected dollars for all rounds exceed this")
     run.add_argument("--skip-online-checks", action="store_true",
                      help="modal: check credentials are configured but make no call to prove they work")
     run.set_defaults(func=cmd_run)
@@ -84,6 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PipelineConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.estimate or args.max_cost is not None:
+        refused = _forecast(cfg, args)
+        if refused is not None:
+            return refused
     if cfg.is_local:
         print(local_banner(cfg.local_model), file=sys.stderr)
     else:
@@ -117,6 +125,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(render_run(run.id, home))
     return 0
+
+
+def _forecast(cfg: Any, args: argparse.Namespace) -> int | None:
+    """Print the forecast; the exit code when the command ends here (--estimate, or over --max-cost)."""
+    from pipelines.rounds_cost import forecast_rounds, render_forecast
+
+    forecast = forecast_rounds(cfg, cfg.rounds)
+    total = sum(f.cost_usd for f in forecast)
+    print(f"forecast for {cfg.rounds.count} round(s), before anything is sampled or paid (the sampler's "
+          f"max_tokens {cfg.generate.max_tokens} per completion):\n{render_forecast(forecast)}", file=sys.stderr)
+    if args.max_cost is not None and total > args.max_cost:
+        print(f"error: the expected ${total:,.2f} for all rounds is over --max-cost ${args.max_cost:,.2f}; "
+              "nothing was run. Raise --max-cost, or run fewer rounds or fewer prompts (--limit).", file=sys.stderr)
+        return 2
+    return 0 if args.estimate else None
 
 
 def _run_rounds(cfg: Any, home: Path) -> int:

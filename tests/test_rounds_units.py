@@ -112,3 +112,42 @@ def test_the_report_table_and_chart_show_every_round():
     assert "| 2 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | 10 / 5 / 1 | 60.0% [44.0%" in table
     assert "| 1 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | - | - |" in table
     assert chart(records)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_forecast_covers_every_round_before_anything_is_paid(tmp_path):
+    from pipelines.rounds_cost import forecast_rounds, render_forecast
+
+    cfg = load_config(rounds=3, limit=30)
+    from engine.judge.cost import Prices
+
+    judge = dataclasses.replace(cfg.judge, backend="openai", judge_model="gpt-5", prices=Prices(1.25, 0.125, 10.0))
+    paid = dataclasses.replace(cfg, judge=judge, evaluate_judge=judge)
+    forecast = forecast_rounds(paid, paid.rounds)
+    assert [f.prompts for f in forecast] == [30, 30, 30]
+    assert all(f.judge_requests == 30 for f in forecast)  # one 3-way ranking per prompt
+    held = forecast[0].ab_requests  # the hold-out, both orders, against SFT
+    assert held > 0 and forecast[1].ab_requests == forecast[2].ab_requests == 2 * held  # + against the previous
+    assert forecast[1].cost_usd > forecast[0].cost_usd > 0
+    total = render_forecast(forecast).splitlines()[-1]
+    assert total.startswith("| all 3 | 90 | 90 |") and f"${sum(f.cost_usd for f in forecast):,.2f}" in total
+    free = forecast_rounds(cfg, cfg.rounds)  # the local profile's rubric judge: nothing to pay
+    assert all(f.cost_usd == 0 and f.judge_requests == 0 for f in free)
+
+
+def test_run_with_max_cost_below_the_forecast_refuses_to_start(tmp_path, capsys):
+    import yaml
+
+    from pipelines.dpo import main
+    from pipelines.zenml_home import REPO_ROOT
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / "tiny.yaml").read_text())
+    config.update(workdir=str(tmp_path / "work"), limit=4, holdout_fraction=0.3)
+    config["judge"] = {"backend": "openai", "judge_url": "http://127.0.0.1:9/v1", "judge_model": "gpt-5"}
+    path = tmp_path / "paid.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(path), "--rounds", "2", "--max-cost", "0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "over --max-cost $0.00" in err and "| all 2 | 8 | 8 |" in err
+    assert not (tmp_path / "work").exists()  # nothing ran
+    assert main(["run", "--config", str(path), "--rounds", "2", "--estimate"]) == 0
+    assert "| 2 | 4 | 4 |" in capsys.readouterr().err and not (tmp_path / "work").exists()

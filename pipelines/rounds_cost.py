@@ -1,0 +1,92 @@
+"""The rounds' cost forecast, before anything is sampled or paid: per round and in total.
+
+A round's completions do not exist until it samples, so each is forecast on stand-in rows: the round's real
+prompts (its slice of the prompt file), each with `n` distinct completions of `max_tokens` tokens (the most the
+sampler may write), through the judge's own `estimate` (engine/judge/estimate.py: the same request builder and
+prices). The A/B is the same with two completions per held-out prompt, judged in both orders: once per round
+against SFT, and from round 2 once more against the previous round. `run --rounds K --estimate` prints it;
+`--max-cost X` refuses to start when the expected total is above X.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.judge.estimate import CHARS_PER_TOKEN, estimate
+from pipelines.config import PipelineConfig, RoundsSettings
+
+
+@dataclass(frozen=True)
+class RoundForecast:
+    round: int
+    prompts: int
+    judge_requests: int
+    ab_requests: int
+    cost_usd: float  # expected
+    cost_max_usd: float
+
+
+def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> list[RoundForecast]:
+    from steps.prompts import write_subset
+
+    out: list[RoundForecast] = []
+    with tempfile.TemporaryDirectory(prefix="rounds-forecast-") as tmp:
+        folder = Path(tmp)
+        held = folder / "holdout.jsonl"
+        if cfg.evaluate_prompts is not None:
+            held.write_bytes(cfg.evaluate_prompts.read_bytes())
+        elif cfg.holdout_fraction > 0:
+            write_subset(cfg.prompts, held, limit=None, holdout_fraction=cfg.holdout_fraction, side="holdout")
+        ab_judge = dataclasses.replace(cfg.evaluate_judge, swap_check=True, min_confidence=None)
+        for k in range(1, settings.count + 1):
+            offset = (k - 1) * (cfg.limit or 0) if settings.prompts == "fresh" else 0
+            part = folder / f"round-{k}.jsonl"
+            rows, _ = write_subset(cfg.prompts, part, limit=cfg.limit, holdout_fraction=cfg.holdout_fraction,
+                                   side="sample", offset=offset)
+            judge = estimate(_stand_in(part, folder / f"round-{k}-completions.jsonl", cfg.generate.n,
+                                       cfg.generate.max_tokens), cfg.judge)
+            if not held.is_file():  # no hold-out: the A/B runs on the split's val share of the round's prompts
+                share = max(1, math.ceil(cfg.split.val_fraction * rows)) if rows else 0
+                lines = part.read_bytes().splitlines(keepends=True)[:share]
+                (folder / f"round-{k}-val.jsonl").write_bytes(b"".join(lines))
+            prompts_ab = held if held.is_file() else folder / f"round-{k}-val.jsonl"
+            ab = estimate(_stand_in(prompts_ab, folder / f"round-{k}-ab.jsonl", 2, cfg.generate.max_tokens), ab_judge)
+            ab_runs = 1 if k == 1 else 2
+            out.append(RoundForecast(
+                round=k, prompts=rows, judge_requests=judge.requests, ab_requests=ab.requests * ab_runs,
+                cost_usd=round(judge.cost_usd + ab.cost_usd * ab_runs, 6),
+                cost_max_usd=round(judge.cost_max_usd + ab.cost_max_usd * ab_runs, 6)))
+    return out
+
+
+def _stand_in(prompts: Path, out: Path, n: int, max_tokens: int) -> Path:
+    """Each prompt row with `n` distinct completions of `max_tokens` tokens' worth of characters."""
+    length = int(max_tokens * CHARS_PER_TOKEN)
+    with open(out, "wb") as dst:
+        for line in prompts.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            row: dict[str, Any] = orjson.loads(line)
+            texts = [(f"[JERRY] sample {i} " + "x" * length)[:length] for i in range(n)]
+            dst.write(orjson.dumps({"prompt": row["prompt"], "completions": texts,
+                                    "reference": row.get("completion") or texts[0]}) + b"\n")
+    return out
+
+
+def render_forecast(forecast: list[RoundForecast]) -> str:
+    lines = ["| round | prompts | judge requests | A/B requests | expected | at most |", "|---|---|---|---|---|---|"]
+    for f in forecast:
+        lines.append(f"| {f.round} | {f.prompts} | {f.judge_requests} | {f.ab_requests} | ${f.cost_usd:,.2f} | "
+                     f"${f.cost_max_usd:,.2f} |")
+    total, most = sum(f.cost_usd for f in forecast), sum(f.cost_max_usd for f in forecast)
+    lines.append(f"| all {len(forecast)} | {sum(f.prompts for f in forecast)} | "
+                 f"{sum(f.judge_requests for f in forecast)} | {sum(f.ab_requests for f in forecast)} | "
+                 f"${total:,.2f} | ${most:,.2f} |")
+    return "\n".join(lines)
