@@ -96,6 +96,9 @@ class RoundsSettings:
     data: str = field(default="round", metadata={
         "help": "round: a round trains on its own pairs (sampled from the policy it trains); all: on every "
                 "round's pairs so far"})
+    arena_votes: str | None = field(default=None, metadata={
+        "help": "an arena votes file (`arena --votes FILE`): its decided votes join every round's pairs, marked "
+                "source: arena (votes on prompts the A/B evaluates are left out); null: none"})
     min_gain: float = field(default=0.5, metadata={
         "help": "stop when the lower end of the 95% interval of round k's win rate over round k-1 is at or "
                 "below this (0.5: no measurable gain)"})
@@ -257,7 +260,7 @@ def load_config(
         source=str(path),
         holdout_fraction=float(holdout),
         local_model=local_model,
-        rounds=build(RoundsSettings, sections["rounds"], "rounds"),
+        rounds=_rounds_section(sections["rounds"]),
     )
 
 
@@ -331,6 +334,17 @@ def _evaluate_section(values: Mapping[str, Any], judge: Any) -> tuple[Any, Any, 
         if not prompts.is_file():
             raise PipelineConfigError(f"evaluate.prompts: no file at {prompts}; give a JSONL prompt file or null")
     return settings, ab_judge, prompts
+
+
+def _rounds_section(values: Mapping[str, Any]) -> RoundsSettings:
+    settings = build(RoundsSettings, values, "rounds")
+    if settings.arena_votes is None:
+        return settings
+    votes = _resolve(settings.arena_votes)
+    if not votes.is_file():
+        raise PipelineConfigError(f"rounds.arena_votes: no votes file at {votes}; vote in `python -m pipelines.dpo "
+                                  "arena --votes FILE` first, or set it to null")
+    return dataclasses.replace(settings, arena_votes=str(votes))
 
 
 def _judge_settings_class() -> type:

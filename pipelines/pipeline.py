@@ -8,6 +8,7 @@ ZenML's cache is right to skip a step whose parameters and inputs are unchanged;
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from zenml import pipeline
@@ -19,6 +20,7 @@ from engine.options import RunOptions
 from engine.rows import file_sha256
 from pipelines.config import PipelineConfig
 from steps import (
+    add_arena_pairs,
     deploy_adapters,
     evaluate_adapters,
     evaluate_vs_previous,
@@ -59,6 +61,8 @@ def dpo_pipeline(
     prompt_offset: int = 0,
     previous_adapter_id: str | None = None,
     earlier_preferences_ids: tuple[str, ...] = (),
+    arena_votes: str | None = None,
+    arena_votes_sha256: str = "",
 ) -> None:
     """Sample, judge, split, upload, train, redeploy and A/B-evaluate; `profile` picks local (a local kit, named
     by `model_key`) or modal. With `holdout_fraction` > 0 that share of the prompt file (by a hash of the prompt)
@@ -77,6 +81,10 @@ def dpo_pipeline(
     preferences, _report = judge_preferences(completions, workdir=workdir, settings=judge, options=judge_run)
     for number, earlier in enumerate(earlier_preferences_ids, start=1):
         preferences = merge_preferences(preferences, _artifact(earlier), id=f"merge_preferences_{number}")
+    if arena_votes:  # the arena's decided votes join this round's pairs (never on the A/B's prompts)
+        preferences = add_arena_pairs(preferences, votes_file=arena_votes, votes_sha256=arena_votes_sha256,
+                                      prompts_file=prompts_file, holdout_fraction=holdout_fraction,
+                                      evaluate_prompts=evaluate_prompts)
     train_set, val_set = split_dataset(preferences, val_fraction=val_fraction)
     data_path = upload_dataset(train_set, val_set, target=profile, workdir=workdir, place_token=upload_token)
     adapter = train_adapter(data_path, target=profile, workdir=workdir, overrides=train, model_key=model_key,
@@ -134,6 +142,8 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
         "evaluate_judge": cfg.evaluate_judge,
         "evaluate_prompts": str(cfg.evaluate_prompts) if cfg.evaluate_prompts else None,
         "holdout_fraction": cfg.holdout_fraction,
+        **({"arena_votes": cfg.rounds.arena_votes, "arena_votes_sha256": file_sha256(Path(cfg.rounds.arena_votes))}
+           if cfg.rounds.arena_votes else {}),
         "upload_token": upload_token(cfg.workdir, cfg.profile),
         "deploy_token": deploy_token(cfg.state_dir, cfg.profile),
     }

@@ -16,6 +16,7 @@ _STEPS = {
     "judge_preferences": "steps.judge",
     "split_dataset": "steps.split",
     "merge_preferences": "steps.split",
+    "add_arena_pairs": "steps.split",
     "upload_dataset": "steps.upload",
     "train_adapter": "steps.train",
     "deploy_adapters": "steps.deploy",

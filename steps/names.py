@@ -24,6 +24,7 @@ class Artifact(StrEnum):
     DEPLOYMENT = "deployment"  # what is live after the redeploy
     AB_EVAL = "ab_eval"  # the judged A/B win rate of the DPO adapter over the SFT one, with charts
     PREFERENCES_ALL = "preferences_all_rounds"  # rounds with `data: all`: this round's pairs and the earlier ones
+    PREFERENCES_WITH_ARENA = "preferences_with_arena"  # the judged pairs and the arena's vote pairs
     AB_EVAL_PREVIOUS = "ab_eval_vs_previous"  # rounds: this round's DPO adapter over the previous round's
     ROUNDS_REPORT = "rounds_report"  # rounds: the round-by-round table and win-rate chart
 
@@ -39,7 +40,6 @@ class Step(StrEnum):
     TRAIN = "train_adapter"
     DEPLOY = "deploy_adapters"
     EVALUATE = "evaluate_adapters"
-    EVALUATE_PREVIOUS = "evaluate_vs_previous"
 
 
 # The lineage every run has, in order: each artifact is made from the one before it.

@@ -151,3 +151,29 @@ def test_run_with_max_cost_below_the_forecast_refuses_to_start(tmp_path, capsys)
     assert not (tmp_path / "work").exists()  # nothing ran
     assert main(["run", "--config", str(path), "--rounds", "2", "--estimate"]) == 0
     assert "| 2 | 4 | 4 |" in capsys.readouterr().err and not (tmp_path / "work").exists()
+
+
+def test_arena_votes_join_the_pairs_marked_by_source_and_never_on_the_prompts_the_ab_evaluates(tmp_path):
+    from engine.rows import prompt_id
+    from engine.split import HOLDOUT_SALT, split_value
+    from steps.split import join_arena_pairs
+    from tests.test_arena_units import vote, write_votes
+
+    votes = tmp_path / "votes.jsonl"
+    scenes = ["[JERRY] Hi.", "[GEORGE] The tall one?", "[ELAINE] Get out!"]
+    records = [vote("left", scene=s, vote_id=f"v{i}") for i, s in enumerate(scenes)] + [vote("tie", vote_id="t")]
+    write_votes(votes, records)
+    judged = tmp_path / "judged.jsonl"
+    judged.write_text('{"id": "j1", "prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    values = sorted((split_value(prompt_id(r["prompt"]), HOLDOUT_SALT), r["id"]) for r in records[:3])
+    fraction = (values[0][0] + values[1][0]) / 2  # exactly the lowest-hashing scene is held out
+    out = tmp_path / "out.jsonl"
+    assert join_arena_pairs(judged, votes, out, holdout_fraction=fraction, evaluate_prompts=None) == (2, 1, 4)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["id"] == "j1" and "source" not in rows[0]  # the judged pairs first, as they were
+    assert [r["source"] for r in rows[1:]] == ["arena", "arena"]
+    assert values[0][1] not in {r["id"] for r in rows}  # the held-out scene's vote is not trained on
+    evaluated = tmp_path / "ab.jsonl"
+    evaluated.write_text(json.dumps({"prompt": records[0]["prompt"]}) + "\n")
+    assert join_arena_pairs(judged, votes, out, holdout_fraction=0.0, evaluate_prompts=evaluated)[:2] == (2, 1)
+    assert "v0" not in out.read_text()
