@@ -80,13 +80,15 @@ def test_bad_rounds_settings_are_refused(values, message):
 def test_fresh_slices_that_do_not_fit_the_prompt_file_are_refused_before_anything_runs():
     cfg = load_config(rounds=3)  # configs/local.yaml: limit 48, 200 scenes, holdout 0.4
     assert cfg.rounds.count == 3
+    check_rounds(cfg, cfg.rounds)  # prompts: all, as shipped: the same 48 each round
+    fresh = dataclasses.replace(cfg.rounds, prompts="fresh")
     with pytest.raises(PipelineConfigError, match=r"3 rounds of 48 prompts need 144 training prompts.*lower limit"):
-        check_rounds(cfg, cfg.rounds)
-    check_rounds(dataclasses.replace(cfg, limit=30), cfg.rounds)  # 90 fit
+        check_rounds(cfg, fresh)
+    check_rounds(dataclasses.replace(cfg, limit=30), fresh)  # 90 fit
     with pytest.raises(PipelineConfigError, match="locally only"):
-        check_rounds(dataclasses.replace(cfg, profile="modal"), cfg.rounds)
+        check_rounds(dataclasses.replace(cfg, profile="modal"), fresh)
     with pytest.raises(PipelineConfigError, match="same held-out prompts"):
-        check_rounds(dataclasses.replace(cfg, holdout_fraction=0.0, limit=30), cfg.rounds)
+        check_rounds(dataclasses.replace(cfg, holdout_fraction=0.0, limit=30), fresh)
 
 
 def test_a_record_whose_adapter_changed_is_not_trusted(tmp_path):

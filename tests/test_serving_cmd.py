@@ -190,18 +190,34 @@ def test_serving_and_training_hash_an_adapter_the_same_way(tmp_path):
     assert hash_adapter_dir(a) == "sha256:" + adapter_sha256(a)
 
 
-def test_the_local_server_serves_the_dtype_the_model_config_names(tmp_path):
-    """SmolLM2's kit is stored in bf16 and served so (about twice fp32's tokens/s on this CPU); the tiny kit and
-    a folder without a readable config stay fp32 (vLLM's own `auto` would cast fp32 down)."""
-    from serving.local_vllm import local_settings
+def test_the_local_server_serves_bf16_only_where_the_config_names_it_and_the_cpu_computes_it(tmp_path, monkeypatch):
+    """SmolLM2's kit is stored in bf16 and served so on a CPU with native bf16 (27 against 20 tokens/s for fp32);
+    on one without (an AVX2-only EPYC: bf16 emulated, 12 tokens/s) it is served in fp32, as are the tiny kit and a
+    folder without a readable config (vLLM's own `auto` would cast fp32 down)."""
+    import serving.local_vllm as local_vllm
 
-    for name, config, expected in [("bf16", {"dtype": "bfloat16"}, "bfloat16"),
-                                   ("old-key", {"torch_dtype": "bfloat16"}, "bfloat16"),
-                                   ("fp32", {"dtype": "float32"}, "float32"), ("broken", None, "float32")]:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "config.json").write_text("{" if config is None else json.dumps(config))
-        assert local_settings(folder, port=1).dtype == expected, name
+    for cpu_bf16 in (True, False):
+        monkeypatch.setattr(local_vllm, "cpu_has_bf16", lambda value=cpu_bf16: value)
+        for name, config, expected in [("bf16", {"dtype": "bfloat16"}, "bfloat16"),
+                                       ("old-key", {"torch_dtype": "bfloat16"}, "bfloat16"),
+                                       ("fp32", {"dtype": "float32"}, "float32"), ("broken", None, "float32")]:
+            folder = tmp_path / name
+            folder.mkdir(exist_ok=True)
+            (folder / "config.json").write_text("{" if config is None else json.dumps(config))
+            assert local_vllm.local_settings(folder, port=1).dtype == (expected if cpu_bf16 else "float32"), name
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from serving.local_vllm import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_bf16(info)
+    info.write_text("flags\t\t: fpu avx2 amx_bf16\n")
+    assert cpu_has_bf16(info)
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16x\n")  # a flag must match whole
+    assert not cpu_has_bf16(info)
+    assert not cpu_has_bf16(tmp_path / "missing")
 
 
 def test_the_local_server_gives_both_cores_to_the_model_unless_told_otherwise(tmp_path):
