@@ -39,7 +39,7 @@ class RoundRecord:
     adapter_path: str
     adapter_sha256: str
     preferences_id: str  # this round's own pairs (a `data: all` round merges the earlier ones)
-    pairs: int  # preference pairs this round judged
+    pairs: int  # preference pairs this round trained on (train + val of its split)
     vs_sft: dict[str, Any]  # wins, losses, ties, n, win_rate_all, ci95_all_low/high, cost_usd, gate_passed
     vs_previous: dict[str, Any] | None  # the same against round k-1 (None in round 1)
     cost_usd: float  # judge + A/B judge dollars this round's runs paid
@@ -264,6 +264,7 @@ def _record(client: Any, run: Any, k: int, status: str = "done") -> RoundRecord:
     adapter_version = _output(run, "train_adapter", Artifact.ADAPTER)
     adapter = adapter_version.load()
     judge = _step_metadata(run, "judge_preferences")
+    split = _step_metadata(run, "split_dataset")
     vs_sft = _ab_numbers(_step_metadata(run, "evaluate_adapters"))
     vs_previous = _ab_numbers(_step_metadata(run, "evaluate_vs_previous")) if k > 1 and status == "done" else None
     cost = float(judge.get("cost_usd") or 0) + float(vs_sft.get("cost_usd") or 0) + \
@@ -272,7 +273,7 @@ def _record(client: Any, run: Any, k: int, status: str = "done") -> RoundRecord:
         round=k, run_id=str(run.id), run_name=run.name, adapter_id=str(adapter_version.id),
         adapter_path=adapter.path, adapter_sha256=adapter.sha256,
         preferences_id=str(_output(run, "judge_preferences", Artifact.PREFERENCES).id),
-        pairs=int(judge.get("rows_succeeded") or 0) + int(judge.get("rows_done_before") or 0),
+        pairs=int(split.get("n_train") or 0) + int(split.get("n_val") or 0),
         vs_sft=vs_sft, vs_previous=vs_previous, cost_usd=round(cost, 6), status=status,
     )
     _tag_round(run, k)
