@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import orjson
 
@@ -26,10 +26,22 @@ from engine.options import RunOptions
 from engine.rows import Reject, Row, Validator, check_input_file, file_sha256, iter_lines, iter_rows, parse_line
 from engine.summary import Counters, StageSummary
 
-if TYPE_CHECKING:
-    from engine.runner import Stage
-
 log = logging.getLogger(__name__)
+
+
+class StageInfo(Protocol):
+    """What opening a stage's output needs of it (engine.runner.Stage adds what running it needs)."""
+
+    name: str  # e.g. "generate"
+    output_name: str  # e.g. "completions" -> completions.jsonl
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the output; fingerprinted so a resume with other settings is refused."""
+        ...
+
+    def validate(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Check and normalise one input object; raise ValueError(problem) for a bad row."""
+        ...
 
 
 @dataclass(slots=True)
@@ -101,7 +113,7 @@ class Opened:
 
 @asynccontextmanager
 async def open_output(
-    stage: Stage, input_path: Path, out_dir: Path, options: RunOptions,
+    stage: StageInfo, input_path: Path, out_dir: Path, options: RunOptions,
     *, on_fresh: Callable[[Checkpoint], None] | None = None,
 ) -> AsyncIterator[Opened]:
     """How every run of a stage starts and ends (live or batch): the input checked before `out_dir` is touched;

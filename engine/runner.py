@@ -24,7 +24,7 @@ from engine.checkpoint import Writer
 from engine.errors import FatalError, Halted, SkipRow
 from engine.limits import Pacer
 from engine.options import RunOptions
-from engine.output import Duplicate, open_output, rows_in_scope
+from engine.output import Duplicate, StageInfo, open_output, rows_in_scope
 from engine.progress import Progress
 from engine.retry import Backoff, classify
 from engine.rows import Reject, Row
@@ -34,19 +34,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Stage(Protocol):
-    """What a stage provides to the runner."""
-
-    name: str  # e.g. "generate"
-    output_name: str  # e.g. "completions" -> completions.jsonl
-
-    def settings(self) -> dict[str, Any]:
-        """Everything that changes the output; fingerprinted so a resume with other settings is refused."""
-        ...
-
-    def validate(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Check and normalise one input object; raise ValueError(problem) for a bad row."""
-        ...
+class Stage(StageInfo, Protocol):
+    """What a stage provides to the runner: its output's identity (StageInfo, engine/output.py) and the work."""
 
     async def process(self, row: Row, ctx: RowContext) -> dict[str, Any]:
         """Do one row; return its result record (without "id"), or raise SkipRow / FatalError."""

@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -30,9 +30,14 @@ from aiohttp import web
 from testserver.replies import error_response, json_response
 from testserver.responders import prompt_tokens
 
-if TYPE_CHECKING:
-    from testserver.app import FakeOpenAIServer
-    from testserver.options import ServerOptions
+
+class BatchHost(Protocol):
+    """What the batch routes use of the server they are mounted on (testserver.app.FakeOpenAIServer; not imported:
+    the app builds on this module). `options` is its ServerOptions (batch_* settings, models)."""
+
+    options: Any
+    url: str
+    _stats: Any
 
 ENDPOINTS = frozenset({"/v1/chat/completions"})
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
@@ -104,7 +109,7 @@ class _Batch:
 class BatchService:
     """The /v1/files and /v1/batches routes of one FakeOpenAIServer."""
 
-    def __init__(self, server: FakeOpenAIServer):
+    def __init__(self, server: BatchHost):
         self.server = server
         self.files: dict[str, _File] = {}
         self.batches: dict[str, _Batch] = {}
@@ -116,7 +121,7 @@ class BatchService:
         self.lose_create_response_left = 0
         self._session: aiohttp.ClientSession | None = None
 
-    def configure(self, options: ServerOptions, changed: frozenset[str] | None) -> None:
+    def configure(self, options: Any, changed: frozenset[str] | None) -> None:
         """Take the one-shot batch faults from `options` (only those named in `changed`; None: all)."""
         if changed is None or "batch_fail_validation" in changed:
             self.fail_validation_left = options.batch_fail_validation

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from testserver.options import ServerOptions
+
+class FaultOptions(Protocol):
+    """The fault settings a FaultPicker reads (testserver.options.ServerOptions has them; no import of it here,
+    since the options module builds on this one)."""
+
+    fault_rate: float
+    fault_kinds: Mapping[Any, float]
+    fault_models: Sequence[str] | None
+    fail_next: Sequence[Any]
+    fail_matching: Sequence[Any]
+    seed: int | None
 
 
 class FaultKind(StrEnum):
@@ -108,10 +118,10 @@ class FaultPicker:
     The rate draws from a `random.Random(seed)`, so a run with the same request order is reproducible.
     """
 
-    def __init__(self, options: ServerOptions):
+    def __init__(self, options: FaultOptions):
         self.configure(options, None)
 
-    def configure(self, options: ServerOptions, changed: frozenset[str] | None) -> None:
+    def configure(self, options: FaultOptions, changed: frozenset[str] | None) -> None:
         """Take the fault settings from `options`; only those named in `changed` (None: all)."""
         if changed is None or {"fault_rate", "fault_kinds", "fault_models"} & changed:
             self.rate = options.fault_rate

@@ -3,13 +3,15 @@ rows): each row's completions are ranked and the best and worst kept as a prefer
 
 - `settings`: `JudgeSettings`, one validated dataclass for `judge` and `estimate`.
 - `prompt`, `answer`: the request the judge model gets and how its answer is read.
-- `stage`: the live judge (`JudgeStage`, `run_judge`) over the engine's runner.
+- `run`: `run_judge`, the entry point: live or the Batch API.
+- `stage`: the live judge (`JudgeStage`, `run_judge_live`) over the engine's runner; `batch*`: the Batch API mode.
 - `cost`, `estimate`: prices, usage per row and the pre-run estimate.
 - `reference`: the offline similarity judge; `rows`: the input row check; `report`: report.md.
 """
 
 from engine.judge.estimate import Estimate, estimate
+from engine.judge.run import run_judge
 from engine.judge.settings import JudgeSettings
-from engine.judge.stage import JudgeStage, run_judge
+from engine.judge.stage import JudgeStage
 
 __all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge"]

@@ -47,7 +47,7 @@ from engine.rows import Row, check_input_file
 from engine.runner import RowContext, run_stage
 from engine.summary import Counters, StageSummary
 
-__all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge"]
+__all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge_live"]
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ async def max_cost_prior(completions: Path, settings: JudgeSettings) -> float:
     return forecast.cost_per_paid_row_usd
 
 
-async def run_judge(
+async def run_judge_live(
     completions: Path,
     out_dir: Path,
     settings: JudgeSettings,
@@ -415,13 +415,8 @@ async def run_judge(
     api_key: str | None = None,
     resume_command: str | None = None,
 ) -> StageSummary:
-    """Judge out_dir/preferences.jsonl from a completions file (resumable); writes report.json and report.md.
-    settings.mode "batch" goes through the Batch API (engine/judge/batch.py)."""
-    if settings.mode == "batch":
-        from engine.judge.batch import run_judge_batch
-
-        return await run_judge_batch(completions, out_dir, settings, options, api_key=api_key,
-                                     resume_command=resume_command)
+    """Judge out_dir/preferences.jsonl from a completions file live, one request per row (resumable); writes
+    report.json and report.md. `engine.judge.run_judge` dispatches here or to the Batch API mode."""
     check_input_file(completions, "--completions")
     pending = uncollected_batches(out_dir, JudgeStage.output_name)
     if pending:
