@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.evaluate import EvaluateSettings, run_evaluate
+    from engine.evaluation.stage import EvaluateSettings, run_evaluate
     from engine.generate import GenerateSettings
 
     try:
@@ -105,7 +105,7 @@ def _estimate(args, settings, generate, judge, options, serve_key) -> int:  # no
     """Sample and pair (the free part: your own endpoint), then forecast judging the pairs in both orders."""
     import dataclasses
 
-    from engine.evaluate import PAIRS_FILE, sample_and_pair
+    from engine.evaluation.stage import PAIRS_FILE, sample_and_pair
     from engine.judge import estimate
 
     _, pairing = asyncio.run(sample_and_pair(args.prompts, args.out, settings, generate, options,

@@ -138,7 +138,7 @@ class PipelineConfig:
     train: dict[str, Any]  # DPOTrainConfig overrides, already checked against DPOTrainConfig
     deploy: DeploySettings
     source: str  # the YAML file it came from
-    evaluate: Any = None  # engine.evaluate.EvaluateSettings
+    evaluate: Any = None  # engine.evaluation.stage.EvaluateSettings
     evaluate_judge: Any = None  # JudgeSettings of the A/B judge (both orders are judged regardless)
     evaluate_prompts: Path | None = None  # None: the hold-out, else the split's val set
     holdout_fraction: float = 0.0  # share of the prompts never sampled nor trained on: the A/B's prompts
@@ -314,7 +314,7 @@ def _train_overrides(values: Mapping[str, Any], profile: str) -> dict[str, Any]:
 
 def _evaluate_section(values: Mapping[str, Any], judge: Any) -> tuple[Any, Any, Path | None]:
     """EvaluateSettings, the A/B judge's JudgeSettings (the judge section's, with overrides), the prompt file."""
-    from engine.evaluate import EvaluateSettings
+    from engine.evaluation.stage import EvaluateSettings
 
     values = dict(values)
     extra = {k: values.pop(k) for k in list(values) if k in EVALUATE_EXTRA_HELP}

@@ -13,7 +13,7 @@ from typing import Any
 
 from zenml import pipeline
 
-from engine.evaluate import EvaluateSettings
+from engine.evaluation.stage import EvaluateSettings
 from engine.generate import GenerateSettings
 from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from zenml import ArtifactConfig, log_metadata, step
 
-from engine.evaluate import EvaluateSettings
+from engine.evaluation.stage import EvaluateSettings
 from engine.generate import GenerateSettings
 from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
@@ -82,7 +82,7 @@ async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, workdir: str, gener
                     judge: JudgeSettings, options: RunOptions, settings: EvaluateSettings, target: str,
                     state_dir: str, prompts_file: str | None, model_key: str,
                     previous: AdapterRef | None = None) -> ABEval:
-    from engine.evaluate import run_evaluate
+    from engine.evaluation.stage import run_evaluate
     from serving.deploy import load_record, local_api_key
     from steps.charts import training_curves, win_rate_chart
 

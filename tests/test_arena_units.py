@@ -19,9 +19,9 @@ from arena.scenes import SAMPLE_PROMPTS, load_scenes
 from arena.votes import VoteLog
 from engine.client import make_client
 from engine.errors import ConfigError
+from engine.evaluation.winrate import WinRate
 from engine.rows import prompt_id
 from engine.split import split_preferences
-from engine.winrate import WinRate
 from pipelines.dpo import main
 from tests.arena_helpers import FakeEndpoint, read_lines
 from training.data import load_preference_rows

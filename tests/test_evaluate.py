@@ -15,11 +15,11 @@ import subprocess
 import orjson
 import pytest
 
-from engine.evaluate import EvaluateSettings, run_evaluate
+from engine.evaluation.stage import EvaluateSettings, run_evaluate
+from engine.evaluation.winrate import wilson_interval
 from engine.generate import GenerateSettings
 from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
-from engine.winrate import wilson_interval
 from tests.helpers import ROOT, SAMPLE, cli, env, read_jsonl, wait_for_lines, write_prompts
 from testserver import start_server
 

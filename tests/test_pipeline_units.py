@@ -34,7 +34,8 @@ def test_shipped_configs_load_and_validate():
     assert local.profile == "local" and local.judge.backend == "reference"
     assert local.generate.serve_url == LOCAL_SERVE_URL  # the step serves the tiny kit itself
     assert local.workdir == ROOT / "data" / "dpo" / "local"
-    assert local.local_model == "smollm2" and local.holdout_fraction == 0.2  # the real model, a hold-out A/B
+    assert local.local_model == "smollm2" and local.holdout_fraction == 0.4  # the real model, a hold-out A/B
+    assert local.rounds.count == 1 and local.rounds.prompts == "all"  # `run` is one round; --rounds K more
     assert local.evaluate.min_win_rate == 0.4  # the gate is on locally
     tiny = load_config(config_file=ROOT / "configs" / "tiny.yaml", env={})
     assert tiny.local_model == "tiny" and tiny.holdout_fraction == 0 and tiny.evaluate.min_win_rate is None

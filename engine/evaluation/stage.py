@@ -10,7 +10,7 @@
    resume, --max-cost, bad input and error records are the judge stage's own. It starts once every prompt
    is final for both models, answered or forfeited (the judge resumes only against an unchanged input file);
    a prompt that failed otherwise (HTTP error, timeout) waits for a rerun, which asks again;
-4. tally (engine/evaluate_tally.py): a win or a loss only when both orders agree, else a tie; forfeits count.
+4. tally (engine/evaluation/tally.py): a win or a loss only when both orders agree, else a tie; forfeits count.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import orjson
 
 from engine.checkpoint import atomic_write, read_records
 from engine.errors import ConfigError
-from engine.evaluate_tally import EvalResult, tally, write_result
+from engine.evaluation.tally import EvalResult, tally, write_result
 from engine.generate import EMPTY_ANSWERS, GenerateSettings, run_generate
 from engine.judge import run_judge
 from engine.judge.settings import JudgeSettings
