@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run smoke test proof lint bench
+.PHONY: install browser run smoke test e2e proof lint bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# End-to-end chains beyond the default suite's time (-m e2e): `run --rounds 2` killed, resumed and rerun (~6 min).
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -m e2e
 
 # The real-model tests (-m realmodel): the SmolLM2 kit, and the local run proving DPO beats SFT (~13 min).
 proof: $(STAMP)

@@ -2,11 +2,14 @@
 never saw. `make run`'s pipeline, as shipped (configs/local.yaml: SmolLM2-135M-Instruct from the wheel, the
 local vLLM, the rubric judge, CPU DPO, the A/B gate on), in a fresh ZenML store and working folder.
 
-Opt-in (`-m realmodel`, `make proof`, ~12 min on 2 cores; not in `.ci/run` yet, see the README). It fails when DPO
-stops helping: a swapped chosen/rejected anywhere in the chain, a resume that trains from the SFT weights, a
+Opt-in (`-m realmodel`, `make proof`; `.ci/run` runs it): ~22 min on 2 cores without native bf16. It fails when
+DPO stops helping: a swapped chosen/rejected anywhere in the chain, a resume that trains from the SFT weights, a
 served adapter that is not the trained one all turn the result below the gate (measured with a deliberate swap in
-training/data.py: 14 wins, 28 losses, interval [23.1%, 49.4%]). The issue's target, a lower end above 50%, is not
-asserted: the shipped run's is 49.5% (README, "Local profile").
+training/data.py: 14 wins, 28 losses, interval [23.1%, 49.4%]). Measured on 83 held-out scenes, 2026-12-04:
+56 wins, 19 losses, 8 ties, 72.3% [61.8%, 80.8%]. What is asserted is what held on both CPUs measured (the
+samples are seeded, so they are fixed per CPU kind, and differ between bf16 and fp32 serving): the gate (lower
+end >= evaluate.min_win_rate, 0.4) and wins > 1.5 x losses; the issue's 50% lower end is reported, not asserted
+(docs/local-profile.md).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def test_dpo_beats_sft_on_held_out_prompts_with_the_real_model(tmp_path):
     print(f"wins {result['wins']}, losses {result['losses']}, ties {result['ties']}: win rate "
           f"{rate['win_rate_all']:.3f}, 95% interval {rate['ci95_all']}")
     assert proc.returncode == 0, f"the run failed (the gate?):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    assert result["judged"] >= 0.15 * len(scenes)  # the hold-out (a fifth of the scenes), every prompt decided
+    assert result["judged"] >= 0.3 * len(scenes)  # the hold-out (0.4 of the scenes by hash: 83), every prompt decided
     assert rate["ci95_all"][0] >= config["evaluate"]["min_win_rate"], result  # the gate passed (the exit code says so)
-    assert result["wins"] > 1.5 * result["losses"], result  # DPO beats SFT (measured: 29 to 16; swapped: 14 to 28)
+    assert result["wins"] > 1.5 * result["losses"], result  # DPO beats SFT (measured: 56 to 19, and 29 to 16 on
+    # 47 scenes with bf16 serving; swapped: 14 to 28)
