@@ -29,6 +29,11 @@ class Artifact(StrEnum):
     ROUNDS_REPORT = "rounds_report"  # rounds: the round-by-round table and win-rate chart
 
 
+# Made only by later rounds or optional steps (pipelines/rounds.py, rounds.arena_votes): not in every run.
+OPTIONAL_ARTIFACTS = frozenset({Artifact.PREFERENCES_ALL, Artifact.PREFERENCES_WITH_ARENA, Artifact.AB_EVAL_PREVIOUS,
+                                Artifact.ROUNDS_REPORT})
+
+
 class Step(StrEnum):
     """Step names as they appear in a run (the step functions' names)."""
 
