@@ -46,7 +46,7 @@ test: $(STAMP) browser
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q -m e2e
 
-# The real-model tests (-m realmodel): the SmolLM2 kit, and the local run proving DPO beats SFT (~13 min).
+# The real-model tests (-m realmodel): the SmolLM2 kit, and the local run proving DPO beats SFT (~22 min).
 proof: $(STAMP)
 	$(BIN)/python -m pytest -q -m realmodel
 
