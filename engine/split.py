@@ -17,6 +17,7 @@ import orjson
 from engine.checkpoint import atomic_write
 from engine.errors import ConfigError
 from engine.preference_rows import check_preference_file
+from engine.rows import prompt_id
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +106,36 @@ def _keep_both_sides(rows: list[tuple[float, bytes]], is_val: list[bool]) -> Non
                 is_val[i] = flip_to_val
         log.warning("split: the hash put every row in %s; moved one prompt to %s",
                     "train" if flip_to_val else "val", "val" if flip_to_val else "train")
+
+
+def write_subset(source: Path, out: Path, *, limit: int | None, holdout_fraction: float, side: str,
+                 offset: int = 0) -> tuple[int, int]:
+    """Write `side`'s rows of `source` (at most `limit`, after skipping `offset` of them) into `out`, byte for
+    byte; returns (written, other side seen before the limit stopped the copy)."""
+    kept = held = skipped = 0
+    with open(source, "rb") as src, open(out, "wb") as dst:
+        for line in src:
+            if not line.strip():
+                continue
+            if holdout_fraction and (held_out_line(line, holdout_fraction) != (side == "holdout")):
+                held += 1
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            if limit is not None and kept >= limit:
+                break
+            dst.write(line if line.endswith(b"\n") else line + b"\n")
+            kept += 1
+    return kept, held
+
+
+def held_out_line(line: bytes, fraction: float) -> bool:
+    """Whether a prompt row is in the hold-out; a row that is not a JSON object with a prompt stays on the sample
+    side, where the stage that reads it names the file, the line and the problem (nothing dropped here)."""
+    try:
+        row = orjson.loads(line)
+        prompt = row["prompt"]
+        return split_value(prompt_id(prompt), HOLDOUT_SALT) < fraction
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return False

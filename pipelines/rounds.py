@@ -91,22 +91,10 @@ def check_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> None:
 
 
 def _sample_side_rows(cfg: PipelineConfig) -> int:
-    import orjson
+    from engine.split import held_out_line
 
-    from engine.rows import prompt_id
-    from engine.split import HOLDOUT_SALT, split_value
-
-    count = 0
-    for line in cfg.prompts.read_bytes().splitlines():
-        if not line.strip():
-            continue
-        try:
-            prompt = orjson.loads(line)["prompt"]
-            held = cfg.holdout_fraction > 0 and split_value(prompt_id(prompt), HOLDOUT_SALT) < cfg.holdout_fraction
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            held = False  # the select step names the line; it counts on the sample side there too
-        count += not held
-    return count
+    return sum(1 for line in cfg.prompts.read_bytes().splitlines()
+               if line.strip() and not (cfg.holdout_fraction > 0 and held_out_line(line, cfg.holdout_fraction)))
 
 
 def rounds_dir(cfg: PipelineConfig, settings: RoundsSettings, params: dict[str, Any]) -> Path:

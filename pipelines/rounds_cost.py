@@ -34,7 +34,7 @@ class RoundForecast:
 
 
 def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> list[RoundForecast]:
-    from steps.prompts import write_subset
+    from engine.split import write_subset
 
     out: list[RoundForecast] = []
     with tempfile.TemporaryDirectory(prefix="rounds-forecast-") as tmp:

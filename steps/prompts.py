@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-import orjson
 from zenml import ArtifactConfig, log_metadata, step
 
-from engine.rows import file_sha256, prompt_id
-from engine.split import HOLDOUT_SALT, split_value
+from engine.rows import file_sha256
+from engine.split import write_subset
 from steps.names import Artifact
 from steps.records import JsonlFile
 from steps.scratch import scratch_dir
@@ -58,36 +57,3 @@ def select_prompts(
                            "offset": offset,
                            "holdout_fraction": holdout_fraction, "limit": limit if limit is not None else "all"})
     return subset
-
-
-def write_subset(source: Path, out: Path, *, limit: int | None, holdout_fraction: float, side: str,
-                 offset: int = 0) -> tuple[int, int]:
-    """Write `side`'s rows of `source` (at most `limit`, after skipping `offset` of them) into `out`, byte for
-    byte; returns (written, other side seen before the limit stopped the copy)."""
-    kept = held = skipped = 0
-    with open(source, "rb") as src, open(out, "wb") as dst:
-        for line in src:
-            if not line.strip():
-                continue
-            if holdout_fraction and (_held_out(line, holdout_fraction) != (side == "holdout")):
-                held += 1
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            if limit is not None and kept >= limit:
-                break
-            dst.write(line if line.endswith(b"\n") else line + b"\n")
-            kept += 1
-    return kept, held
-
-
-def _held_out(line: bytes, fraction: float) -> bool:
-    """Whether a prompt row is in the hold-out; a row that is not a JSON object with a prompt stays on the sample
-    side, where the stage that reads it names the file, the line and the problem (nothing dropped here)."""
-    try:
-        row = orjson.loads(line)
-        prompt = row["prompt"]
-        return split_value(prompt_id(prompt), HOLDOUT_SALT) < fraction
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return False
