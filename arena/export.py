@@ -3,7 +3,7 @@
 A "left" or "right" vote makes one pair: the voter's pick is `chosen`, the other answer `rejected`, as
 assistant message lists (the prompt is a message list), with the vote recorded under `"arena"`. Ties and
 "both bad" make no pair but are counted. Every row passes the one preference-row check the split stage and
-training apply (`engine.preference_rows`); a decided vote that fails it (two identical answers) is left out and
+training apply (`infra.preference_rows`); a decided vote that fails it (two identical answers) is left out and
 counted by reason. The votes file is only read: a torn last line (a vote being written, or a kill) is
 reported and left out; a damaged line elsewhere stops the export naming file:line.
 """
@@ -22,7 +22,7 @@ import orjson
 from arena.votes import VOTES, Tally, outcome
 from engine.checkpoint import atomic_write
 from engine.errors import ConfigError
-from engine.preference_rows import check_preference_row
+from infra.preference_rows import check_preference_row
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import orjson
 
 from engine.checkpoint import atomic_write
 from engine.errors import ConfigError
-from engine.preference_rows import check_preference_file
 from engine.rows import prompt_id
+from infra.preference_rows import check_preference_file
 
 log = logging.getLogger(__name__)
 

@@ -61,22 +61,31 @@ NAMES_ENV = NAMES.env()
 
 # ## Container images
 
+# What each container holds: these packages (plus the Modal client Modal adds) and these local sources. The images
+# are built from these names; tests/test_modal_containers.py checks every import the functions can reach against
+# them (against the smaller tools image: both run this whole module), and `make rehearse` runs the start-up code
+# and the adapter check in a replica.
+VLLM_PACKAGES = (f"vllm=={VLLM_VERSION}",)  # vLLM pins its own torch/transformers for this release
+TOOLS_PACKAGES: tuple[str, ...] = ()  # the adapter check reads JSON and hashes files: the standard library
+SOURCES = ("infra", "serving")  # our code (names, command builder, adapter checks)
+
 vllm_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
-    .uv_pip_install(f"vllm=={VLLM_VERSION}")  # vLLM pins its own torch/transformers for this release
+    .uv_pip_install(*VLLM_PACKAGES)
     .env({
         "HF_XET_HIGH_PERFORMANCE": "1",  # faster weight downloads on the first start
         "VLLM_CACHE_ROOT": f"{HF_CACHE}/vllm",  # torch.compile cache survives restarts on the cache volume
         **NAMES_ENV,
     })
-    .add_local_python_source("infra", "serving")  # our code (names, command builder); last: added at start
+    .add_local_python_source(*SOURCES)  # last: added at container start
 )
 
 # A small image for the adapter check: it needs only our code and the volume.
 tools_image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .pip_install(*TOOLS_PACKAGES)
     .env(NAMES_ENV)
-    .add_local_python_source("infra", "serving")
+    .add_local_python_source(*SOURCES)
 )
 
 # ## Volumes and secrets

