@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -59,6 +60,9 @@ class DeployRecord:
     ready_seconds: float  # deploy start -> every adapter listed and answering
     deployed_at: str  # UTC, ISO 8601
     app_name: str | None = None  # Modal app
+    app_version: int | None = None  # Modal: the app version this record describes (`modal app history`)
+    previous_app_version: int | None = None  # Modal: the version live before this deploy, where a failed check
+    # or A/B gate rolls back to (None: nothing to go back to, or a record that is itself a rollback)
     pid: int | None = None  # local server process
     answers: dict[str, str] = field(default_factory=dict)  # each adapter's probe answer (first 200 chars)
 
@@ -79,7 +83,8 @@ class ModalDeployment:
     app_name: str
     base_model: str
     adapters: dict[str, dict]  # name -> serving.adapters.describe_adapter() output, seen on the volume
-    previous_version: bool = True  # whether a version was deployed before this one (rollback has a target)
+    version: int | None = None  # the app version this deploy made
+    previous_version: int | None = None  # the version live before it (the rollback target); None: the first one
 
 
 def record_path(state_dir: Path, target: str) -> Path:
@@ -114,8 +119,10 @@ def deploy_modal(
     `adapters` (name -> content-addressed folder on the volume) override NGPT_SFT_ADAPTER/NGPT_DPO_ADAPTER;
     `expected` defaults to every adapter served. Before deploying, each adapter is checked on the volume with
     vLLM's load rules (one that fails would keep vLLM from starting). After deploying, the live server must
-    list each adapter with `root` = its folder and answer a request; otherwise the previous app version is
-    restored (`modal app rollback`) and the DeployError says so. The endpoint's key is $SERVE_API_KEY.
+    list each adapter with `root` = its folder and answer a request; otherwise the app version live before the
+    deploy is restored (`modal app rollback APP vN`) and the DeployError says so. The record names both versions
+    (`app_version`, `previous_app_version`): a failed A/B gate later rolls back to the same one. The endpoint's
+    key is $SERVE_API_KEY.
     `deploy_timeout_s` bounds the deploy (a first image build takes minutes); `timeout_s` bounds the wait
     for the endpoint afterwards (cold start + model load). `options` overrides the latter.
     """
@@ -177,21 +184,23 @@ def _check_modal_deployment(deployment: ModalDeployment, served: Mapping[str, st
         raise DeployError("adapter missing", f"the live server loaded {wrong}, not {dict(served)}")
     return _record("modal", deployment.url, deployment.base_model, ready, started,
                    {n: (info["path"], info.get("sha256")) for n, info in deployment.adapters.items()},
-                   app_name=deployment.app_name)
+                   app_name=deployment.app_name, app_version=deployment.version,
+                   previous_app_version=deployment.previous_version)
 
 
 def _rolled_back(error: DeployError, deployment: ModalDeployment) -> DeployError:
-    """Restore the previous app version after a failed check; the returned error says what happened."""
-    if not deployment.previous_version:
+    """Restore the version live before this deploy after a failed check; the returned error says what happened."""
+    app, version = deployment.app_name, deployment.previous_version
+    if version is None:
         return DeployError(error.part, f"{error.detail}. This was the app's first version: nothing to roll back "
-                           f"to; stop it with `modal app stop {deployment.app_name}` or fix and deploy again.")
+                           f"to; stop it with `modal app stop {app}` or fix and deploy again.")
     try:
-        _call_modal(lambda: rollback_modal_app(deployment.app_name), 600.0)
+        _call_modal(lambda: rollback_modal_app(app, version), 600.0)
     except DeployError as e:
-        return DeployError(error.part, f"{error.detail}. Rolling back to the previous version failed too ({e}): "
-                           f"run `modal app rollback {deployment.app_name}`.")
-    logger.warning("rolled %s back to its previous version after a failed check", deployment.app_name)
-    return DeployError(error.part, f"{error.detail}. Rolled {deployment.app_name} back to its previous version "
+        return DeployError(error.part, f"{error.detail}. Rolling back to v{version} failed too ({e}): "
+                           f"run `modal app rollback {app} v{version}`.")
+    logger.warning("rolled %s back to v%d, the version live before this deploy, after a failed check", app, version)
+    return DeployError(error.part, f"{error.detail}. Rolled {app} back to its previous version v{version} "
                        "(the deploy record still describes it).")
 
 
@@ -264,9 +273,9 @@ def _deploy_modal_app(adapters: Mapping[str, str]) -> ModalDeployment:
     app_name = NAMES.serve_app
     try:
         modal.App.lookup(app_name)  # raises NotFoundError when the app was never deployed
-        previous = True
+        previous = modal_app_version(app_name)  # what a failed check or gate rolls back to, by number
     except modal.exception.NotFoundError:
-        previous = False
+        previous = None
     chosen = {var: str(adapters.get(name, "")) for name, var in ADAPTER_ENV.items()}  # "" = not served
     env = {**os.environ, **chosen,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -279,15 +288,38 @@ def _deploy_modal_app(adapters: Mapping[str, str]) -> ModalDeployment:
     if not url:
         raise DeployError("deploy", f"the app {app_name} deployed but `serve` has no web URL")
     described = modal.Function.from_name(app_name, "describe_adapters").remote()
+    try:
+        version = modal_app_version(app_name)
+    except DeployError as e:  # the deploy itself is done: the check still runs, the record lacks its number
+        logger.warning("could not read the new version's number: %s", e)
+        version = None
     return ModalDeployment(url=url, app_name=app_name, base_model=NAMES.base_model, adapters=described,
-                           previous_version=previous)
+                           version=version, previous_version=previous)
 
 
-def rollback_modal_app(app_name: str) -> None:
-    """Modal: `modal app rollback APP` (the previous version, its adapters included, serves again)."""
-    done = subprocess.run([sys.executable, "-m", "modal", "app", "rollback", app_name], check=False)
+_VERSION = re.compile(r'"version"\s*:\s*"v(\d+)"')  # a row of `modal app history APP --json`
+
+
+def modal_app_version(app_name: str) -> int | None:
+    """Modal: the app's newest version (the one live while it is deployed), from `modal app history APP --json`;
+    None when it has no history. Every deploy and every rollback adds a version."""
+    cmd = [sys.executable, "-m", "modal", "app", "history", app_name, "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise DeployError("deploy", f"`modal app rollback {app_name}` exited {done.returncode}")
+        raise DeployError("deploy", f"`modal app history {app_name} --json` exited {done.returncode}: "
+                          f"{done.stderr.strip()[-500:]}")
+    versions = [int(v) for v in _VERSION.findall(done.stdout)]
+    return max(versions) if versions else None
+
+
+def rollback_modal_app(app_name: str, version: int) -> None:
+    """Modal: `modal app rollback APP vN`: version N, its adapters included, serves again (as a new version).
+
+    Always an explicit version: without one Modal goes back one version from the newest, and a rollback is itself
+    a version, so a second plain rollback would restore what the first one removed."""
+    done = subprocess.run([sys.executable, "-m", "modal", "app", "rollback", app_name, f"v{version}"], check=False)
+    if done.returncode != 0:
+        raise DeployError("deploy", f"`modal app rollback {app_name} v{version}` exited {done.returncode}")
 
 
 LOCAL_STATE = "local_server.json"  # pid, URL, port and API key of the running local server (mode 0600)

@@ -62,11 +62,17 @@ def deploy_adapters(
     elif target == "modal":
         if previous_adapter is not None:
             raise ValueError("rounds (a previous adapter served beside) are local-only for now")
+        from serving.deploy import load_record
+        from serving.rollback import save_previous
+
         reused = False
+        replaced = load_record(Path(state_dir), "modal")
         # The trained adapter's own content-addressed folder; the SFT one from NGPT_SFT_ADAPTER. The deploy
         # checks that the live server loaded exactly these folders (vLLM's `root`), else rolls back.
         record = deploy_modal(expected=expected, adapters={NAMES.dpo_model_name: adapter.path},
                               state_dir=Path(state_dir), timeout_s=timeout_s)
+        if replaced is not None:
+            save_previous(Path(state_dir), replaced)  # what a failed A/B gate's rollback says is live again
         _check_live_adapter(record, adapter)
     else:
         raise ValueError(f"target must be 'local' or 'modal', got {target!r}")

@@ -135,6 +135,9 @@ def _roll_back(target: str, state_dir: Path, record: Any, model_key: str) -> str
         if NAMES.dpo_model_name not in served:
             return f"the local server serves {NAMES.sft_model_name} alone (no earlier DPO adapter to go back to)"
         return f"the local server serves {NAMES.dpo_model_name} from {served[NAMES.dpo_model_name]} again"
-    app = record.app_name or NAMES.serve_app
-    rollback_modal(app)
-    return f"`modal app rollback {app}` restored the serving app's previous version"
+    live = rollback_modal(state_dir, record)  # to the version live before this deploy, by number; records follow
+    if live is None:
+        return (f"{record.app_name or NAMES.serve_app} is back at v{record.previous_app_version}, whose adapters "
+                "are not recorded here (the deployment record was removed: the next run deploys)")
+    version = f" as v{live.app_version}" if live.app_version is not None else ""
+    return f"the Modal app serves {({a.name: a.path for a in live.adapters})} again{version}"

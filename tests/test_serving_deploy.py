@@ -162,8 +162,8 @@ def modal_logged_in(monkeypatch, tmp_path) -> list[str]:
     monkeypatch.setattr(deploy, "NAMES", dataclasses.replace(
         deploy.NAMES, sft_adapter="/vol/adapters/seinfeld", dpo_adapter="/vol/adapters/seinfeld-dpo"))
     monkeypatch.setattr(deploy, "_check_volume_adapters", lambda adapters: dict.fromkeys(adapters))
-    rollbacks: list[str] = []
-    monkeypatch.setattr(deploy, "rollback_modal_app", rollbacks.append)
+    rollbacks: list[tuple[str, int]] = []
+    monkeypatch.setattr(deploy, "rollback_modal_app", lambda app, version: rollbacks.append((app, version)))
     return rollbacks
 
 
@@ -173,7 +173,8 @@ def fake_deployment(fake: FakeVllm, **problems: str) -> ModalDeployment:
                "rank": 32, "sha256": f"sha256:{name}"}
         for name in ("seinfeld", "seinfeld-dpo")
     }
-    return ModalDeployment(url=fake.url, app_name="nothing-gpt-serve", base_model=BASE, adapters=adapters)
+    return ModalDeployment(url=fake.url, app_name="nothing-gpt-serve", base_model=BASE, adapters=adapters,
+                           version=4, previous_version=3)  # v3 was live before this deploy
 
 
 def test_modal_deploy_writes_a_record_of_what_is_live(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
@@ -189,6 +190,7 @@ def test_modal_deploy_writes_a_record_of_what_is_live(fake_vllm, monkeypatch, tm
     assert [(a.name, a.parent, a.sha256) for a in record.adapters] == [
         ("seinfeld", BASE, "sha256:seinfeld"), ("seinfeld-dpo", BASE, "sha256:seinfeld-dpo")]
     assert record.ready_seconds > 0 and record.deployed_at.endswith("+00:00")
+    assert (record.app_version, record.previous_app_version) == (4, 3)  # what a failed A/B gate rolls back to
     saved = json.loads((tmp_path / "modal_deployment.json").read_text())
     assert DeployRecord.from_dict(saved) == record == load_record(tmp_path, "modal")
 
@@ -242,7 +244,7 @@ def test_a_deploy_whose_new_version_never_answers_is_rolled_back(fake_vllm, monk
     with pytest.raises(DeployError) as err:
         deploy_modal(state_dir=tmp_path, options=bound)
     assert err.value.part == "adapter missing" and "old-hash" in str(err.value) and "Rolled" in str(err.value)
-    assert modal_logged_in == ["nothing-gpt-serve"] and fake_vllm.polls > 3 and fake_vllm.chats == []
+    assert modal_logged_in == [("nothing-gpt-serve", 3)] and fake_vllm.polls > 3 and fake_vllm.chats == []
 
 
 def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
@@ -325,11 +327,11 @@ def test_the_deploy_serves_the_chosen_folders_and_checks_the_live_root(fake_vllm
     before = (tmp_path / "modal_deployment.json").read_bytes()
 
     fake_vllm.roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/aaaa"}  # still the old version's folder
-    with pytest.raises(DeployError, match="Rolled nothing-gpt-serve back to its previous version") as err:
+    with pytest.raises(DeployError, match="Rolled nothing-gpt-serve back to its previous version v3") as err:
         deploy_modal(state_dir=tmp_path, adapters={"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/bbbb"},
                      options=FAST)
     assert err.value.part == "adapter missing" and "bbbb" in str(err.value)
-    assert modal_logged_in == ["nothing-gpt-serve"]  # `modal app rollback` ran once
+    assert modal_logged_in == [("nothing-gpt-serve", 3)]  # `modal app rollback nothing-gpt-serve v3` ran once
     assert (tmp_path / "modal_deployment.json").read_bytes() == before and record.adapters
 
 
@@ -338,7 +340,7 @@ def test_a_failed_first_deploy_says_there_is_nothing_to_roll_back(fake_vllm, mon
 
     fake_vllm.failing = {"seinfeld"}
     monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: dataclasses.replace(
-        fake_deployment(fake_vllm), previous_version=False))
+        fake_deployment(fake_vllm), previous_version=None))
     with pytest.raises(DeployError, match="first version: nothing to roll back"):
         deploy_modal(state_dir=tmp_path, options=FAST)
     assert modal_logged_in == []
@@ -350,3 +352,31 @@ def test_an_adapter_vllm_would_reject_stops_the_deploy_before_it_starts(monkeypa
     monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: pytest.fail("deployed"))
     with pytest.raises(DeployError, match="rank 64.*Nothing was deployed; the running version stays"):
         deploy_modal(state_dir=tmp_path, options=FAST)
+
+
+def test_the_deploy_reads_the_live_version_before_deploying_and_its_own_after(monkeypatch):
+    """Issue 27.1: the rollback target is the version live before `modal deploy`, recorded by number."""
+    import subprocess
+    import types
+
+    import modal
+
+    ran: list[list[str]] = []
+    versions = [7]
+
+    def fake_run(cmd, **kwargs):
+        args = cmd[3:]  # after [python, -m, modal]
+        ran.append(args[:2])
+        if args[:2] == ["app", "history"]:
+            rows = [{"version": f"v{v}", "time_deployed": "t"} for v in sorted(versions, reverse=True)]
+            return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(rows, indent=2), stderr="")
+        versions.append(versions[-1] + 1)  # `modal deploy` makes a new version
+        return subprocess.CompletedProcess(cmd, 0)
+
+    function = types.SimpleNamespace(get_web_url=lambda: "https://x.modal.run", remote=lambda: {})
+    monkeypatch.setattr(deploy.subprocess, "run", fake_run)
+    monkeypatch.setattr(modal.App, "lookup", lambda name: object())
+    monkeypatch.setattr(modal.Function, "from_name", lambda app, name: function)
+    deployment = deploy._deploy_modal_app({"seinfeld": "/vol/adapters/nothing-gpt/s"})
+    assert ran == [["app", "history"], ["deploy", "-m"], ["app", "history"]]
+    assert (deployment.previous_version, deployment.version) == (7, 8)
