@@ -1,9 +1,11 @@
 """Before the first paid call of the modal profile: is every credential and endpoint there?
 
 Two passes, each listing every problem it finds rather than the first:
-1. offline (instant, no network): SERVE_URL, SERVE_API_KEY, OPENAI_API_KEY and a Modal token are configured;
-2. online (free calls only): the SFT endpoint accepts the key and lists the model, OpenAI accepts the key and
-   knows the judge model, Modal accepts the token and holds the secrets the apps mount.
+1. offline (instant, no network): NGPT_SFT_ADAPTER names an uploaded SFT adapter's folder; SERVE_URL,
+   SERVE_API_KEY, OPENAI_API_KEY and a Modal token are configured;
+2. online (free calls only): the SFT endpoint accepts the key and lists the model loaded from that folder (the
+   app scales to zero, so this waits up to the app's start-up timeout while a cold endpoint wakes), OpenAI
+   accepts the key and knows the judge model, Modal accepts the token and holds the secrets the apps mount.
 The second pass runs only when the first found nothing. Secrets are checked for presence, never printed.
 """
 
@@ -12,23 +14,48 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 from engine.generate import DEFAULT_SERVE_URL
-from infra.names import NAMES
+from infra.adapter_hash import FOLDER_CHARS
+from infra.names import ENV_VARS, NAMES
+from serving.startup import STARTUP_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
 OPENAI_URL = "https://api.openai.com/v1"
+SFT_ADAPTER_VAR = ENV_VARS["sft_adapter"][0]  # NGPT_SFT_ADAPTER
+WAKE_POLL_S = 10.0  # between tries of GET /models while a cold endpoint starts
+WAKING = {502, 503, 504}  # what a proxy answers while the server behind it starts
+
+
+def sft_adapter_problem(folder: str) -> str | None:
+    """Why `folder` (NGPT_SFT_ADAPTER) cannot name the SFT adapter that training starts from and serving loads;
+    None when it is a content-addressed folder as `upload --adapter` makes (<NAMES.sft_adapters>/<hash>)."""
+    how = (f"upload the SFT adapter with `python -m pipelines.dpo upload --adapter DIR` and export the folder it "
+           f"prints: {SFT_ADAPTER_VAR}={NAMES.sft_adapters}/<hash>")
+    if not folder:
+        return f"{SFT_ADAPTER_VAR} is not set (training starts from that adapter and the deploy serves it): {how}"
+    path = PurePosixPath(folder)
+    if path.parent != PurePosixPath(NAMES.sft_adapters) or not re.fullmatch(f"[0-9a-f]{{{FOLDER_CHARS}}}", path.name):
+        return (f"{SFT_ADAPTER_VAR}={folder} is not a content-addressed adapter folder, so the samples could not be "
+                f"keyed by the adapter's content: {how}")
+    return None
 
 
 def offline_problems(cfg: Any, env: Mapping[str, str] | None = None) -> list[str]:
     """What the modal profile lacks that no network call is needed to see. `cfg` is a PipelineConfig."""
     env = os.environ if env is None else env
     problems = []
+    adapter_problem = sft_adapter_problem(env.get(SFT_ADAPTER_VAR, ""))
+    if adapter_problem:
+        problems.append(adapter_problem)
     if not env.get("SERVE_URL") and cfg.generate.serve_url == DEFAULT_SERVE_URL:
         problems.append(
             "SERVE_URL is not set: export the vLLM endpoint serving the SFT adapter, e.g. "
@@ -50,27 +77,14 @@ def offline_problems(cfg: Any, env: Mapping[str, str] | None = None) -> list[str
     return problems
 
 
-def online_problems(cfg: Any, env: Mapping[str, str] | None = None, timeout_s: float = 60.0) -> list[str]:
-    """Free calls that prove each endpoint and credential works. Network required."""
+def online_problems(cfg: Any, env: Mapping[str, str] | None = None, timeout_s: float = 60.0,
+                    wake_timeout_s: float = STARTUP_TIMEOUT) -> list[str]:
+    """Free calls that prove each endpoint and credential works. Network required.
+
+    `wake_timeout_s` bounds the wait for the serving endpoint (a cold start: the app scales to zero); `timeout_s`
+    each other call."""
     env = os.environ if env is None else env
-    problems = []
-    serve_url = cfg.generate.serve_url.rstrip("/")
-    try:
-        models = [m.get("id") for m in _get_json(f"{serve_url}/models", env.get("SERVE_API_KEY"), timeout_s)
-                  .get("data", [])]
-        if cfg.generate.model not in models:
-            problems.append(
-                f"SERVE_URL {serve_url} does not serve {cfg.generate.model!r} (it lists {models}); "
-                "redeploy with `python -m pipelines.dpo deploy`"
-            )
-    except urllib.error.HTTPError as e:
-        problems.append(f"SERVE_URL {serve_url}: HTTP {e.code} for GET /models"
-                        + ("; the endpoint refused SERVE_API_KEY" if e.code in (401, 403) else ""))
-    except (OSError, ValueError) as e:
-        problems.append(
-            f"SERVE_URL {serve_url} did not answer GET /models within {timeout_s:g} s ({e}); a cold start can "
-            "take minutes: check the URL, wait for the app to warm up, then run again"
-        )
+    problems = _serve_problems(cfg, env, wake_timeout_s)
     if cfg.judge.backend == "openai":
         judge_url = (cfg.judge.judge_url or OPENAI_URL).rstrip("/")
         try:
@@ -83,6 +97,45 @@ def online_problems(cfg: Any, env: Mapping[str, str] | None = None, timeout_s: f
             problems.append(f"OpenAI ({judge_url}) did not answer: {e}")
     problems += _modal_problems()
     return problems
+
+
+def _serve_problems(cfg: Any, env: Mapping[str, str], wake_timeout_s: float) -> list[str]:
+    """The endpoint answers GET /models with the key and lists the model, loaded from NGPT_SFT_ADAPTER's folder.
+
+    Connection errors, timeouts and 502/503/504 mean a cold endpoint still starting: tried again until
+    `wake_timeout_s` (the app's start-up timeout) is over."""
+    serve_url = cfg.generate.serve_url.rstrip("/")
+    deadline = time.monotonic() + wake_timeout_s
+    logger.info("waking the endpoint %s if it is cold (it scales to zero; waiting up to %.0f min for GET /models)",
+                serve_url, wake_timeout_s / 60)
+    while True:
+        try:
+            cards = _get_json(f"{serve_url}/models", env.get("SERVE_API_KEY"),
+                              max(deadline - time.monotonic(), 1.0)).get("data", [])
+            break
+        except urllib.error.HTTPError as e:
+            if e.code not in WAKING:
+                return [f"SERVE_URL {serve_url}: HTTP {e.code} for GET /models"
+                        + ("; the endpoint refused SERVE_API_KEY" if e.code in (401, 403) else "")]
+            last: Exception = e
+        except (OSError, ValueError) as e:
+            last = e
+        if time.monotonic() + WAKE_POLL_S >= deadline:
+            return [f"SERVE_URL {serve_url} did not answer GET /models within {wake_timeout_s:g} s, the app's "
+                    f"start-up timeout ({last}): check the URL and the app's logs (`modal app logs "
+                    f"{NAMES.serve_app}`), then run again"]
+        logger.info("the endpoint is not up yet (%s); trying again in %g s", last, WAKE_POLL_S)
+        time.sleep(WAKE_POLL_S)
+    roots = {m.get("id"): m.get("root") for m in cards}
+    if cfg.generate.model not in roots:
+        return [f"SERVE_URL {serve_url} does not serve {cfg.generate.model!r} (it lists {sorted(roots)}); "
+                "redeploy with `python -m pipelines.dpo deploy`"]
+    wanted, root = env.get(SFT_ADAPTER_VAR, ""), roots[cfg.generate.model]
+    if cfg.generate.model == NAMES.sft_model_name and root and wanted and root != wanted:
+        return [f"SERVE_URL {serve_url} serves {cfg.generate.model!r} from {root}, not {SFT_ADAPTER_VAR}={wanted}: "
+                "the samples would come from another adapter than their key says; redeploy with `python -m "
+                f"pipelines.dpo deploy`, or export {SFT_ADAPTER_VAR}={root}"]
+    return []
 
 
 def _modal_problems() -> list[str]:

@@ -25,6 +25,7 @@ import modal
 
 from infra.names import NAMES
 from serving.adapters import describe_adapter
+from serving.startup import STARTUP_TIMEOUT  # 20 min; modal-free: the preflight waits as long
 from serving.vllm_cmd import VllmSettings, build_vllm_command, build_vllm_env
 
 # ## Constants
@@ -34,7 +35,6 @@ VLLM_VERSION = "0.33.0"  # checked on PyPI (pip index versions vllm), November 2
 PYTHON_VERSION = "3.12"
 VLLM_PORT = 8000
 HF_CACHE = "/root/.cache/huggingface"  # where huggingface_hub looks by default: the cache volume goes here
-STARTUP_TIMEOUT = 20 * MINUTES  # a first start downloads ~6.5 GB of weights, then loads and compiles
 API_KEY_VAR = "SERVE_API_KEY"  # the variable in the serve-key secret; the clients read the same one
 
 # Served name -> adapter folder on the volume; one not chosen yet ("") is not served.

@@ -98,9 +98,12 @@ def test_modal_preflight_lists_every_missing_credential(tmp_path):
     env = {"HOME": str(tmp_path), "MODAL_CONFIG_PATH": str(tmp_path / "none.toml")}
     cfg = load_config(profile="modal", env=env)
     problems = offline_problems(cfg, env)
-    assert [p.split(" ")[0] for p in problems] == ["SERVE_URL", "SERVE_API_KEY", "OPENAI_API_KEY", "Modal"]
+    assert [p.split(" ")[0] for p in problems] == ["NGPT_SFT_ADAPTER", "SERVE_URL", "SERVE_API_KEY", "OPENAI_API_KEY",
+                                                   "Modal"]
+    assert "upload --adapter" in problems[0]  # issue 27.3: training and deploy need it; say how to get it
     full = {**env, "SERVE_URL": "https://a/v1", "SERVE_API_KEY": "serve-test", "OPENAI_API_KEY": "sk-test",
-            "MODAL_TOKEN_ID": "ak-1", "MODAL_TOKEN_SECRET": "as-1"}
+            "MODAL_TOKEN_ID": "ak-1", "MODAL_TOKEN_SECRET": "as-1",
+            "NGPT_SFT_ADAPTER": "/vol/adapters/nothing-gpt/0123456789abcdef"}
     assert offline_problems(load_config(profile="modal", env=full), full) == []
     assert not any("sk-test" in p or "serve-test" in p for p in problems)
 
