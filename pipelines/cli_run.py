@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--estimate", action="store_true",
                      help="forecast every round's judge and A/B requests and dollars, then exit; sends nothing")
     run.add_argument("--max-cost", type=float, default=None,
-                     help="refuse to start when the forecast's expected dollars for all rounds exceed this")
+                     help="refuse to start when the forecast's expected dollars for the rounds left to run exceed this "
+                          "(rounds recorded as finished cost nothing more)")
     run.add_argument("--skip-online-checks", action="store_true",
                      help="modal: check credentials are configured but make no call to prove they work")
     run.set_defaults(func=cmd_run)
@@ -129,14 +130,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _forecast(cfg: Any, args: argparse.Namespace) -> int | None:
     """Print the forecast; the exit code when the command ends here (--estimate, or over --max-cost)."""
+    from pipelines.rounds import recorded_rounds
     from pipelines.rounds_cost import forecast_rounds, render_forecast
 
-    forecast = forecast_rounds(cfg, cfg.rounds)
-    total = sum(f.cost_usd for f in forecast)
-    print(f"forecast for {cfg.rounds.count} round(s), before anything is sampled or paid (the sampler's "
-          f"max_tokens {cfg.generate.max_tokens} per completion):\n{render_forecast(forecast)}", file=sys.stderr)
+    done = recorded_rounds(cfg, cfg.rounds)  # finished before: paid, not run again
+    forecast = forecast_rounds(cfg, cfg.rounds, recorded=done)
+    total = sum(f.cost_usd for f in forecast)  # a recorded round's is 0
+    left = f"all {cfg.rounds.count} round(s)" if not done else (
+        f"the {cfg.rounds.count - len(done)} round(s) left of {cfg.rounds.count} (round(s) "
+        f"{', '.join(map(str, done))} recorded as finished: nothing more to pay)")
+    print(f"forecast for {left}, before anything more is sampled or paid (the sampler's max_tokens "
+          f"{cfg.generate.max_tokens} per completion):\n{render_forecast(forecast)}", file=sys.stderr)
     if args.max_cost is not None and total > args.max_cost:
-        print(f"error: the expected ${total:,.2f} for all rounds is over --max-cost ${args.max_cost:,.2f}; "
+        print(f"error: the expected ${total:,.2f} for {left} is over --max-cost ${args.max_cost:,.2f}; "
               "nothing was run. Raise --max-cost, or run fewer rounds or fewer prompts (--limit).", file=sys.stderr)
         return 2
     return 0 if args.estimate else None

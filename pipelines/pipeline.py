@@ -8,7 +8,7 @@ ZenML's cache is right to skip a step whose parameters and inputs are unchanged;
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from zenml import pipeline
@@ -117,11 +117,14 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
     still there, is the deployment still live: steps/place_tokens.py) are taken now, at launch."""
     from steps.place_tokens import deploy_token, upload_token
 
-    model_key = ""  # modal: the endpoint's model is known only by its name, already in the settings
     if cfg.is_local:
         from training.local_kit import local_model_key
 
         model_key = local_model_key(cfg.local_model)  # a rebuilt kit is a new model: new samples, new adapter
+    else:
+        from infra.names import NAMES
+
+        model_key = sft_adapter_key(NAMES.sft_adapter)  # a new SFT adapter uploaded: new samples, new adapter
     return {
         "profile": cfg.profile,
         "prompts_file": str(cfg.prompts),
@@ -147,6 +150,18 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
         "upload_token": upload_token(cfg.workdir, cfg.profile),
         "deploy_token": deploy_token(cfg.state_dir, cfg.profile),
     }
+
+
+def sft_adapter_key(folder: str) -> str:
+    """modal: the model key of the SFT adapter served from `folder` (NGPT_SFT_ADAPTER): its content hash, which
+    names its content-addressed folder (<NAMES.sft_adapters>/<hash>). A new SFT adapter is a new model: new
+    samples (the generate folder) and a new cache entry for every step keyed by it. ValueError for another folder."""
+    from pipelines.preflight import sft_adapter_problem
+
+    problem = sft_adapter_problem(folder)
+    if problem:
+        raise ValueError(problem)
+    return f"sft-adapter-{PurePosixPath(folder).name}"
 
 
 def run_pipeline(cfg: PipelineConfig) -> Any:

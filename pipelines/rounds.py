@@ -11,6 +11,9 @@ the rounds); a rerun reads those records and never samples, judges or trains a f
 killed midway has no record: the rerun runs its pipeline again, ZenML's cache skips its finished steps and the
 stages resume from their checkpoints. Stop rule: when round k's win rate over round k-1 has its interval's lower
 end at or below `min_gain` (0.5: no measurable gain), the rounds stop and round k-1 is put back into service.
+A round whose pipeline failed is recorded only for a verdict: its complete A/B over SFT failed the gate and the
+evaluate step rolled serving back (`gate_failed`). An interrupted or incomplete A/B is no verdict: no record, and
+the rerun resumes the A/B from its per-row checkpoints, then decides.
 Importing this module does not import ZenML (the CLI sets ZenML's home first).
 """
 
@@ -40,10 +43,10 @@ class RoundRecord:
     adapter_sha256: str
     preferences_id: str  # this round's own pairs (a `data: all` round merges the earlier ones)
     pairs: int  # preference pairs this round trained on (train + val of its split)
-    vs_sft: dict[str, Any]  # wins, losses, ties, n, win_rate_all, ci95_all_low/high, cost_usd, gate_passed
+    vs_sft: dict[str, Any]  # AB_KEYS: wins, losses, ties, n, win_rate_all, ci95_all_low/high, complete, passed, ...
     vs_previous: dict[str, Any] | None  # the same against round k-1 (None in round 1)
     cost_usd: float  # judge + A/B judge dollars this round's runs paid
-    status: str = "done"  # done, or gate_failed (the A/B over SFT refused the deploy; serving rolled back)
+    status: str = "done"  # done, or gate_failed (the complete A/B over SFT refused the deploy; serving rolled back)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,11 +131,30 @@ def load_record(folder: Path, k: int) -> RoundRecord | None:
     if not path.is_file():
         return None
     record = RoundRecord(**json.loads(path.read_text()))
+    if record.status == "gate_failed" and failed_status(record.vs_sft) is None:
+        logger.warning("round %d's gate_failed record has no complete A/B with a rollback behind it (an earlier "
+                       "version recorded an interrupted A/B so): the round runs again and its A/B resumes", k)
+        return None
     adapter = Path(record.adapter_path)
     if not adapter.is_dir() or adapter_sha256(adapter) != record.adapter_sha256:
         logger.warning("round %d's adapter %s is gone or changed: the round runs again", k, adapter)
         return None
     return record
+
+
+def recorded_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> list[int]:
+    """The rounds a rerun of these rounds will not run again (a trusted record, as `run_rounds` reads them):
+    they are paid for. Without any round record under the workdir, [] without computing the rounds' key (that
+    takes the pipeline's parameters, which imports ZenML: its home is set first)."""
+    if settings.count == 1 or not any((Path(cfg.workdir) / "rounds").glob("*/round-*.json")):
+        return []
+    from pipelines.zenml_home import use_project_home
+
+    use_project_home()
+    from pipelines.pipeline import pipeline_parameters
+
+    folder = rounds_dir(cfg, settings, pipeline_parameters(cfg))
+    return [k for k in range(1, settings.count + 1) if load_record(folder, k) is not None]
 
 
 def save_record(folder: Path, record: RoundRecord) -> None:
@@ -146,8 +168,10 @@ def save_record(folder: Path, record: RoundRecord) -> None:
 def stop_reason(record: RoundRecord, settings: RoundsSettings) -> str | None:
     """Why the rounds stop after this one (None: go on)."""
     if record.status == "gate_failed":
+        rolled_back = record.vs_sft.get("rolled_back")  # what the evaluate step's rollback left serving
         return (f"round {record.round} failed the A/B gate against SFT (lower end "
-                f"{record.vs_sft.get('ci95_all_low', float('nan')):.3f}); serving was rolled back")
+                f"{record.vs_sft.get('ci95_all_low', float('nan')):.3f})"
+                + (f"; serving was rolled back: {rolled_back}" if rolled_back else ""))
     if record.vs_previous is None:
         return None
     low = record.vs_previous["ci95_all_low"]
@@ -217,11 +241,20 @@ def _run_round(cfg: PipelineConfig, settings: RoundsSettings, k: int, done: list
         run = configured(**params)
     except RuntimeError:
         failed = _latest_run(Client(), k)
-        gate = _step_metadata(failed, "evaluate_adapters") if failed is not None else {}
-        if gate.get("gate_passed") is False:  # the gate refused the deploy: a verdict, kept as the round's
-            return _record(Client(), failed, k, status="gate_failed")
-        raise
+        status = failed_status(_step_metadata(failed, "evaluate_adapters")) if failed is not None else None
+        if status is None:  # no verdict (another step failed, or the A/B is incomplete): the rerun resumes
+            raise
+        return _record(Client(), failed, k, status=status)
     return _record(Client(), Client().get_pipeline_run(run.id), k)
+
+
+def failed_status(vs_sft: dict[str, Any]) -> str | None:
+    """A failed round's status from its A/B over SFT (the evaluate step's metadata, or a record's vs_sft):
+    gate_failed when the A/B was complete, its gate refused the deploy and serving was rolled back; None when
+    that is not a verdict (interrupted, a request failed, the rollback failed): the rerun resumes the round."""
+    if vs_sft.get("complete") is True and vs_sft.get("passed") is False and vs_sft.get("rolled_back"):
+        return "gate_failed"
+    return None
 
 
 def _latest_run(client: Any, k: int) -> Any:
@@ -270,7 +303,7 @@ def _record(client: Any, run: Any, k: int, status: str = "done") -> RoundRecord:
 
 
 AB_KEYS = ("wins", "losses", "ties", "n", "win_rate_all", "ci95_all_low", "ci95_all_high", "cost_usd",
-           "gate_passed", "order_agreement")
+           "gate_passed", "order_agreement", "complete", "passed", "rolled_back")
 
 
 def _ab_numbers(meta: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,9 @@ prompts (its slice of the prompt file), each with `n` distinct completions of `m
 sampler may write), through the judge's own `estimate` (engine/judge/estimate.py: the same request builder and
 prices). The A/B is the same with two completions per held-out prompt, judged in both orders: once per round
 against SFT, and from round 2 once more against the previous round. `run --rounds K --estimate` prints it;
-`--max-cost X` refuses to start when the expected total is above X.
+`--max-cost X` refuses to start when the expected total is above X. A round already recorded as finished
+(`pipelines.rounds.recorded_rounds`: a rerun does not run it again) costs nothing more: it is listed as done
+and left out of the total, which is what is left to pay.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +34,12 @@ class RoundForecast:
     ab_requests: int
     cost_usd: float  # expected
     cost_max_usd: float
+    recorded: bool = False  # finished before (a round record): nothing more to send or pay
 
 
-def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> list[RoundForecast]:
+def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings,
+                    recorded: Collection[int] = ()) -> list[RoundForecast]:
+    """Each round's forecast; the rounds in `recorded` (finished before) cost nothing more."""
     from engine.split import write_subset
 
     out: list[RoundForecast] = []
@@ -50,6 +56,10 @@ def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> list[Round
             part = folder / f"round-{k}.jsonl"
             rows, _ = write_subset(cfg.prompts, part, limit=cfg.limit, holdout_fraction=cfg.holdout_fraction,
                                    side="sample", offset=offset)
+            if k in recorded:
+                out.append(RoundForecast(round=k, prompts=rows, judge_requests=0, ab_requests=0, cost_usd=0.0,
+                                         cost_max_usd=0.0, recorded=True))
+                continue
             judge = estimate(_stand_in(part, folder / f"round-{k}-completions.jsonl", cfg.generate.n,
                                        cfg.generate.max_tokens), cfg.judge)
             if not held.is_file():  # no hold-out: the A/B runs on the split's val share of the round's prompts
@@ -81,12 +91,17 @@ def _stand_in(prompts: Path, out: Path, n: int, max_tokens: int) -> Path:
 
 
 def render_forecast(forecast: list[RoundForecast]) -> str:
+    """The table, one row per round and a total of what is left (recorded rounds are done: $0 more)."""
     lines = ["| round | prompts | judge requests | A/B requests | expected | at most |", "|---|---|---|---|---|---|"]
     for f in forecast:
+        if f.recorded:
+            lines.append(f"| {f.round} | done (recorded): nothing more to pay | - | - | $0.00 | $0.00 |")
+            continue
         lines.append(f"| {f.round} | {f.prompts} | {f.judge_requests} | {f.ab_requests} | ${f.cost_usd:,.2f} | "
                      f"${f.cost_max_usd:,.2f} |")
-    total, most = sum(f.cost_usd for f in forecast), sum(f.cost_max_usd for f in forecast)
-    lines.append(f"| all {len(forecast)} | {sum(f.prompts for f in forecast)} | "
-                 f"{sum(f.judge_requests for f in forecast)} | {sum(f.ab_requests for f in forecast)} | "
-                 f"${total:,.2f} | ${most:,.2f} |")
+    left = [f for f in forecast if not f.recorded]
+    label = f"all {len(forecast)}" if len(left) == len(forecast) else f"left: {len(left)} of {len(forecast)}"
+    lines.append(f"| {label} | {sum(f.prompts for f in left)} | {sum(f.judge_requests for f in left)} | "
+                 f"{sum(f.ab_requests for f in left)} | ${sum(f.cost_usd for f in left):,.2f} | "
+                 f"${sum(f.cost_max_usd for f in left):,.2f} |")
     return "\n".join(lines)

@@ -7,6 +7,11 @@ win-rate chart and the DPO training curves as dashboard visualizations. With `se
 a result whose 95% interval's lower end is below it fails the step, after putting the previous DPO adapter
 back (serving/rollback.py). A prompt a model answers only blank is a forfeit (a loss for it), so the step
 always reaches a verdict; other failures (HTTP errors, timeouts) still ask for a rerun.
+
+Only a complete A/B is a verdict. The step's metadata says which: `complete`, and `passed` only when complete
+(the gate's verdict; True with no gate), `rolled_back` (what serves now) once a failed gate put the previous
+adapter back. An interrupted or failed-in-part A/B logs its counts so far with `complete: false` and no
+`passed`/`gate_passed`, and fails the step asking for a rerun, which resumes from the checkpoints and decides.
 """
 
 from __future__ import annotations
@@ -106,13 +111,17 @@ async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, workdir: str, gener
     if curves is not None:
         charts["training_curves.png"] = curves
     forfeits = {f"forfeits_{side}": n for side, n in result["forfeits"].items()}  # answered only blank: losses
-    log_metadata(metadata={**ab_eval_metadata(result), **forfeits})
-    if run.exit_code != 0:
-        raise RuntimeError(f"the A/B evaluation left rows for a rerun (exit {run.exit_code}; {run.unpaired} prompts "
-                           f"unpaired); rerun the pipeline to finish them. Results so far: {run.result.headline()}")
+    verdict = {"complete": run.result.complete,
+               **({"passed": run.result.passed} if run.result.passed is not None else {})}
+    log_metadata(metadata={**ab_eval_metadata(result), **forfeits, **verdict})
+    if run.exit_code != 0 or not run.result.complete:
+        raise RuntimeError(f"the A/B evaluation is incomplete, not a verdict (exit {run.exit_code}; {run.unpaired} "
+                           f"prompts unpaired); rerun the pipeline to resume and finish it. Results so far: "
+                           f"{run.result.headline()}")
     gate = result.get("gate")
-    if gate is not None and not gate["passed"]:
+    if run.result.passed is False and gate is not None:
         restored = _roll_back(target, Path(state_dir), record, model_key)
+        log_metadata(metadata={"rolled_back": restored})
         raise GateFailed(
             f"{settings.challenger} did not pass the A/B gate: the 95% interval's lower end "
             f"{gate['lower_bound']:.3f} is below evaluate.min_win_rate {gate['min_win_rate']:.3f} "

@@ -37,8 +37,9 @@ async def generate_completions(
     `serve_local_kit` (local profile): sample from the local vLLM serving the local kit's SFT adapter,
     instead of `settings.serve_url`: the one `deploy --local` left running in `state_dir` when it
     serves that adapter, else one deployed now (it stays up; the deploy step redeploys it with the
-    DPO adapter). `model_key` names the served model's version (training/local_kit.py), so a new model
-    gets a new checkpoint folder and cache entry. The folder is keyed by settings and model, not by the
+    DPO adapter). `model_key` names the served model's version (local: training/local_kit.py; modal:
+    the served SFT adapter's content hash, pipelines/pipeline.py `sft_adapter_key`), so a new model gets a new
+    checkpoint folder and cache entry. The folder is keyed by settings and model, not by the
     prompts: runs over other prompt subsets share it (resume by row content, nothing sampled twice), and
     the artifact is this input's view (engine/view.py).
 

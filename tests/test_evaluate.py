@@ -164,14 +164,17 @@ def test_estimate_samples_and_forecasts_both_orders_without_judging(tmp_path):
 def test_a_prompt_one_model_failed_waits_unjudged_and_a_rerun_finishes_it(tmp_path, kind, status):
     write_prompts(tmp_path / "p.jsonl", 6)
     fault = [{"substring": "row 3?", "kind": kind, "model": "seinfeld-dpo"}]  # one prompt fails for DPO only
+    gated = EvaluateSettings(min_win_rate=0.5)
     with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, fail_matching=fault) as server:
-        first = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out")
+        first = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out", gated)
         errors = read_jsonl(tmp_path / "out" / "samples" / "seinfeld-dpo" / "completions.errors.jsonl")
         server.control(fail_matching=[])
         judged_before = server.stats(log=False)["by_kind"].get("judge", 0)
-        second = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out")
+        second = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out", gated)
         judged_after = server.stats(log=False)["by_kind"].get("judge", 0)
     assert first.unpaired == 1 and first.exit_code == 1
+    assert first.result.complete is False and first.result.gate["passed"] is None  # nothing judged: no verdict
+    assert second.result.complete is True and second.result.gate["passed"] is True
     assert judged_before == 0 and first.judge is None  # no pair is judged until every prompt has both answers
     assert len(errors) == 1 and errors[0]["status"] == status
     assert not (tmp_path / "out" / "samples" / "seinfeld-dpo" / "completions.skipped.jsonl").read_bytes()
@@ -216,3 +219,50 @@ def test_a_challenger_that_answers_most_prompts_empty_fails_the_gate(tmp_path, e
     assert run.exit_code == 0 and run.unpaired == 0  # a verdict, not a request for a rerun
     assert (r.wins, r.losses, r.forfeits["challenger"]) == (N - empty, empty, empty)
     assert r.gate is not None and r.gate["passed"] is False and r.gate["lower_bound"] < 0.5
+
+
+def _judged_files(folder, n_pairs: int, won: int) -> tuple:
+    """pairs.jsonl with n_pairs pairs, the judge's preferences.jsonl with the first `won` of them won (both orders)."""
+    judge = folder / "judge"
+    judge.mkdir(parents=True, exist_ok=True)
+    pairs = [{"id": f"r{i}", "prompt": f"scene {i}", "completions": ["base", "dpo answer"]} for i in range(n_pairs)]
+    (folder / "pairs.jsonl").write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in pairs))
+    wins = [{"id": f"r{i}", "judge": {"chosen_index": 1, "confidence": 5}} for i in range(won)]
+    (judge / "preferences.jsonl").write_bytes(b"".join(orjson.dumps(w) + b"\n" for w in wins))
+    return judge, folder / "pairs.jsonl"
+
+
+# Issue 27: a partial count is no verdict. 3 wins of 3 judged has its interval's lower end at 0.44, below 0.5: the
+# old tally called that a failed gate though 3 more pairs were still to judge (6 wins of 6: 0.61, a pass).
+@pytest.mark.parametrize("judged", [0, 3])
+def test_a_tally_over_a_partly_judged_set_is_no_verdict(tmp_path, judged):
+    from engine.evaluation.tally import render, tally
+
+    gated = EvaluateSettings(min_win_rate=0.5)
+    judge, pairs = _judged_files(tmp_path, 6, judged)
+    partial = tally(judge, gated, pairs)
+    assert partial.complete is False and partial.passed is None and partial.gate["passed"] is None
+    assert partial.judged == judged and "Incomplete" in render(partial) and "FAILED" not in render(partial)
+    judge, pairs = _judged_files(tmp_path, 6, 6)
+    assert tally(judge, gated, pairs, sampled=False).passed is None  # every pair judged, a prompt still unsampled
+    whole = tally(judge, gated, pairs)
+    assert whole.complete is True and whole.passed is True and whole.gate["passed"] is True
+    assert tally(judge, EvaluateSettings(min_win_rate=0.7), pairs).passed is False  # complete: a real failure
+    assert tally(judge, EvaluateSettings(), pairs).passed is True  # complete, no gate: nothing to fail
+
+
+# Issue 27, at the stage: one failed judge request leaves the A/B incomplete (no verdict, though the pairs judged
+# so far would fail the gate); the rerun judges only what is left and decides.
+def test_one_failed_judge_request_leaves_no_verdict_and_the_rerun_decides(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", 6)
+    gated = EvaluateSettings(min_win_rate=0.5)
+    fault = [{"substring": f"row {i}?", "kind": "400", "model": "gpt-5"} for i in (3, 4, 5)]
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, fail_matching=fault) as server:
+        first = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out", gated)
+        server.control(fail_matching=[])
+        second = evaluate(server, tmp_path / "p.jsonl", tmp_path / "out", gated)
+    assert first.exit_code == 1 and first.result.judged == 3 and first.result.lower_bound < 0.5
+    assert first.result.complete is False and first.result.passed is None and first.result.gate["passed"] is None
+    assert orjson.loads((tmp_path / "out" / "result.json").read_bytes())["complete"] is True  # the rerun's
+    assert second.exit_code == 0 and second.result.complete is True and second.result.judged == 6
+    assert second.result.passed is True and second.result.gate["passed"] is True

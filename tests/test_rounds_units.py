@@ -179,3 +179,184 @@ def test_arena_votes_join_the_pairs_marked_by_source_and_never_on_the_prompts_th
     evaluated.write_text(json.dumps({"prompt": records[0]["prompt"]}) + "\n")
     assert join_arena_pairs(judged, votes, out, holdout_fraction=0.0, evaluate_prompts=evaluated)[:2] == (2, 1)
     assert "v0" not in out.read_text()
+
+
+# Issue 27: a round whose pipeline failed is recorded only for a verdict. Below, ZenML and the pipeline module are
+# stand-ins (sys.modules), so run_rounds' own handling runs: the failed run's evaluate_adapters metadata is what
+# it reads, as it does from a real run.
+
+INCOMPLETE_AB = {"wins": 2, "losses": 0, "ties": 0, "n": 2, "ci95_all_low": 0.34, "win_rate_all": 1.0,
+                 "ci95_all_high": 1.0, "cost_usd": 0.0,
+                 "gate_passed": False,  # what the evaluate step logged for a partial count before issue 27
+                 "complete": False}
+DONE_AB = {**INCOMPLETE_AB, "n": 6, "ci95_all_low": 0.61, "gate_passed": True, "complete": True, "passed": True}
+FAILED_AB = {**DONE_AB, "wins": 1, "losses": 5, "ci95_all_low": 0.03, "win_rate_all": 0.17, "gate_passed": False,
+             "passed": False}
+
+
+class _FakeZenML:
+    """dpo_pipeline, Client and the round's run, as run_rounds sees them; `evaluate` is the next run's
+    evaluate_adapters metadata, `fail` whether that run fails."""
+
+    def __init__(self) -> None:
+        self.runs: list = []
+        self.evaluate: dict = {}
+        self.fail = False
+
+    def install(self, monkeypatch) -> None:
+        import sys
+        import types
+
+        from pipelines import rounds
+
+        client = types.SimpleNamespace(
+            list_pipeline_runs=lambda **_: types.SimpleNamespace(items=self.runs[-1:]),
+            get_pipeline_run=lambda run_id: next(r for r in self.runs if r.id == run_id))
+        zenml, zenml_client = types.ModuleType("zenml"), types.ModuleType("zenml.client")
+        zenml_client.Client = lambda: client
+        pipeline = types.ModuleType("pipelines.pipeline")
+        pipeline.pipeline_parameters = lambda cfg: {"limit": cfg.limit, "workdir": str(cfg.workdir)}
+        pipeline.dpo_pipeline = types.SimpleNamespace(with_options=lambda run_name, **_: self._launcher(run_name))
+        for name, module in (("zenml", zenml), ("zenml.client", zenml_client), ("pipelines.pipeline", pipeline)):
+            monkeypatch.setitem(sys.modules, name, module)
+        monkeypatch.setattr(rounds, "_record", self._record)
+        monkeypatch.setattr(rounds, "_serve_round", lambda cfg, record: None)
+        monkeypatch.setattr("pipelines.rounds_report.write_report", lambda *a, **k: None)
+
+    def _launcher(self, run_name: str):
+        import types
+
+        def launch(**params):
+            k = int(run_name.split("-round")[1].split("-")[0])
+            run = types.SimpleNamespace(id=f"id{len(self.runs)}", name=f"dpo-local-round{k}-{len(self.runs)}",
+                                        steps={"evaluate_adapters": types.SimpleNamespace(
+                                            run_metadata=dict(self.evaluate))})
+            self.runs.append(run)
+            if self.fail:
+                raise RuntimeError("Pipeline run has failed due to failure in step(s): evaluate_adapters")
+            return run
+        return launch
+
+    @staticmethod
+    def _record(client, run, k: int, status: str = "done") -> RoundRecord:
+        from pipelines.rounds import _ab_numbers, _step_metadata
+
+        vs_sft = _ab_numbers(_step_metadata(run, "evaluate_adapters"))
+        return dataclasses.replace(_record(k, status=status, vs_prev_low=0.4 if status == "done" else None),
+                                   run_name=run.name, vs_sft=vs_sft)
+
+
+@pytest.fixture
+def rounds_setup(tmp_path, monkeypatch):
+    """Two rounds on the local config in tmp_path, round 1 recorded as finished; the fake ZenML installed."""
+    from pipelines.rounds import rounds_dir
+    from training.adapters import adapter_sha256
+
+    cfg = dataclasses.replace(load_config(rounds=2), workdir=tmp_path / "work")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    folder = rounds_dir(cfg, cfg.rounds, {"limit": cfg.limit, "workdir": str(cfg.workdir)})
+    save_record(folder, dataclasses.replace(_record(1, path=str(adapter)), adapter_sha256=adapter_sha256(adapter)))
+    fake = _FakeZenML()
+    fake.install(monkeypatch)
+    return cfg, folder, fake
+
+
+@pytest.mark.parametrize("how", ["interrupted", "one_request_failed"])
+def test_an_incomplete_ab_is_not_recorded_and_the_rerun_resumes_and_decides(rounds_setup, how):
+    from pipelines.rounds import run_rounds
+
+    cfg, folder, fake = rounds_setup
+    # Ctrl-C in the A/B (the stage stops at exit 130) or one failed request (exit 1): the evaluate step logged
+    # its counts so far and failed; both are a partial count, no verdict.
+    fake.evaluate, fake.fail = dict(INCOMPLETE_AB, n=1 if how == "interrupted" else 5), True
+    with pytest.raises(RuntimeError, match="evaluate_adapters"):
+        run_rounds(cfg, cfg.rounds)
+    assert not (folder / "round-2.json").exists()  # no record: the rerun runs round 2 again, not skips it
+    fake.evaluate, fake.fail = DONE_AB, False  # the rerun: the A/B resumes from its checkpoints and completes
+    outcome = run_rounds(cfg, cfg.rounds)
+    assert outcome.ran == [2] and [r.status for r in outcome.rounds] == ["done", "done"]
+    assert json.loads((folder / "round-2.json").read_text())["vs_sft"]["complete"] is True
+    assert "rolled back" not in outcome.stopped and len(fake.runs) == 2
+
+
+def test_only_a_complete_failed_ab_with_its_rollback_is_recorded_as_gate_failed(rounds_setup):
+    from pipelines.rounds import run_rounds
+
+    cfg, folder, fake = rounds_setup
+    fake.evaluate, fake.fail = FAILED_AB, True  # complete and failed, but the rollback did not run (it raised)
+    with pytest.raises(RuntimeError):
+        run_rounds(cfg, cfg.rounds)
+    assert not (folder / "round-2.json").exists()  # the rerun tries the rollback again
+    restored = "the local server serves seinfeld-dpo from /round1 again"
+    fake.evaluate = {**FAILED_AB, "rolled_back": restored}
+    outcome = run_rounds(cfg, cfg.rounds)
+    assert [r.status for r in outcome.rounds] == ["done", "gate_failed"] and outcome.exit_code == 1
+    assert outcome.stopped.endswith(f"serving was rolled back: {restored}")
+    assert json.loads((folder / "round-2.json").read_text())["status"] == "gate_failed"
+
+
+def test_a_gate_failed_record_without_a_complete_ab_behind_it_is_not_trusted(tmp_path):
+    from training.adapters import adapter_sha256
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    old = dataclasses.replace(_record(2, status="gate_failed", path=str(adapter)),
+                              adapter_sha256=adapter_sha256(adapter), vs_sft={**_ab(0.34), "gate_passed": False})
+    save_record(tmp_path, old)  # what an interrupted A/B left before issue 27: the round was skipped for good
+    assert load_record(tmp_path, 2) is None
+    verdict = dataclasses.replace(old, vs_sft={**old.vs_sft, "complete": True, "passed": False, "rolled_back": "x"})
+    save_record(tmp_path, verdict)
+    assert load_record(tmp_path, 2) == verdict
+    assert stop_reason(verdict, RoundsSettings(count=3)).endswith("serving was rolled back: x")
+    # a record that names no rollback does not claim one
+    assert "rolled back" not in stop_reason(dataclasses.replace(old, vs_sft=_ab(0.34)), RoundsSettings(count=3))
+
+
+# Issue 27, --max-cost: a resumed run pays only for the rounds left; a recorded round is done and costs nothing.
+def test_max_cost_is_compared_with_the_rounds_left_not_the_recorded_ones(tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    import yaml
+
+    from pipelines.dpo import main
+    from pipelines.rounds import rounds_dir
+    from pipelines.rounds_cost import forecast_rounds
+    from pipelines.zenml_home import REPO_ROOT
+    from training.adapters import adapter_sha256
+
+    config = yaml.safe_load((REPO_ROOT / "configs" / "tiny.yaml").read_text())
+    config.update(workdir=str(tmp_path / "work"), limit=4, holdout_fraction=0.3)
+    config["judge"] = {"backend": "openai", "judge_url": "http://127.0.0.1:9/v1", "judge_model": "gpt-5"}
+    path = tmp_path / "paid.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg = load_config(config_file=path, rounds=2)
+    # The rounds' key takes the pipeline's parameters (pipelines.pipeline imports ZenML): a stand-in here.
+    pipeline = types.ModuleType("pipelines.pipeline")
+    pipeline.pipeline_parameters = lambda c: {"limit": c.limit, "workdir": str(c.workdir)}
+    monkeypatch.setitem(sys.modules, "pipelines.pipeline", pipeline)
+    monkeypatch.setattr("pipelines.zenml_home.use_project_home", lambda: tmp_path / "zenml")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    folder = rounds_dir(cfg, cfg.rounds, pipeline.pipeline_parameters(cfg))
+    save_record(folder, dataclasses.replace(_record(1, path=str(adapter)), adapter_sha256=adapter_sha256(adapter)))
+    one, two = forecast_rounds(cfg, cfg.rounds)
+    cap = two.cost_usd + one.cost_usd / 2  # above round 2's forecast, below both rounds'
+    assert main(["run", "--config", str(path), "--rounds", "2", "--estimate", "--max-cost", str(cap)]) == 0
+    err = capsys.readouterr().err
+    assert "the 1 round(s) left of 2 (round(s) 1 recorded as finished: nothing more to pay)" in err
+    assert "| 1 | done (recorded): nothing more to pay | - | - | $0.00 | $0.00 |" in err
+    assert f"| left: 1 of 2 | 4 | 4 | {two.ab_requests} | ${two.cost_usd:,.2f} |" in err
+    below = str(two.cost_usd / 2)  # what is left is still checked against the cap
+    assert main(["run", "--config", str(path), "--rounds", "2", "--estimate", "--max-cost", below]) == 2
+    assert "is over --max-cost" in capsys.readouterr().err
+    (adapter / "adapter_model.safetensors").write_bytes(b"other weights")  # round 1 will run again: paid again
+    assert main(["run", "--config", str(path), "--rounds", "2", "--estimate", "--max-cost", str(cap)]) == 2
+    assert "| all 2 |" in capsys.readouterr().err

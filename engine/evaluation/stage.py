@@ -11,6 +11,8 @@
    is final for both models, answered or forfeited (the judge resumes only against an unchanged input file);
    a prompt that failed otherwise (HTTP error, timeout) waits for a rerun, which asks again;
 4. tally (engine/evaluation/tally.py): a win or a loss only when both orders agree, else a tie; forfeits count.
+   Only a complete tally (every prompt final for both models, every pair judged) is a verdict: an interrupted
+   or failed-in-part run leaves `complete` False and `passed` None, and a rerun resumes, then decides.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ async def run_evaluate(
     if pairing.forfeits:
         log.warning("%d prompt(s) a model answered only blank: decided without the judge (see %s)",
                     pairing.forfeits, out_dir / FORFEITS_FILE)
-    result = tally(out_dir / "judge", settings, pairs_path, out_dir / FORFEITS_FILE)
+    result = tally(out_dir / "judge", settings, pairs_path, out_dir / FORFEITS_FILE, sampled=sampled)
     write_result(out_dir, result)
     log.info("%s", result.headline())
     return EvalRun(result=result, samples=samples, judge=judge_summary, pairing=pairing)

@@ -8,6 +8,10 @@ Errors (preferences.errors.jsonl) are not results: a rerun judges those pairs ag
 And from the evaluation's forfeits.jsonl (prompts a model answered only blank, never sent to the judge): a loss
 for the model that could not answer, a tie (`both_forfeited`) when neither could. So a model that answers
 many prompts blank loses them, and fails a gate.
+
+Only a complete A/B is a verdict: `complete` when every prompt has a result (no prompt left unpaired by the
+sampling, every pair in the judge's input judged). An interrupted or failed-in-part run is a count so far, not a
+verdict: its `passed` (and its gate's) is None, and a rerun resumes it from the checkpoints, then decides.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ class EvalResult:
     judge_backend: str | None = None
     judge_model: str | None = None
     gate: dict[str, Any] | None = None  # {"min_win_rate", "lower_bound", "passed"} when a gate is set
+    complete: bool = False  # every prompt has a result: only then is the count a verdict
+    # The verdict: None while incomplete (a rerun finishes the set, then decides); when complete, the gate's
+    # (True with no gate set: nothing to fail).
+    passed: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,8 +79,13 @@ class EvalResult:
                 "ties half)")
 
 
-def tally(judge_dir: Path, settings: Any, pairs_path: Path, forfeits_path: Path | None = None) -> EvalResult:
-    """EvalResult from the judge's output files in `judge_dir` and the forfeits (`settings`: EvaluateSettings)."""
+def tally(judge_dir: Path, settings: Any, pairs_path: Path, forfeits_path: Path | None = None, *,
+          sampled: bool = True) -> EvalResult:
+    """EvalResult from the judge's output files in `judge_dir` and the forfeits (`settings`: EvaluateSettings).
+
+    Complete only when `sampled` (every prompt final for both models: answered or forfeited) and every pair in
+    the judge's input has a judgment; anything less is a count so far, not a verdict.
+    """
     agreed = read_records(judge_dir / "preferences.jsonl")
     skipped = read_records(judge_dir / "preferences.skipped.jsonl")
     pairs = {r["id"]: r for r in read_records(pairs_path)}
@@ -109,11 +122,15 @@ def tally(judge_dir: Path, settings: Any, pairs_path: Path, forfeits_path: Path 
     rate = WinRate(won, lost, ties)
     judge_meta = next((r["judge"] for r in agreed if "judge" in r), None) or next(
         (r["judge"] for r in skipped if isinstance(r.get("judge"), dict)), {})
-    gate = None
+    judged_ids = {r["id"] for r in agreed + skipped}
+    complete = sampled and all(row_id in judged_ids for row_id in pairs)
+    gate = passed = None
     if settings.min_win_rate is not None:
         lower = rate.interval_all[0]
-        gate = {"min_win_rate": settings.min_win_rate, "lower_bound": round(lower, 4),
-                "passed": bool(rate.total) and lower >= settings.min_win_rate}
+        passed = lower >= settings.min_win_rate if complete else None
+        gate = {"min_win_rate": settings.min_win_rate, "lower_bound": round(lower, 4), "passed": passed}
+    elif complete:
+        passed = True
     return EvalResult(
         baseline=settings.baseline,
         challenger=settings.challenger,
@@ -133,6 +150,8 @@ def tally(judge_dir: Path, settings: Any, pairs_path: Path, forfeits_path: Path 
         judge_backend=judge_meta.get("backend"),
         judge_model=judge_meta.get("model"),
         gate=gate,
+        complete=complete,
+        passed=passed,
         forfeits=forfeits,
         forfeit_examples=[_forfeit(row) for row in sorted(  # the challenger's first: the model under test
             forfeited, key=lambda r: ("challenger", "both", "baseline").index(r["forfeit"]))[:settings.worst_losses]],
@@ -180,8 +199,10 @@ def render(r: EvalResult) -> str:
     w = r.win_rate
     pct = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
     lines = [f"# A/B: {r.challenger} vs {r.baseline}", "", f"**{r.headline()}**", ""]
+    if not r.complete:
+        lines += [f"Incomplete: {r.judged} prompts have a result so far, not a verdict; rerun to finish the set.", ""]
     if r.gate is not None:
-        verdict = "passed" if r.gate["passed"] else "FAILED"
+        verdict = "not decided yet" if r.gate["passed"] is None else "passed" if r.gate["passed"] else "FAILED"
         lines += [f"Gate {verdict}: lower end of the interval {pct(r.gate['lower_bound'])} vs min_win_rate "
                   f"{pct(r.gate['min_win_rate'])}.", ""]
     lines += [
