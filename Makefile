@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run smoke test e2e proof lint bench
+.PHONY: install browser run smoke test e2e rehearse proof lint bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: $(STAMP) browser
 # End-to-end chains beyond the default suite's time (-m e2e): `run --rounds 2` killed, resumed and rerun (~6 min).
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q -m e2e
+
+# The Modal functions in replicas of their containers (-m rehearsal): only the image's packages (a venv cached under
+# ~/.cache/nothing-gpt/rehearsal), only the mounted sources, a folder bound at /vol (root; ~5 min the first time).
+rehearse: $(STAMP)
+	$(BIN)/python -m pytest -q -m rehearsal
 
 # The real-model tests (-m realmodel): the SmolLM2 kit, and the local run proving DPO beats SFT (~22 min).
 proof: $(STAMP)
