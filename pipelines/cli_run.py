@@ -77,12 +77,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.config import PipelineConfigError, load_config
+    from pipelines.config import PipelineConfigError, load_config, prompts_problem
 
     try:
         cfg = load_config(profile=args.profile, config_file=args.config, limit=args.limit,
                           workdir=args.workdir, no_cache=args.no_cache, rounds=getattr(args, "rounds", None))
-        if cfg.rounds.count > 1:
+        # A missing prompt file: the modal profile lists it with what else it lacks (the preflight below); anything
+        # that reads the prompts before that (the forecast, a local run) stops on it here.
+        missing = prompts_problem(cfg)
+        if missing and (cfg.is_local or args.estimate or args.max_cost is not None):
+            raise PipelineConfigError(missing)
+        if cfg.rounds.count > 1 and not missing:
             from pipelines.rounds import check_rounds
 
             check_rounds(cfg, cfg.rounds)
@@ -96,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.is_local:
         print(local_banner(cfg.local_model), file=sys.stderr)
     else:
-        problems = _preflight(cfg, online=not args.skip_online_checks)
+        problems = _preflight(cfg, online=not args.skip_online_checks, missing=missing)
         if problems:
             print("error: the modal profile cannot start; fix these first (nothing was run or paid for):",
                   file=sys.stderr)
@@ -170,10 +175,11 @@ def _run_rounds(cfg: Any, home: Path) -> int:
     return outcome.exit_code
 
 
-def _preflight(cfg: Any, *, online: bool) -> list[str]:
+def _preflight(cfg: Any, *, online: bool, missing: str | None = None) -> list[str]:
     from pipelines.preflight import offline_problems, online_problems
 
-    problems = offline_problems(cfg)
+    problems = [missing] if missing else []
+    problems += offline_problems(cfg)
     if not problems and online:
         print("checking the endpoints and credentials (free calls) ...", file=sys.stderr)
         problems = online_problems(cfg)

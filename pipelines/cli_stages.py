@@ -169,6 +169,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     from engine.split import split_preferences
 
     try:
+        if args.preferences.is_dir():
+            hint = args.preferences / "preferences.jsonl"
+            raise ConfigError(f"--preferences {args.preferences} is a folder; give the judge's preferences file "
+                              f"itself{f', e.g. {hint}' if hint.is_file() else ' (preferences.jsonl in its --out)'}")
         result = split_preferences(args.preferences, args.out, args.val_fraction)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,8 +5,9 @@ Order of precedence, lowest first: the dataclass defaults, the YAML file (config
 Secrets (OPENAI_API_KEY, Modal tokens) are never part of the configuration: the stages read them from
 the environment when they run, so they never reach ZenML's store.
 
-Unknown keys are rejected with the list of valid ones; each section is validated by the dataclass
-that owns it (GenerateSettings, JudgeSettings, RunOptions, DPOTrainConfig), so the rules live once.
+Unknown keys are rejected with the list of valid ones; a value of the wrong kind (text for a number) is
+rejected naming its key (`check_types`); each section is validated by the dataclass that owns it
+(GenerateSettings, JudgeSettings, RunOptions, DPOTrainConfig), so the rules live once.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.errors import ConfigError
 from engine.generate import GenerateSettings
 from engine.options import RunOptions
 from pipelines.zenml_home import REPO_ROOT
+from training.config import check_types
 from training.local_kit import DEFAULT_LOCAL_MODEL, check_local_model
 
 PROFILES = ("local", "modal")
@@ -44,6 +47,14 @@ TRAIN_FROM_LOCAL_KIT = {
     "output_dir": "the working folder",
     "adapter_out": "the working folder",
 }
+# Where the shipped profiles' prompt files come from, for the message when one is missing (kept out of git).
+PROMPT_ORIGINS = {
+    REPO_ROOT / "data" / "training" / "val.jsonl": (
+        "it is the SFT project's validation split (1,021 scenes, TRL's conversational prompt-completion rows "
+        '{"prompt": [system, user], "completion": [assistant]}), not shipped with this repository: copy that '
+        "val.jsonl to data/training/val.jsonl"
+    ),
+}
 ENV_OVERRIDES = (  # (environment variable, section, key): endpoints and model names, never secrets
     ("SERVE_URL", "generate", "serve_url"),
     ("OPENAI_BASE_URL", "judge", "judge_url"),
@@ -51,8 +62,9 @@ ENV_OVERRIDES = (  # (environment variable, section, key): endpoints and model n
 )
 
 
-class PipelineConfigError(ValueError):
-    """The configuration is invalid: the message names the key, the rule, the value and the fix."""
+class PipelineConfigError(ConfigError):
+    """The configuration is invalid: the message names the key, the rule, the value and the fix. A ConfigError, so
+    the CLI ends it with exit 2 and the message, never a traceback."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,11 @@ def load_config(
     rounds: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> PipelineConfig:
-    """Read the YAML for `profile` (or `config_file`), apply the environment and the flags, validate."""
+    """Read the YAML for `profile` (or `config_file`), apply the environment and the flags, validate.
+
+    The prompt file is an input, not a setting: it need not exist yet (the modal profile's is copied in by hand).
+    `prompts_problem(cfg)` says what is wrong with it; `run` stops on that before anything reads the prompts, and
+    the modal profile's preflight lists it beside the credentials it lacks."""
     env = os.environ if env is None else env
     if profile is not None and profile not in PROFILES:
         raise PipelineConfigError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
@@ -216,9 +232,7 @@ def load_config(
     limit = limit if limit is not None else raw.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise PipelineConfigError(f"limit must be a whole number >= 1 or null (all prompts), got {limit!r}")
-    prompts = _resolve(raw.get("prompts", "data/sample/prompts.jsonl"))
-    if not prompts.is_file():
-        raise PipelineConfigError(f"prompts: no file at {prompts}; set `prompts:` in {path} to a JSONL file")
+    prompts = _resolve(_path_value(raw, "prompts", path) or "data/sample/prompts.jsonl")
     holdout = raw.get("holdout_fraction", 0.0)
     if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1:
         raise PipelineConfigError(f"{path}: holdout_fraction must be a number in [0, 1), got {holdout!r}; "
@@ -248,7 +262,7 @@ def load_config(
         profile=chosen,
         prompts=prompts,
         limit=limit,
-        workdir=_resolve(workdir or raw.get("workdir") or f"data/dpo/{chosen}"),
+        workdir=_resolve(workdir or _path_value(raw, "workdir", path) or f"data/dpo/{chosen}"),
         enable_cache=enable_cache and not no_cache,
         generate=generate,
         generate_run=generate_run,
@@ -264,9 +278,22 @@ def load_config(
     )
 
 
+def prompts_problem(cfg: PipelineConfig) -> str | None:
+    """What is wrong with the run's prompt file, naming where it comes from and the fix; None: it is a file."""
+    prompts, source = cfg.prompts, cfg.source
+    if prompts.is_file():
+        return None
+    what = "is a folder, not a JSONL file" if prompts.is_dir() else "does not exist"
+    origin = PROMPT_ORIGINS.get(prompts)
+    fix = f"{origin}; or point `prompts:` in {source} at another" if origin else f"set `prompts:` in {source} to a"
+    return f"prompts: {prompts} {what}; {fix} JSONL file of {{prompt, completion?}} rows"
+
+
 def build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """`cls(**values)` with unknown keys named and any validation error prefixed with `where`."""
+    """`cls(**values)` with unknown keys and values of the wrong kind named, and any validation error prefixed
+    with `where`."""
     _reject_unknown(values, {f.name: "" for f in dataclasses.fields(cls)}, where)
+    _check_types(cls, values, where)
     try:
         return cls(**values)
     except PipelineConfigError:
@@ -289,6 +316,9 @@ def _settings_and_options(cls: type, values: Mapping[str, Any], where: str) -> t
         from engine.judge.cost import Prices
 
         settings["prices"] = build(Prices, settings["prices"], f"{where}.prices")
+    elif settings.get("prices") is not None:
+        raise PipelineConfigError(f"{where}.prices must be a mapping of input_per_m, cached_input_per_m and "
+                                  f"output_per_m (USD per 1M tokens) or null, got {settings['prices']!r}")
     options["handle_signals"] = True  # see PIPELINE_RUN_OPTIONS
     return build(cls, settings, where), build(RunOptions, options, where)
 
@@ -301,13 +331,14 @@ def _train_overrides(values: Mapping[str, Any], profile: str) -> dict[str, Any]:
         if key in values:
             raise PipelineConfigError(f"train.{key} is set by the pipeline from {source}; remove it from the config")
     _reject_unknown(values, {n: "" for n in DPOTrainConfig.field_names()}, "train")
+    _check_types(DPOTrainConfig, values, "train")
     try:
         if profile == "local":
             placeholders = {k: f"/placeholder/{k}" for k in TRAIN_FROM_LOCAL_KIT}
             DPOTrainConfig.cpu_test(**{**values, **placeholders, "data_dir": "/placeholder/data"})
         else:
             DPOTrainConfig.from_overrides(dict(values), data_dir="/placeholder/data")
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise PipelineConfigError(f"train: {e}") from e
     return dict(values)
 
@@ -324,12 +355,13 @@ def _evaluate_section(values: Mapping[str, Any], judge: Any) -> tuple[Any, Any, 
     overrides = {"max_cost_usd": extra.get("max_cost_usd")}
     if extra.get("judge_backend"):
         overrides["backend"] = extra["judge_backend"]
+    _check_types(type(judge), {"max_cost_usd": overrides["max_cost_usd"]}, "evaluate")
     try:
         ab_judge = dataclasses.replace(judge, **overrides)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise PipelineConfigError(f"evaluate: {e}") from e
     prompts = None
-    if extra.get("prompts"):
+    if _path_value(extra, "prompts", "evaluate"):
         prompts = _resolve(extra["prompts"])
         if not prompts.is_file():
             raise PipelineConfigError(f"evaluate.prompts: no file at {prompts}; give a JSONL prompt file or null")
@@ -360,6 +392,22 @@ def _section(raw: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]
     return value
 
 
+def _check_types(cls: type, values: Mapping[str, Any], where: str) -> None:
+    try:
+        check_types(cls, values, f"{where}.")
+    except ValueError as e:  # training's ConfigError: the container that uses it mounts no engine/ to share one
+        raise PipelineConfigError(str(e)) from e
+
+
+def _path_value(raw: Mapping[str, Any], key: str, where: str | Path) -> str | None:
+    """A path setting: text, or null / absent (None)."""
+    value = raw.get(key)
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise PipelineConfigError(f"{where}: {key} must be a path (text; relative ones start at the repository "
+                                  f"root) or null for the default, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def _reject_unknown(values: Mapping[str, Any], valid: Mapping[str, str], where: str) -> None:
     unknown = sorted(set(values) - set(valid))
     if unknown:
@@ -373,8 +421,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise PipelineConfigError(f"no config file at {path}; pass --config FILE or --profile {'|'.join(PROFILES)}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise PipelineConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as "
+                                  "UTF-8") from e
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise PipelineConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

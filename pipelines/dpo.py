@@ -2,6 +2,7 @@
 
 Each subcommand lives in a module that registers itself with `register(subparsers)`; those modules
 keep heavy imports (ZenML, torch, Modal) inside their functions so `generate` starts without them.
+Bad settings or input end here, whichever command raised them: exit 2 and the message, no traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ import argparse
 import importlib
 import logging
 import sys
+
+from engine.errors import ConfigError  # the engine's and the pipeline's (PipelineConfigError is one)
+from training.config import ConfigError as TrainingConfigError  # training's own: its container has no engine/
+from training.errors import TrainingInputError
+
+# Exit 2 (bad settings or input, nothing sent), as the README promises, for a command that did not catch them.
+BAD_SETTINGS = (ConfigError, TrainingConfigError, TrainingInputError)
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
@@ -50,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BAD_SETTINGS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

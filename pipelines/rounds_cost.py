@@ -23,7 +23,10 @@ from typing import Any
 import orjson
 
 from engine.judge.estimate import CHARS_PER_TOKEN, estimate
-from pipelines.config import PipelineConfig, RoundsSettings
+from engine.rows import BOM, Reject, parse_line, validate_prompt_row
+from pipelines.config import PipelineConfig, PipelineConfigError, RoundsSettings
+
+PROBLEMS_SHOWN = 20  # bad prompt lines named one by one; the rest counted
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings,
     """Each round's forecast; the rounds in `recorded` (finished before) cost nothing more."""
     from engine.split import write_subset
 
+    _check_prompt_rows(cfg.prompts)
     out: list[RoundForecast] = []
     with tempfile.TemporaryDirectory(prefix="rounds-forecast-") as tmp:
         folder = Path(tmp)
@@ -76,6 +80,25 @@ def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings,
     return out
 
 
+def _check_prompt_rows(prompts: Path) -> None:
+    """Every line of the prompt file is a row the generate stage takes, or PipelineConfigError names each bad one
+    as `file:line: problem` (the stage's own check and wording): the forecast reads copies, which name no line."""
+    problems = []
+    with open(prompts, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.removeprefix(BOM) if lineno == 1 else raw
+            if line.strip():
+                parsed = parse_line(str(prompts), lineno, line.rstrip(b"\r\n"), validate_prompt_row)
+                if isinstance(parsed, Reject):
+                    problems.append(parsed.where)
+    if problems:
+        shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
+        more = f"\n  ... and {len(problems) - PROBLEMS_SHOWN} more" if len(problems) > PROBLEMS_SHOWN else ""
+        raise PipelineConfigError(f"{len(problems)} invalid prompt row(s); nothing was forecast or sent:\n  "
+                                  f"{shown}{more}\nFix or remove these lines (a run would set them aside in the "
+                                  "generate stage's rejects file).")
+
+
 def _stand_in(prompts: Path, out: Path, n: int, max_tokens: int) -> Path:
     """Each prompt row with `n` distinct completions of `max_tokens` tokens' worth of characters."""
     length = int(max_tokens * CHARS_PER_TOKEN)
@@ -83,7 +106,7 @@ def _stand_in(prompts: Path, out: Path, n: int, max_tokens: int) -> Path:
         for line in prompts.read_bytes().splitlines():
             if not line.strip():
                 continue
-            row: dict[str, Any] = orjson.loads(line)
+            row: dict[str, Any] = orjson.loads(line.removeprefix(BOM))  # rows checked: _check_prompt_rows
             texts = [(f"[JERRY] sample {i} " + "x" * length)[:length] for i in range(n)]
             dst.write(orjson.dumps({"prompt": row["prompt"], "completions": texts,
                                     "reference": row.get("completion") or texts[0]}) + b"\n")

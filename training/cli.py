@@ -58,18 +58,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings to a dict; values are read as JSON when they parse (numbers, true, null)."""
+    """`KEY=VALUE` strings to a dict; values are read as JSON when they parse (numbers, true, null), except for a
+    text setting, which keeps its text (`--set restart=20261205` is a label, not a number). DPOTrainConfig checks
+    each value's kind and names the key."""
+    from training.config import ConfigError, DPOTrainConfig, declared_kinds
+
+    text_only = {name for name, kinds in declared_kinds(DPOTrainConfig).items() if not {int, float, bool} & set(kinds)}
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
-            from training.config import ConfigError
-
             raise ConfigError(f"--set expects KEY=VALUE; got {pair!r}")
+        if key in text_only and raw != "null":
+            out[key] = raw
+            continue
         try:
-            out[key.strip()] = json.loads(raw)
+            out[key] = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.strip()] = raw
+            out[key] = raw
     return out
 
 

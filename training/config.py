@@ -8,8 +8,12 @@ and the fix. `DPOTrainConfig.cpu_test(...)` gives the settings for a tiny CPU ru
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,77 @@ RESTART_LABEL = re.compile(r"[A-Za-z0-9._-]{0,40}")
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names the rule, the value and the fix."""
+
+
+# The value kinds `check_types` checks, as a reader of the message calls them.
+KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "null"}
+
+
+def check_types(cls: type, values: Mapping[str, Any], where: str = "") -> None:
+    """Raise ConfigError naming the first key of `values` whose value is not of the kind `cls` declares for it.
+
+    A YAML file or a `--set` flag can hand `"fast"` to a number; without this check it fails far away as
+    "'<' not supported" with no key named. Checked: text, whole numbers, numbers, true/false, each optionally null
+    (a whole number is a number; a path object is text). Other annotations (a nested dataclass, a mapping) are left
+    to the class's own checks. `where` prefixes the key (e.g. "generate."). It lives here, not in engine/ or a
+    pipeline module, because the training container mounts only training/ and infra/, and DPOTrainConfig uses it.
+    """
+    declared = declared_kinds(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        kinds = declared.get(key)
+        if kinds is None or _fits(value, kinds):
+            continue
+        wanted = " or ".join(KIND_NAMES[k] for k in kinds)
+        message = f"{where}{key} must be {wanted}, got {value!r} ({_kind_of(value)})"
+        if isinstance(value, str) and float in kinds and _as_number(value) is not None:
+            message += (f"; YAML reads {value} as text (a float needs a dot): write {_as_number(value)}")
+        elif defaults.get(key, dataclasses.MISSING) is not dataclasses.MISSING:
+            message += f"; e.g. {_shown(defaults[key])} (the default)"
+        raise ConfigError(message)
+
+
+@functools.cache
+def declared_kinds(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field's kinds when its annotation is one of KIND_NAMES or a union of them."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        kinds = typing.get_args(hint) if union else (hint,)
+        if all(k in KIND_NAMES for k in kinds):
+            out[name] = kinds
+    return out
+
+
+def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # before int: True is an int to Python, not to a reader
+        return bool in kinds
+    if value is None:
+        return type(None) in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    if isinstance(value, float):
+        return float in kinds
+    return isinstance(value, str | os.PathLike) and str in kinds
+
+
+def _kind_of(value: Any) -> str:
+    return next((name for kind, name in KIND_NAMES.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def _shown(value: Any) -> str:
+    """A default as YAML and JSON write it."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _as_number(text: str) -> str | None:
+    """`1e-5` as YAML 1.1 reads a float (`1.0e-05`), or None when the text is no number."""
+    try:
+        number = repr(float(text))
+    except ValueError:
+        return None
+    mantissa, e, exponent = number.partition("e")
+    return f"{mantissa}{'' if '.' in mantissa else '.0'}{e}{exponent}"
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - `help` mirrors TRL's field metadata key
@@ -97,6 +172,7 @@ class DPOTrainConfig:
     disable_tqdm: bool = _f(False, "hide the progress bar")
 
     def __post_init__(self) -> None:
+        check_types(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         positive = {
             "beta": self.beta,
             "learning_rate": self.learning_rate,

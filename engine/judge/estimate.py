@@ -22,7 +22,7 @@ from engine.judge.cost import BATCH_DISCOUNT
 from engine.judge.prompt import build_messages, prepare_candidates, response_format, shown_order
 from engine.judge.rows import validate_completions_row
 from engine.judge.settings import JudgeSettings
-from engine.rows import BOM, check_input_file, prompt_id
+from engine.rows import BOM, Reject, check_input_file, parse_line
 
 # Measured with o200k_base on the real SFT validation set's judge requests: 3.99 characters per token overall,
 # 4.44 on the rubric's prose (the shared, cacheable prefix).
@@ -37,6 +37,7 @@ CACHE_MIN_TOKENS = 1024  # OpenAI caches prompt prefixes from 1,024 tokens ...
 CACHE_STEP_TOKENS = 128  # ... in steps of 128
 # Most input tokens per request, by model-name prefix (published: GPT-5's 400k window keeps 128k for output).
 MAX_INPUT_TOKENS = {"gpt-5": 272_000}
+INVALID_SHOWN = 20  # invalid lines named one by one (`file:line: problem`, as the judge logs them); the rest counted
 
 
 def count_tokens(chars: int) -> int:
@@ -87,6 +88,7 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     over_context: int = 0  # rows whose request would exceed the judge model's input limit (MAX_INPUT_TOKENS)
     mode: str = "live"  # batch: the prices are the Batch API's (BATCH_DISCOUNT of live)
+    invalid_lines: list[str] = field(default_factory=list)  # the first INVALID_SHOWN: `file:line: problem`
 
     @property
     def cost_per_row_usd(self) -> float:
@@ -117,6 +119,11 @@ class Estimate:
             f"  rows:     {self.rows:,} ({self.rows_to_judge:,} to judge; skipped without a request: {skipped}"
             + (f"; {self.invalid} invalid line(s)" if self.invalid else "") + ")",
         ]
+        if self.invalid:
+            lines.append("  invalid lines (the judge would set them aside in its rejects file, unsent):")
+            lines += [f"    {where}" for where in self.invalid_lines]
+            if self.invalid > len(self.invalid_lines):
+                lines.append(f"    ... and {self.invalid - len(self.invalid_lines)} more")
         if self.backend == "reference":
             return "\n".join(lines)
         p = self.prices
@@ -156,6 +163,7 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
     passes = 2 if settings.swap_check else 1
     per_request_out, basis = output_tokens_per_request(settings)
     rows = invalid = requests = tokens_in = 0
+    invalid_lines: list[str] = []
     skipped: Counter[str] = Counter()
     seen: set[str] = set()
     prefix: str | None = None
@@ -167,15 +175,13 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
                 raw = raw.removeprefix(BOM)
             if not raw.strip():
                 continue
-            try:
-                obj = orjson.loads(raw)
-                if not isinstance(obj, dict):
-                    raise ValueError("not an object")
-                data = validate_completions_row(obj)
-            except ValueError:  # orjson.JSONDecodeError is a ValueError
+            parsed = parse_line(str(completions), lineno + 1, raw.rstrip(b"\r\n"), validate_completions_row)
+            if isinstance(parsed, Reject):  # the judge's own check and wording
                 invalid += 1
+                if len(invalid_lines) < INVALID_SHOWN:
+                    invalid_lines.append(parsed.where)
                 continue
-            row_id = prompt_id(data["prompt"])
+            data, row_id = parsed.data, parsed.id
             if row_id in seen:
                 continue  # the judge processes a repeated prompt once
             seen.add(row_id)
@@ -246,4 +252,5 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
         notes=notes,
         over_context=len(too_long),
         mode=settings.mode,
+        invalid_lines=invalid_lines,
     )
