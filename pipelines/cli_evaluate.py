@@ -77,7 +77,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"see {args.out / 'forfeits.jsonl'}", file=sys.stderr)
     code = run.exit_code
     gate = run.result.gate
-    if gate is not None and not gate["passed"]:
+    if gate is not None and gate["passed"] is None:
+        print("  gate: no verdict yet (the A/B is incomplete): rerun to finish it", file=sys.stderr)
+        code = max(code, 1)
+    elif gate is not None and gate["passed"] is False:
         print(f"  gate failed: the interval's lower end {gate['lower_bound']:.3f} is below --min-win-rate "
               f"{gate['min_win_rate']:.3f}", file=sys.stderr)
         code = max(code, 1)

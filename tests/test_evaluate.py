@@ -266,3 +266,16 @@ def test_one_failed_judge_request_leaves_no_verdict_and_the_rerun_decides(tmp_pa
     assert orjson.loads((tmp_path / "out" / "result.json").read_bytes())["complete"] is True  # the rerun's
     assert second.exit_code == 0 and second.result.complete is True and second.result.judged == 6
     assert second.result.passed is True and second.result.gate["passed"] is True
+
+
+def test_the_cli_never_calls_an_incomplete_ab_a_failed_gate(tmp_path):
+    write_prompts(tmp_path / "p.jsonl", 6)
+    fault = [{"substring": f"row {i}?", "kind": "400", "model": "gpt-5"} for i in (3, 4, 5)]
+    with start_server(model_markers={"seinfeld-dpo": "PREFER-ME"}, fail_matching=fault) as server:
+        args = ["evaluate", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "out"),
+                "--serve-url", server.url, "--judge-url", server.url, "--judge-model", "gpt-5",
+                "--max-tokens", "64", "--min-win-rate", "0.5", "--no-progress"]
+        done = subprocess.run(cli(*args), cwd=ROOT, env=env() | {"OPENAI_API_KEY": "k" * 20}, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "gate failed" not in done.stderr and "no verdict yet" in done.stderr
