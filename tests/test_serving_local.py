@@ -163,3 +163,59 @@ def test_both_adapters_answer_concurrently_over_async_openai(local_vllm):
         return [r.model for r in rs]
 
     assert asyncio.run(both()) == ["seinfeld", "seinfeld-dpo"]
+
+
+def test_32_seeded_requests_in_flight_complete(local_vllm):
+    """More prompt tokens in flight than vLLM's default step holds (2048): with chunked prefill a seeded request
+    split across steps killed the CPU engine ("CPU Generator does not use offset"; every request after it failed).
+    The local server schedules whole prompts only."""
+    scene = " ".join(f"[JERRY] Line {i} about the soup, the puffy shirt and the parking space." for i in range(40))
+
+    async def flight() -> list[int]:
+        async with openai.AsyncOpenAI(base_url=local_vllm.base_url, api_key=local_vllm.api_key,
+                                      max_retries=0, timeout=300) as aclient:
+            rs = await asyncio.gather(*(aclient.chat.completions.create(
+                model=("seinfeld", "seinfeld-dpo")[i % 2], messages=[{"role": "user", "content": f"{scene} {i}"}],
+                n=3, seed=i, temperature=0.9, max_tokens=8) for i in range(32)))
+        assert sum(r.usage.prompt_tokens for r in rs) * 3 > 2048  # the old step would have split prefills
+        return [len(r.choices) for r in rs]
+
+    assert asyncio.run(flight()) == [3] * 32
+    client = openai.OpenAI(base_url=local_vllm.base_url, api_key=local_vllm.api_key, max_retries=0, timeout=60)
+    assert {m.id for m in client.models.list().data} >= {"seinfeld", "seinfeld-dpo"}  # the engine lives on
+
+
+@pytest.mark.realmodel
+def test_wrapping_only_the_adapters_modules_serves_the_same_log_probs(monkeypatch, tmp_path):
+    """SmolLM2's SFT adapter trains the top 8 of 30 layers: the local server wraps just those (and at its rank).
+    At temperature 0 its token log-probs equal those of a server wrapping every module at rank 32, and differ from
+    the base model's: the adapter is applied in full, nothing of it ignored."""
+    import dataclasses
+
+    from serving import local_vllm
+    from training.smol import ensure_smol_kit
+
+    kit = ensure_smol_kit()
+    adapters = {"seinfeld": kit.sft_adapter_dir}
+    messages = [{"role": "user", "content": "Write a short Seinfeld scene: Jerry and George at the coffee shop."}]
+
+    def logprobs(server, model: str) -> list[float]:
+        client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=300)
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0.0,
+                                           seed=0, logprobs=True)
+        return [t.logprob for t in r.choices[0].logprobs.content]
+
+    with local_vllm.start_local_vllm(kit.base_dir, adapters, served_model_name="base", timeout_s=600) as server:
+        assert server.readiness is not None
+        restricted, base = logprobs(server, "seinfeld"), logprobs(server, "base")
+    narrow = local_vllm.local_settings(kit.base_dir, port=1, adapters=adapters)
+    assert narrow.max_lora_rank == 16 and narrow.lora_target_modules is not None
+    assert len(narrow.lora_target_modules) == 8 * 4  # qkv, o, gate_up, down in layers 22-29
+    unrestricted = local_vllm.local_settings
+    monkeypatch.setattr(local_vllm, "local_settings", lambda *a, **kw: dataclasses.replace(
+        unrestricted(*a, **kw), lora_target_modules=None, max_lora_rank=32))
+    with local_vllm.start_local_vllm(kit.base_dir, adapters, served_model_name="base", timeout_s=600) as server:
+        wide = logprobs(server, "seinfeld")
+    assert len(restricted) == len(wide) == 24
+    assert max(abs(a - b) for a, b in zip(restricted, wide, strict=True)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(restricted, base, strict=False)) > 1e-2
