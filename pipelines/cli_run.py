@@ -187,9 +187,11 @@ def _preflight(cfg: Any, *, online: bool, missing: str | None = None) -> list[st
 
 
 def render_run(run_id: Any, home: Path) -> str:
-    """The run's status, each step's status, every artifact's version and the deployed URL."""
+    """The run's status, each step's status, every artifact's version, then the answer: the A/B's verdict, its
+    report, and how to try the served models (pipelines/answer.py)."""
     from zenml.client import Client
 
+    from pipelines.answer import answer_lines
     from steps.names import Artifact
 
     run = Client().get_pipeline_run(run_id)
@@ -205,10 +207,17 @@ def render_run(run_id: Any, home: Path) -> str:
         if artifact is not None:
             lines.append(f"  artifact {name}: version {artifact.version}")
     deployment = versions.get(Artifact.DEPLOYMENT)
-    if deployment is not None:
-        record = deployment.load()
+    record = deployment.load() if deployment is not None else None
+    if record is not None:
         lines.append(f"deployed: {record.get('base_url')} serving {', '.join(record.get('models', []))}")
-    lines.append(f"ZenML store: {home}; browse it with `python -m pipelines.dpo dashboard`")
+    lines.append(f"ZenML store: {home}")
+    ab = versions.get(Artifact.AB_EVAL)
+    result, files = None, {}
+    if ab is not None:
+        loaded = ab.load()
+        result = loaded.data
+        files = {"report": f"{ab.uri}/report.md", **{f"chart {n}": f"{ab.uri}/{n}" for n in sorted(loaded.charts)}}
+    lines += ["", *answer_lines(result, files, record)]  # the answer last, where the eye lands
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "pipelines.cli_run",  # run, dashboard
     "pipelines.cli_stages",  # generate, judge, estimate, split
     "pipelines.cli_evaluate",  # evaluate
+    "pipelines.cli_chat",  # chat
     "training.cli",  # upload, train
     "serving.cli",  # deploy, serve-local
     "arena.cli",  # arena, arena export

@@ -242,6 +242,12 @@ def test_smoke_run_succeeds_with_versioned_artifacts_and_lineage(chain):
     assert ab["data"]["pairs"] == n_val and ab["data"]["wins"] + ab["data"]["losses"] + ab["data"]["ties"] == n_val
     assert ab["data"]["judge_backend"] == "reference" and ab["data"]["win_rate"]["interval"] == "wilson"
     assert "win_rate.png" in run["values"]["ab_eval_charts"]
+    # The run ends with the answer: the verdict on its own line near the end, the report's path, how to try it.
+    tail = chain["resumed"].stdout.strip().splitlines()[-8:]
+    assert any(f"on {n_val} held-out prompts" in line and "no gate" in line for line in tail), tail
+    report = next(line.split(": ", 1)[1] for line in tail if line.strip().startswith("report: "))
+    assert Path(report).read_text().startswith("#")
+    assert any("chat --model seinfeld-dpo" in line for line in tail) and tail[-1].endswith("dashboard")
     assert "training_curves.png" in run["values"]["ab_eval_charts"]
     assert run["values"]["ab_eval_visualizations"].count("image") == len(run["values"]["ab_eval_charts"])
     assert "markdown" in run["values"]["ab_eval_visualizations"]
