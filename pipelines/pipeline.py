@@ -95,11 +95,13 @@ def dpo_pipeline(
         val_set = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256,
                                  holdout_fraction=holdout_fraction, side="holdout", id="select_holdout_prompts")
     evaluate_adapters(adapter, val_set, workdir=workdir, generate=generate, judge=evaluate_judge,
-                      options=judge_run, settings=evaluate, target=profile, state_dir=deploy_state_dir,
+                      options=generate_run, judge_options=judge_run, settings=evaluate, target=profile,
+                      state_dir=deploy_state_dir,
                       prompts_file=evaluate_prompts, model_key=model_key, after="deploy_adapters")
     if previous is not None:
         evaluate_vs_previous(adapter, previous, val_set, workdir=workdir, generate=generate, judge=evaluate_judge,
-                             options=judge_run, settings=evaluate, state_dir=deploy_state_dir,
+                             options=generate_run, judge_options=judge_run, settings=evaluate,
+                             state_dir=deploy_state_dir,
                              prompts_file=evaluate_prompts, after="evaluate_adapters")
 
 

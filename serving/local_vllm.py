@@ -178,7 +178,7 @@ def start_local_vllm(
     try:
         _wait_for_health(url, process, log_path, deadline=started + timeout_s)
         remaining = max(5.0, timeout_s - (time.monotonic() - started))
-        server.readiness = check_ready(server.base_url, list(adapters),
+        server.readiness = check_ready(server.base_url, list(adapters) or [settings.model_name],  # else the base
                                        ReadinessOptions(timeout_s=remaining, api_key=key))
     except DeployError as e:
         server.stop()

@@ -53,10 +53,12 @@ async def evaluate_adapters(
     state_dir: str = "data/runs/serving",
     prompts_file: str | None = None,
     model_key: str = "",
+    judge_options: RunOptions | None = None,
 ) -> Annotated[ABEval, ArtifactConfig(name=Artifact.AB_EVAL)]:
-    """Sample both served models on the held-out prompts, judge every pair in both orders, tally, gate."""
+    """Sample both served models on the held-out prompts (`options`: the generate stage's), judge every pair in
+    both orders (`judge_options`: the judge's; None = `options`), tally, gate."""
     return await _evaluate(adapter, val_set, workdir, generate, judge, options, settings, target, state_dir,
-                           prompts_file, model_key)
+                           prompts_file, model_key, judge_options=judge_options)
 
 
 @step
@@ -71,6 +73,7 @@ async def evaluate_vs_previous(
     settings: EvaluateSettings,
     state_dir: str = "data/runs/serving",
     prompts_file: str | None = None,
+    judge_options: RunOptions | None = None,
 ) -> Annotated[ABEval, ArtifactConfig(name=Artifact.AB_EVAL_PREVIOUS)]:
     """Rounds: the same A/B with the previous round's adapter ("seinfeld-dpo-prev") as the baseline, on the
     same prompts. No gate here (the A/B over SFT guards the deploy): its interval feeds the stop rule."""
@@ -80,13 +83,13 @@ async def evaluate_vs_previous(
         raise ValueError("the previous round's adapter is this round's: nothing to compare")
     versus = dataclasses.replace(settings, baseline=NAMES.prev_model_name, min_win_rate=None)
     return await _evaluate(adapter, val_set, workdir, generate, judge, options, versus, "local", state_dir,
-                           prompts_file, "", previous=previous)
+                           prompts_file, "", previous=previous, judge_options=judge_options)
 
 
 async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, workdir: str, generate: GenerateSettings,
                     judge: JudgeSettings, options: RunOptions, settings: EvaluateSettings, target: str,
                     state_dir: str, prompts_file: str | None, model_key: str,
-                    previous: AdapterRef | None = None) -> ABEval:
+                    previous: AdapterRef | None = None, judge_options: RunOptions | None = None) -> ABEval:
     from engine.evaluation.stage import run_evaluate
     from serving.deploy import load_record, local_api_key
     from steps.charts import training_curves, win_rate_chart
@@ -102,7 +105,8 @@ async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, workdir: str, gener
                                                    "judge": judge.fingerprinted()},
                     input=file_sha256(prompts) if prompts_file else val_set.sha256, model=adapter.sha256,
                     **({"previous": previous.sha256} if previous is not None else {}))
-    run = await run_evaluate(prompts, out, settings, live, judge, options, serve_api_key=key)
+    run = await run_evaluate(prompts, out, settings, live, judge, options, serve_api_key=key,
+                             judge_options=judge_options)
     for summary in [*run.samples.values(), *([run.judge] if run.judge else [])]:
         log_summary(summary)
     result = run.result.to_dict()
