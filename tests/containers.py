@@ -73,10 +73,12 @@ def _is_local_entrypoint(node: ast.AST) -> bool:
     return False
 
 
-def imports_of(module: str, path: Path) -> list[str]:
-    """Every module name `module` imports anywhere in its file, lazy imports included (not local entrypoints)."""
+def imports_of(module: str, path: Path, *, local_entrypoints: bool = False) -> list[str]:
+    """Every module name `module` imports anywhere in its file, lazy imports and `TYPE_CHECKING` blocks included;
+    the bodies of `@app.local_entrypoint` functions only with `local_entrypoints` (they run on the user's side)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    skipped = {id(n) for top in ast.walk(tree) if _is_local_entrypoint(top) for n in ast.walk(top)}
+    skipped = set() if local_entrypoints else {
+        id(n) for top in ast.walk(tree) if _is_local_entrypoint(top) for n in ast.walk(top)}
     names: list[str] = []
     for node in ast.walk(tree):
         if id(node) in skipped:

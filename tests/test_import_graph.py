@@ -5,8 +5,9 @@ level up (engine/judge/run.py, engine/output.py's StageInfo, testserver's FaultO
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.containers import imports_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("engine", "steps", "pipelines", "training", "serving", "arena", "infra", "testserver")
@@ -23,19 +24,8 @@ def modules() -> dict[str, Path]:
 
 def imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The project modules `module` imports anywhere in its file (a package counts as its __init__)."""
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = module.split(".")
-                keep = len(parts) - node.level + (1 if path.name == "__init__.py" else 0)
-                base = ".".join(parts[:keep] + ([base] if base else []))
-            out.add(base)
-            out.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in out if name in known and name != module}
+    names = imports_of(module, path, local_entrypoints=True)
+    return {name for name in names if name in known and name != module}
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -135,7 +135,9 @@ print("REHEARSAL " + json.dumps({"described": described, "started": started, "ou
 """
 
 
-def test_the_serving_start_up_builds_its_command_from_the_adapters_on_the_volume(kit, tmp_path):
+def run_serving_replica(kit, tmp_path: Path, *, with_dpo: bool) -> tuple[dict, str, str]:
+    """The serving start-up in its replica: the SFT adapter on the stand-in volume, the DPO one too or a folder that
+    is not there. Returns what the replica printed and the two adapter paths it was given."""
     from serving import modal_app
     from tests.containers import serving_container
 
@@ -144,11 +146,15 @@ def test_the_serving_start_up_builds_its_command_from_the_adapters_on_the_volume
     sources = copy_sources(container.sources, tmp_path / "root", ROOT)
     volume = tmp_path / "vol"
     sft = put_adapter(volume, kit.sft_adapter_dir, NAMES.sft_adapters)
-    dpo = put_adapter(volume, kit.dpo_adapter_dir, NAMES.dpo_adapters)
+    dpo = (put_adapter(volume, kit.dpo_adapter_dir, NAMES.dpo_adapters) if with_dpo
+           else f"{NAMES.dpo_adapters}/0000000000000000")
     env = {**container_env(tmp_path, base_model=str(kit.base_dir), sft_adapter=sft, dpo_adapter=dpo),
            modal_app.API_KEY_VAR: "rehearsal-key"}  # what the serve-key secret puts in the container
+    return last_json(run_in_replica(python, sources, volume, env, SERVE_IN_REPLICA)), sft, dpo
 
-    out = last_json(run_in_replica(python, sources, volume, env, SERVE_IN_REPLICA))
+
+def test_the_serving_start_up_builds_its_command_from_the_adapters_on_the_volume(kit, tmp_path):
+    out, sft, dpo = run_serving_replica(kit, tmp_path, with_dpo=True)
 
     assert out["outside"] == []
     described = out["described"]
@@ -162,18 +168,7 @@ def test_the_serving_start_up_builds_its_command_from_the_adapters_on_the_volume
 
 
 def test_an_adapter_missing_from_the_volume_is_left_out_and_the_server_still_starts(kit, tmp_path):
-    from tests.containers import serving_container
-
-    container = serving_container()
-    python = replica_python(container.packages)
-    sources = copy_sources(container.sources, tmp_path / "root", ROOT)
-    volume = tmp_path / "vol"
-    sft = put_adapter(volume, kit.sft_adapter_dir, NAMES.sft_adapters)
-    missing = f"{NAMES.dpo_adapters}/0000000000000000"
-    env = {**container_env(tmp_path, base_model=str(kit.base_dir), sft_adapter=sft, dpo_adapter=missing),
-           "SERVE_API_KEY": "k"}
-
-    out = last_json(run_in_replica(python, sources, volume, env, SERVE_IN_REPLICA))
+    out, sft, missing = run_serving_replica(kit, tmp_path, with_dpo=False)
 
     assert out["described"][NAMES.dpo_model_name]["problem"] is not None
     (cmd, _), = out["started"]
