@@ -243,7 +243,7 @@ def test_smoke_run_succeeds_with_versioned_artifacts_and_lineage(chain):
     assert ab["data"]["judge_backend"] == "reference" and ab["data"]["win_rate"]["interval"] == "wilson"
     assert "win_rate.png" in run["values"]["ab_eval_charts"]
     # The run ends with the answer: the verdict on its own line near the end, the report's path, how to try it.
-    tail = chain["resumed"].stdout.strip().splitlines()[-8:]
+    tail = chain["resumed"].stdout.strip().splitlines()[-12:]
     assert any(f"on {n_val} held-out prompts" in line and "no gate" in line for line in tail), tail
     report = next(line.split(": ", 1)[1] for line in tail if line.strip().startswith("report: "))
     assert Path(report).read_text().startswith("#")
