@@ -2,7 +2,8 @@
 never saw. `make run`'s pipeline, as shipped (configs/local.yaml: SmolLM2-135M-Instruct from the wheel, the
 local vLLM, the rubric judge, CPU DPO, the A/B gate on), in a fresh ZenML store and working folder.
 
-Opt-in (`-m realmodel`, `make proof`; `.ci/run` runs it): ~22 min on 2 cores without native bf16. It fails when
+Opt-in (`-m realmodel`, `make proof`; `.ci/run` runs it): ~10 min on 2 cores without native bf16 (22 before the local
+server was sized to its adapters, issue 28). It fails when
 DPO stops helping: a swapped chosen/rejected anywhere in the chain, a resume that trains from the SFT weights, a
 served adapter that is not the trained one all turn the result below the gate (measured with a deliberate swap in
 training/data.py: 14 wins, 28 losses, interval [23.1%, 49.4%]). Measured on 83 held-out scenes, 2026-12-04:
