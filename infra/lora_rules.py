@@ -71,8 +71,15 @@ def _rank_problems(config: Mapping[str, Any], max_lora_rank: int | None) -> list
     bad = {k: v for k, v in pattern.items() if isinstance(v, bool) or not isinstance(v, int) or v <= 0}
     if bad:
         problems.append(f"rank_pattern has ranks that are not positive whole numbers ({bad})")
-    ranks = [v for v in (r, *pattern.values()) if isinstance(v, int) and not isinstance(v, bool)]
-    if max_lora_rank is not None and ranks and max(ranks) > max_lora_rank:
-        problems.append(f"rank {max(ranks)} exceeds the serving limit --max-lora-rank {max_lora_rank} "
+    largest = largest_rank(config)
+    if max_lora_rank is not None and largest is not None and largest > max_lora_rank:
+        problems.append(f"rank {largest} exceeds the serving limit --max-lora-rank {max_lora_rank} "
                         "(raise max_lora_rank or retrain)")
     return problems
+
+
+def largest_rank(config: Mapping[str, Any]) -> int | None:
+    """The largest rank an adapter uses: its `r` or any of its `rank_pattern` ranks (None when it names none)."""
+    pattern = config.get("rank_pattern") or {}
+    ranks = [v for v in (config.get("r"), *pattern.values()) if isinstance(v, int) and not isinstance(v, bool)]
+    return max(ranks) if ranks else None

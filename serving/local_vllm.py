@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.adapter_hash import ADAPTER_CONFIG
+from infra.lora_rules import largest_rank
 from serving.adapters import adapter_problem, lora_rank_for, lora_target_modules
 from serving.errors import DeployError
 from serving.readiness import Readiness, ReadinessOptions, check_ready
@@ -61,7 +62,7 @@ def local_settings(base_dir: Path, *, port: int, served_model_name: str | None =
     LoRA sized to `adapters`: the rank of the largest (not Modal's 32) and only the modules they train (on the CPU
     vLLM copies every wrapped module's adapter matrices, sized by the rank, for each token: 11 -> 58 tokens/s)."""
     servable = [Path(p) for p in (adapters or {}).values() if adapter_problem(p) is None]
-    ranks = [json.loads((p / ADAPTER_CONFIG).read_text()).get("r", 1) for p in servable]
+    ranks = [largest_rank(json.loads((p / ADAPTER_CONFIG).read_text())) or 1 for p in servable]
     return VllmSettings(base_model=str(base_dir), served_model_name=served_model_name or "", port=port,
                         dtype=model_dtype(base_dir), max_lora_rank=lora_rank_for(ranks) if ranks else 32,
                         lora_target_modules=lora_target_modules(servable, model_layers(base_dir)) if servable else None,

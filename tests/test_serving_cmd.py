@@ -276,6 +276,15 @@ def test_the_footprint_follows_layers_to_transform_and_the_largest_rank(tmp_path
     assert (lora_rank_for([16, 8]), lora_rank_for([9]), lora_rank_for([32])) == (16, 16, 32)
 
 
+def test_the_local_rank_holds_a_rank_pattern_above_r(tmp_path):
+    from serving.local_vllm import local_settings
+
+    adapter = _adapter(tmp_path / "a", r=8, rank_pattern={"q_proj": 32})  # PEFT: q_proj trains at rank 32
+    settings = local_settings(tmp_path / "base", port=1, adapters={"seinfeld": adapter})
+    assert settings.max_lora_rank == 32
+    assert "seinfeld" in str(build_vllm_command(settings, {"seinfeld": adapter}))  # served, not left out
+
+
 @pytest.mark.parametrize(
     "config",
     [
