@@ -231,6 +231,25 @@ def test_the_local_server_gives_both_cores_to_the_model_unless_told_otherwise(tm
     assert told["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
 
 
+def test_the_local_server_runs_its_model_in_the_engine_process_with_tcmalloc_where_installed(tmp_path, monkeypatch):
+    from serving import local_vllm
+
+    settings = local_vllm.local_settings(tmp_path / "base", port=1)
+    env = local_vllm.server_env(settings, "k", environ={"LD_PRELOAD": "/opt/other.so"})
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert local_vllm.server_env(settings, "k", environ={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})[
+        "VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # a value already set wins
+    library = tmp_path / "libtcmalloc_minimal.so.4"
+    library.write_bytes(b"")
+    assert local_vllm.tcmalloc((str(tmp_path / "absent.so"), str(library))) == str(library)
+    monkeypatch.setattr(local_vllm, "tcmalloc", lambda: str(library))
+    env = local_vllm.server_env(settings, "k", environ={"LD_PRELOAD": "/opt/other.so"})
+    assert env["LD_PRELOAD"].split() == [str(library), "/opt/other.so"]
+    assert local_vllm.server_env(settings, "k", environ={})["LD_PRELOAD"] == str(library)
+    monkeypatch.setattr(local_vllm, "tcmalloc", lambda: None)
+    assert "LD_PRELOAD" not in local_vllm.server_env(settings, "k", environ={})
+
+
 # The local server's LoRA footprint: the adapters' rank and exactly the modules they train (issue 28).
 
 
