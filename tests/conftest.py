@@ -96,3 +96,74 @@ def no_server_outlives_the_suite():
         for pid in left:
             stop_pid(pid)
         pytest.fail(f"vLLM servers started by the tests were still running at the end: pids {sorted(left)}")
+
+
+
+# The suite runs on two workers (pytest-xdist, `-n 2`, pyproject's addopts). Much of its time it waits on servers and
+# subprocesses, so a second worker on two cores takes a good part off the wall time. Each expensive fixture must
+# still be built once: the tests that use the shared vLLM (or the DPO adapter it serves) form one group on one worker,
+# and every other module's tests one group each (so a module-scoped fixture, such as the pipeline chain, runs once).
+# Groups holding a slow test are sent first, so no worker ends on a long tail. xdist's own `loadgroup` cannot do this
+# under pytest 9.2 (it renames `item._nodeid`, which pytest no longer reads), so the workers write each test's group
+# to a file and the scheduler below reads it: only xdist's public scheduler hook is used.
+SHARED_SERVER_FIXTURES = {"local_vllm", "trained_dpo"}
+GROUPS_ENV = "NGPT_TEST_GROUPS"  # the file the workers write {nodeid: group} to
+
+
+def _group(item: pytest.Item) -> str:
+    if SHARED_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "shared-vllm"
+    return item.nodeid.split("::")[0]
+
+
+def pytest_configure(config):
+    import os
+    import tempfile
+
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):  # the controller
+        os.environ[GROUPS_ENV] = str(Path(tempfile.mkdtemp(prefix="ngpt-test-groups-")) / "groups.json")
+
+
+def pytest_unconfigure(config):
+    import os
+    import shutil
+
+    if not hasattr(config, "workerinput") and os.environ.get(GROUPS_ENV):
+        shutil.rmtree(Path(os.environ.pop(GROUPS_ENV)).parent, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    import json
+    import os
+
+    groups = {item.nodeid: _group(item) for item in items}
+    slow = {groups[item.nodeid] for item in items if item.get_closest_marker("slow")}
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(groups[item.nodeid], index)
+    items.sort(key=lambda item: (groups[item.nodeid] not in slow, first_seen[groups[item.nodeid]]))
+    if hasattr(config, "workerinput") and os.environ.get(GROUPS_ENV):
+        target = Path(os.environ[GROUPS_ENV])
+        partial = target.with_name(f"{config.workerinput['workerid']}.json")
+        partial.write_text(json.dumps(groups))
+        partial.replace(target)  # every worker collects the same tests, so either file is the whole map
+
+
+@pytest.hookimpl(optionalhook=True)  # a known hook only where xdist is loaded
+def pytest_xdist_make_scheduler(config, log):
+    import json
+    import os
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling with the groups above as the scopes."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = json.loads(Path(os.environ[GROUPS_ENV]).read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
