@@ -32,7 +32,9 @@ LIMIT = 6
 JUDGE_LATENCY_S = 0.5  # per judgment: six rows take ~3 s, long enough to kill the run half way
 KILL_AFTER_PAIRS = 2
 
-pytestmark = pytest.mark.slow
+# Four pipeline runs in one module fixture (~4.5 min alone; more beside the other worker, or when a fresh clone
+# builds the tiny kit first): past the suite's 300 s per test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -27,13 +27,15 @@ PIP_CONSTRAINT = "constraint"  # passed as a second `-c`
 def pip_settings(python: str) -> dict[str, str]:
     """pip's effective settings (`pip config list`: files and PIP_* variables), as {key: value}."""
     listed = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-    settings: dict[str, str] = {}
+    files: dict[str, str] = {}
+    environment: dict[str, str] = {}
     for line in listed.splitlines():
         name, _, value = line.partition("=")
         key = name.rsplit(".", 1)[-1]
         if (key in PIP_TO_UV or key == PIP_CONSTRAINT) and value:
-            settings[key] = value.strip().strip("'\"")
-    return settings
+            # as pip reads them: a later file over an earlier one, a PIP_* variable (":env:") over every file
+            (environment if name.startswith(":env:") else files)[key] = value.strip().strip("'\"")
+    return {**files, **environment}
 
 
 def uv_env(settings: dict[str, str]) -> dict[str, str]:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from engine.rows import file_sha256
 from training.errors import TrainingInputError
-from training.tiny import REPO_ROOT, SAMPLE_DATA, _offline, _version, train_sft_adapter
+from training.tiny import REPO_ROOT, SAMPLE_DATA, _offline, _version, build_lock, train_sft_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +117,19 @@ def ensure_smol_kit(cache_dir: Path | None = None) -> SmolKit:
     root = cache / key
     if not (root / MANIFEST).is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".building-{key}-", dir=cache))
-        try:
-            logger.info("building the SmolLM2 kit in %s (converting the GGUF model, a short SFT run)", root)
-            _build(tmp, final_root=root)
-            try:
-                tmp.rename(root)
-            except OSError:
-                if not (root / MANIFEST).is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with build_lock(cache / f".{key}.lock"):
+            if not (root / MANIFEST).is_file():  # another process may have built it while this one waited
+                tmp = Path(tempfile.mkdtemp(prefix=f".building-{key}-", dir=cache))
+                try:
+                    logger.info("building the SmolLM2 kit in %s (converting the GGUF model, a short SFT run)", root)
+                    _build(tmp, final_root=root)
+                    try:
+                        tmp.rename(root)
+                    except OSError:
+                        if not (root / MANIFEST).is_file():
+                            raise
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
     return SmolKit(base_dir=root / "base", sft_adapter_dir=root / "sft-adapter", root=root, key=key)
 
 

@@ -112,6 +112,20 @@ def kit_key(sample_data: Path = SAMPLE_DATA) -> str:
     return h.hexdigest()[:16]
 
 
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (flock): one process builds a kit while the others wait for it, rather than
+    every process that starts at once building its own copy (two test workers, a test and a run)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_tiny_kit(cache_dir: Path | None = None) -> TinyKit:
     """Return the tiny kit, building it first if this recipe has no complete kit in `cache_dir` yet.
 
@@ -122,18 +136,20 @@ def ensure_tiny_kit(cache_dir: Path | None = None) -> TinyKit:
     root = cache / key
     if not (root / MANIFEST).is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".building-{key}-", dir=cache))
-        try:
-            logger.info("building the tiny model kit in %s", root)
-            _build(tmp, final_root=root)
-            try:
-                tmp.rename(root)
-            except OSError:
-                if not (root / MANIFEST).is_file():  # not a finished concurrent build: a real failure
-                    raise
-                logger.info("another process finished the same kit first; using it")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with build_lock(cache / f".{key}.lock"):
+            if not (root / MANIFEST).is_file():  # another process may have built it while this one waited
+                tmp = Path(tempfile.mkdtemp(prefix=f".building-{key}-", dir=cache))
+                try:
+                    logger.info("building the tiny model kit in %s", root)
+                    _build(tmp, final_root=root)
+                    try:
+                        tmp.rename(root)
+                    except OSError:
+                        if not (root / MANIFEST).is_file():  # not a finished concurrent build: a real failure
+                            raise
+                        logger.info("another process finished the same kit first; using it")
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
     return TinyKit(
         base_dir=root / "base",
         sft_adapter_dir=root / "sft-adapter",
