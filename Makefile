@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser tcmalloc run smoke test e2e rehearse proof lint bench
+.PHONY: install browser tcmalloc run smoke test e2e rehearse proof slow lint bench
 
 # uv at the tested versions (constraints.txt; tools/install.py says how): ~15 s, where pip took ~3.5 min.
 $(STAMP): pyproject.toml constraints.txt tools/install.py
@@ -56,6 +56,11 @@ rehearse: $(STAMP)
 # The real-model tests (-m realmodel): the SmolLM2 kit, and the local run proving DPO beats SFT (~14 min on 2 cores without native bf16).
 proof: $(STAMP) tcmalloc
 	$(BIN)/python -m pytest -q -m realmodel
+
+# rehearse, e2e and proof in one pytest run: its two workers run the rounds chain beside the real-model proof
+# (.ci/run runs this after `make test`).
+slow: $(STAMP) tcmalloc
+	$(BIN)/python -m pytest -q -m 'rehearsal or e2e or realmodel'
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine_bench.py

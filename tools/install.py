@@ -44,6 +44,9 @@ def uv_env(settings: dict[str, str]) -> dict[str, str]:
         if key in PIP_TO_UV:
             env.setdefault(PIP_TO_UV[key], value)
     env.setdefault("UV_INDEX_STRATEGY", "unsafe-best-match")  # as pip: the best version across every index
+    # As pip: compile the .pyc files at install. Without it the first processes to import torch, vLLM and ZenML
+    # compile them as they go, many at once: the first `make test` took minutes longer.
+    env.setdefault("UV_COMPILE_BYTECODE", "1")
     return env
 
 
