@@ -186,7 +186,7 @@ def _judge_flags(p: argparse.ArgumentParser, *, completions: bool = True) -> Non
     if completions:
         p.add_argument("--completions", type=Path, required=True, help="the generate stage's completions.jsonl")
     p.add_argument("--backend", choices=("openai", "reference"), default="openai",
-                   help="openai: a model ranks (default); reference: offline similarity to the SFT reference")
+                   help="openai: a model ranks (default); reference: an offline format rubric (ties: similarity)")
     p.add_argument("--judge-model", default=None, help="judge model (default: env JUDGE_MODEL, else gpt-5)")
     p.add_argument("--judge-url", default=None,
                    help="OpenAI-compatible base URL (default: env OPENAI_BASE_URL, else api.openai.com)")

@@ -6,7 +6,7 @@ rows): each row's completions are ranked and the best and worst kept as a prefer
 - `run`: `run_judge`, the entry point: live or the Batch API.
 - `stage`: the live judge (`JudgeStage`, `run_judge_live`) over the engine's runner; `batch*`: the Batch API mode.
 - `cost`, `estimate`: prices, usage per row and the pre-run estimate.
-- `reference`: the offline similarity judge; `rows`: the input row check; `report`: report.md.
+- `rubric`: the offline judge; `reference`: its tie-break (similarity); `rows`: the row check; `report`: report.md.
 """
 
 from engine.judge.estimate import Estimate, estimate

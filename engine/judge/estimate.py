@@ -108,7 +108,7 @@ class Estimate:
 
     def render(self) -> str:
         judge = (
-            "the reference judge (offline similarity to the SFT reference; no requests, free)"
+            "the reference judge (an offline format rubric; no requests, free)"
             if self.backend == "reference"
             else f"{self.model} (reasoning effort {self.reasoning_effort})"
         )
