@@ -69,7 +69,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not (args.serve_url or os.environ.get("SERVE_URL")):
             raise ConfigError(
                 "no endpoint to sample from: pass --serve-url URL or set SERVE_URL (the OpenAI-compatible base URL "
-                "ending in /v1; `deploy --local` serves at http://127.0.0.1:8000/v1)"
+                "ending in /v1; `deploy --local` prints the local server's, on a free port, and records it in "
+                "data/runs/serving/local_deployment.json)"
             )
         kwargs = {"serve_url": args.serve_url} if args.serve_url else {}
         settings = GenerateSettings(
