@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install browser tcmalloc run smoke test e2e rehearse proof slow lint bench
 
-# uv at the tested versions (constraints.txt; tools/install.py says how): ~15 s, where pip took ~3.5 min.
+# uv at the tested versions (constraints.txt; tools/install.py says how): ~70 s on 2 cores, where pip took ~3.5 min.
 $(STAMP): pyproject.toml constraints.txt tools/install.py
 	$(PY) -m venv $(VENV)
 	$(PY) tools/install.py $(VENV)
@@ -49,7 +49,7 @@ e2e: $(STAMP) tcmalloc
 	$(BIN)/python -m pytest -q -m e2e
 
 # The Modal functions in replicas of their containers (-m rehearsal): only the image's packages (a venv cached under
-# ~/.cache/nothing-gpt/rehearsal), only the mounted sources, a folder bound at /vol (root; ~5 min the first time).
+# ~/.cache/nothing-gpt/rehearsal), only the mounted sources, a folder bound at /vol (root; ~3.5 min the first time).
 rehearse: $(STAMP)
 	$(BIN)/python -m pytest -q -m rehearsal
 
