@@ -25,14 +25,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from engine.rows import file_sha256
 from training.errors import TrainingInputError
-from training.tiny import REPO_ROOT, SAMPLE_DATA, _offline, _version, build_lock, train_sft_adapter
+from training.tiny import REPO_ROOT, SAMPLE_DATA, _offline, _version, build_kit_once, train_sft_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -115,21 +114,8 @@ def ensure_smol_kit(cache_dir: Path | None = None) -> SmolKit:
     cache = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser().resolve()
     key = smol_key()
     root = cache / key
-    if not (root / MANIFEST).is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        with build_lock(cache / f".{key}.lock"):
-            if not (root / MANIFEST).is_file():  # another process may have built it while this one waited
-                tmp = Path(tempfile.mkdtemp(prefix=f".building-{key}-", dir=cache))
-                try:
-                    logger.info("building the SmolLM2 kit in %s (converting the GGUF model, a short SFT run)", root)
-                    _build(tmp, final_root=root)
-                    try:
-                        tmp.rename(root)
-                    except OSError:
-                        if not (root / MANIFEST).is_file():
-                            raise
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+    build_kit_once(root, lambda tmp: _build(tmp, final_root=root),
+                   "building the SmolLM2 kit in %s (converting the GGUF model, a short SFT run)")
     return SmolKit(base_dir=root / "base", sft_adapter_dir=root / "sft-adapter", root=root, key=key)
 
 

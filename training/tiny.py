@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -126,6 +126,31 @@ def build_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def build_kit_once(root: Path, build: Callable[[Path], None], message: str) -> None:
+    """Make the kit folder `root` unless a complete one (its manifest, written last) is there: under the build
+    lock, `build(tmp)` fills a temporary folder beside it, renamed into place at the end, so an interrupted build
+    never looks complete and processes that start at once build it once. Both kits (tiny, SmolLM2) use it."""
+    if (root / MANIFEST).is_file():
+        return
+    cache = root.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    with build_lock(cache / f".{root.name}.lock"):
+        if (root / MANIFEST).is_file():  # another process built it while this one waited
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f".building-{root.name}-", dir=cache))
+        try:
+            logger.info(message, root)
+            build(tmp)
+            try:
+                tmp.rename(root)
+            except OSError:
+                if not (root / MANIFEST).is_file():  # not a finished concurrent build: a real failure
+                    raise
+                logger.info("another process finished the same kit first; using it")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_tiny_kit(cache_dir: Path | None = None) -> TinyKit:
     """Return the tiny kit, building it first if this recipe has no complete kit in `cache_dir` yet.
 
@@ -134,22 +159,7 @@ def ensure_tiny_kit(cache_dir: Path | None = None) -> TinyKit:
     cache = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser().resolve()
     key = kit_key()
     root = cache / key
-    if not (root / MANIFEST).is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        with build_lock(cache / f".{key}.lock"):
-            if not (root / MANIFEST).is_file():  # another process may have built it while this one waited
-                tmp = Path(tempfile.mkdtemp(prefix=f".building-{key}-", dir=cache))
-                try:
-                    logger.info("building the tiny model kit in %s", root)
-                    _build(tmp, final_root=root)
-                    try:
-                        tmp.rename(root)
-                    except OSError:
-                        if not (root / MANIFEST).is_file():  # not a finished concurrent build: a real failure
-                            raise
-                        logger.info("another process finished the same kit first; using it")
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+    build_kit_once(root, lambda tmp: _build(tmp, final_root=root), "building the tiny model kit in %s")
     return TinyKit(
         base_dir=root / "base",
         sft_adapter_dir=root / "sft-adapter",
