@@ -33,6 +33,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     # (/vol/adapters/<name>/<hash>); `upload --adapter` and training print them. "" = none chosen yet.
     "sft_adapter": ("NGPT_SFT_ADAPTER", ""),
     "dpo_adapter": ("NGPT_DPO_ADAPTER", ""),
+    # Rounds: the previous round's DPO adapter, served beside the new one for their A/B ("" = not served).
+    "prev_adapter": ("NGPT_PREV_ADAPTER", ""),
 }
 
 
@@ -56,6 +58,7 @@ class ModalNames:
     base_model: str = field(default_factory=_env("base_model"))
     sft_adapter: str = field(default_factory=_env("sft_adapter"))
     dpo_adapter: str = field(default_factory=_env("dpo_adapter"))
+    prev_adapter: str = field(default_factory=_env("prev_adapter"))
     # Paths inside the volume as mounted at /vol.
     mount: str = "/vol"
     sft_adapters: str = "/vol/adapters/nothing-gpt"  # one folder per SFT adapter content hash below it
@@ -67,7 +70,7 @@ class ModalNames:
     # Names the served adapters are requested by.
     sft_model_name: str = "seinfeld"
     dpo_model_name: str = "seinfeld-dpo"
-    # Rounds (`run --rounds K`, local): the previous round's DPO adapter, served beside the new one for their A/B.
+    # Rounds (`run --rounds K`): the previous round's DPO adapter, served beside the new one for their A/B.
     prev_model_name: str = "seinfeld-dpo-prev"
 
     def env(self) -> dict[str, str]:

@@ -130,6 +130,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               "to continue where it stopped.", file=sys.stderr)
         return 1
     print(render_run(run.id, home))
+    from zenml.client import Client
+
+    from pipelines.rounds import gate_decision
+
+    decision = gate_decision(Client().get_pipeline_run(run.id))
+    if decision.get("action") == "rolled_back":  # the gate is an output: the run finished, its verdict is no
+        print(f"\nerror: {decision['message']}", file=sys.stderr)
+        return 1
     return 0
 
 

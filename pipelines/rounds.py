@@ -69,11 +69,6 @@ def check_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> None:
     """Refuse, before anything runs, what the rounds cannot do with this config."""
     if settings.count == 1:
         return
-    if not cfg.is_local:
-        raise PipelineConfigError(
-            "rounds.count > 1 runs locally only for now: a later round serves the previous adapter beside the new "
-            "one (seinfeld-dpo-prev), which the Modal serving app does not yet; use --profile local"
-        )
     if cfg.holdout_fraction <= 0 and cfg.evaluate_prompts is None:
         raise PipelineConfigError(
             "rounds compare each round on the same held-out prompts: set holdout_fraction (e.g. 0.4) or "
@@ -123,10 +118,9 @@ def round_parameters(base: dict[str, Any], settings: RoundsSettings, k: int,
     return params
 
 
-def load_record(folder: Path, k: int) -> RoundRecord | None:
-    """Round k's record when its adapter is still the one recorded (else the round runs again)."""
-    from training.adapters import adapter_sha256
-
+def load_record(folder: Path, k: int, target: Any = None) -> RoundRecord | None:
+    """Round k's record when its adapter is still the one recorded, where the target keeps it (`target`: a
+    targets.base.Target; None: the local disk), else None: the round runs again."""
     path = folder / f"round-{k}.json"
     if not path.is_file():
         return None
@@ -135,9 +129,11 @@ def load_record(folder: Path, k: int) -> RoundRecord | None:
         logger.warning("round %d's gate_failed record has no complete A/B with a rollback behind it (an earlier "
                        "version recorded an interrupted A/B so): the round runs again and its A/B resumes", k)
         return None
-    adapter = Path(record.adapter_path)
-    if not adapter.is_dir() or adapter_sha256(adapter) != record.adapter_sha256:
-        logger.warning("round %d's adapter %s is gone or changed: the round runs again", k, adapter)
+    from targets.local import adapter_in_place
+
+    present = target.adapter_in_place if target is not None else adapter_in_place
+    if not present(record.adapter_path, record.adapter_sha256):
+        logger.warning("round %d's adapter %s is gone or changed: the round runs again", k, record.adapter_path)
         return None
     return record
 
@@ -154,7 +150,8 @@ def recorded_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> list[int]:
     from pipelines.pipeline import pipeline_parameters
 
     folder = rounds_dir(cfg, settings, pipeline_parameters(cfg))
-    return [k for k in range(1, settings.count + 1) if load_record(folder, k) is not None]
+    target = _target(cfg)
+    return [k for k in range(1, settings.count + 1) if load_record(folder, k, target) is not None]
 
 
 def save_record(folder: Path, record: RoundRecord) -> None:
@@ -203,8 +200,9 @@ def run_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> RoundsOutcome:
     records: list[RoundRecord] = []
     ran: list[int] = []
     stopped = f"all {settings.count} rounds ran"
+    target = _target(cfg)
     for k in range(1, settings.count + 1):
-        record = load_record(folder, k)
+        record = load_record(folder, k, target)
         if record is None:
             logger.info("round %d of %d: running", k, settings.count)
             record = _run_round(cfg, settings, k, records)
@@ -229,40 +227,36 @@ def run_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> RoundsOutcome:
 
 
 def _run_round(cfg: PipelineConfig, settings: RoundsSettings, k: int, done: list[RoundRecord]) -> RoundRecord:
+    """Run round k's pipeline; a failed run (a step failed, or the A/B is incomplete) is no verdict and raises (the
+    rerun resumes). A finished one is recorded with what its gate decided (the gate_decision artifact)."""
     from zenml.client import Client
 
-    from pipelines.pipeline import dpo_pipeline, pipeline_parameters
+    from pipelines.pipeline import configured_pipeline, pipeline_parameters
     from steps.names import PIPELINE_NAME
 
     params = round_parameters(pipeline_parameters(cfg), settings, k, done)  # place tokens taken now
-    name = f"{PIPELINE_NAME}-{cfg.profile}-round{k}-{{date}}-{{time}}"
-    configured = dpo_pipeline.with_options(enable_cache=cfg.enable_cache, run_name=name)
-    try:
-        run = configured(**params)
-    except RuntimeError:
-        failed = _latest_run(Client(), k)
-        status = failed_status(_step_metadata(failed, "evaluate_adapters")) if failed is not None else None
-        if status is None:  # no verdict (another step failed, or the A/B is incomplete): the rerun resumes
-            raise
-        return _record(Client(), failed, k, status=status)
-    return _record(Client(), Client().get_pipeline_run(run.id), k)
+    run = configured_pipeline(cfg, f"{PIPELINE_NAME}-{cfg.profile}-round{k}-{{date}}-{{time}}")(**params)
+    finished = Client().get_pipeline_run(run.id)
+    decision = gate_decision(finished)
+    return _record(Client(), finished, k, status="gate_failed" if decision.get("action") == "rolled_back" else "done",
+                   rolled_back=decision.get("serving") if decision.get("action") == "rolled_back" else None)
+
+
+def gate_decision(run: Any) -> dict[str, Any]:
+    """What the run's gate did: its promote_or_rollback step's `gate_decision` artifact ({} when it has none)."""
+    from steps.names import Artifact
+
+    step_run = run.steps.get("promote_or_rollback")
+    outputs = step_run.outputs.get(Artifact.GATE_DECISION) if step_run is not None else None
+    return dict(outputs[0].load()) if outputs else {}
 
 
 def failed_status(vs_sft: dict[str, Any]) -> str | None:
-    """A failed round's status from its A/B over SFT (the evaluate step's metadata, or a record's vs_sft):
-    gate_failed when the A/B was complete, its gate refused the deploy and serving was rolled back; None when
-    that is not a verdict (interrupted, a request failed, the rollback failed): the rerun resumes the round."""
+    """A round's status from a record's vs_sft: gate_failed when the A/B was complete, its gate refused the deploy
+    and serving was rolled back; None when that is not a verdict (an older record of an interrupted A/B)."""
     if vs_sft.get("complete") is True and vs_sft.get("passed") is False and vs_sft.get("rolled_back"):
         return "gate_failed"
     return None
-
-
-def _latest_run(client: Any, k: int) -> Any:
-    from steps.names import PIPELINE_NAME
-
-    runs = client.list_pipeline_runs(pipeline_name=PIPELINE_NAME, sort_by="desc:created", size=1)
-    run = runs.items[0] if runs.items else None
-    return run if run is not None and f"-round{k}-" in run.name else None
 
 
 def _step_metadata(run: Any, step: str) -> dict[str, Any]:
@@ -277,7 +271,7 @@ def _output(run: Any, step: str, name: str) -> Any:
     return outputs[0]
 
 
-def _record(client: Any, run: Any, k: int, status: str = "done") -> RoundRecord:
+def _record(client: Any, run: Any, k: int, status: str = "done", rolled_back: str | None = None) -> RoundRecord:
     from zenml import log_metadata
 
     from steps.names import Artifact
@@ -287,6 +281,8 @@ def _record(client: Any, run: Any, k: int, status: str = "done") -> RoundRecord:
     judge = _step_metadata(run, "judge_preferences")
     split = _step_metadata(run, "split_dataset")
     vs_sft = _ab_numbers(_step_metadata(run, "evaluate_adapters"))
+    if rolled_back:  # what the gate's rollback left serving
+        vs_sft["rolled_back"] = rolled_back
     vs_previous = _ab_numbers(_step_metadata(run, "evaluate_vs_previous")) if k > 1 and status == "done" else None
     cost = float(judge.get("cost_usd") or 0) + float(vs_sft.get("cost_usd") or 0) + \
         float((vs_previous or {}).get("cost_usd") or 0)
@@ -326,12 +322,23 @@ def _tag_round(run: Any, k: int) -> None:
 def _serve_round(cfg: PipelineConfig, record: RoundRecord) -> None:
     """Serve `record`'s adapter as seinfeld-dpo again (the stop rule's choice), unless it already is."""
     from infra.names import NAMES
-    from serving.deploy import deploy_local, live_local
-    from training.local_kit import ensure_local_kit, local_model_key
+    from steps.records import AdapterRef
+    from targets import operations_of
 
-    kit = ensure_local_kit(local_model_key(cfg.local_model))
-    adapters = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: Path(record.adapter_path)}
-    if live_local(cfg.state_dir, adapters) is None:
-        logger.info("serving round %d's adapter as %s again", record.round, NAMES.dpo_model_name)
-        deploy_local(kit.base_dir, adapters, state_dir=cfg.state_dir, timeout_s=cfg.deploy.timeout_s,
-                     port=cfg.deploy.port)
+    target = _target(cfg)
+    live = target.deployment()
+    served = {a.name: a.sha256 for a in live.adapters} if live is not None else {}
+    if served.get(NAMES.dpo_model_name) == "sha256:" + record.adapter_sha256 and NAMES.prev_model_name not in served \
+            and target.deployment_in_place(live):
+        return
+    logger.info("serving round %d's adapter as %s again", record.round, NAMES.dpo_model_name)
+    adapter = AdapterRef(name=NAMES.dpo_model_name, path=record.adapter_path, sha256=record.adapter_sha256,
+                         base_model="", steps=0)
+    target.serve(adapter, None, operations_of(cfg))
+
+
+def _target(cfg: PipelineConfig) -> Any:
+    """The run's target (targets/), where its adapters are kept and served."""
+    from targets import open_target, target_spec
+
+    return open_target(target_spec(cfg))

@@ -33,7 +33,9 @@ DEFAULT_STATE_DIR = Path("data/runs/serving")
 DEFAULT_EXPECTED = (NAMES.sft_model_name, NAMES.dpo_model_name)
 API_KEY_VAR = "SERVE_API_KEY"  # the Modal endpoint's bearer key on the client side (and in the serve-key secret)
 REPO_ROOT = Path(__file__).resolve().parent.parent  # `modal deploy -m serving.modal_app` runs from here
-ADAPTER_ENV = {NAMES.sft_model_name: "NGPT_SFT_ADAPTER", NAMES.dpo_model_name: "NGPT_DPO_ADAPTER"}
+# Served name -> the variable its folder travels in to the serving app (serving/modal_app.py `ADAPTERS`).
+ADAPTER_ENV = {NAMES.sft_model_name: "NGPT_SFT_ADAPTER", NAMES.dpo_model_name: "NGPT_DPO_ADAPTER",
+               NAMES.prev_model_name: "NGPT_PREV_ADAPTER"}
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def deploy_modal(
         raise DeployError("adapter missing", f"no folder chosen for {not_chosen}: "
                           + "; ".join(f"export {ADAPTER_ENV[n]}=<its folder on the volume>" for n in not_chosen)
                           + " (`python -m pipelines.dpo upload --adapter DIR` prints the SFT one)")
-    problems = {n: p for n, p in _call_modal(lambda: _check_volume_adapters(served), 300.0).items() if p}
+    problems = {n: p for n, p in check_volume_adapters(served).items() if p}
     if problems:  # vLLM refuses to start when one adapter fails to load: keep the running version
         raise DeployError("adapter missing", "; ".join(f"{n}: {why}" for n, why in problems.items())
                           + ". Nothing was deployed; the running version stays.")
@@ -236,6 +238,11 @@ def _call_modal(call: Callable[[], T], timeout_s: float) -> T:
     if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: not ours to convert
         raise error
     raise DeployError("deploy", f"deploying the Modal app failed: {type(error).__name__}: {error}") from error
+
+
+def check_volume_adapters(adapters: Mapping[str, str]) -> dict[str, str | None]:
+    """Modal: each adapter folder on the volume judged by vLLM's load rules (None = loadable), within 5 min."""
+    return _call_modal(lambda: _check_volume_adapters(adapters), 300.0)
 
 
 def _check_volume_adapters(adapters: Mapping[str, str]) -> dict[str, str | None]:

@@ -5,6 +5,7 @@ both adapters loaded, each requested by its own model name, each from its conten
 
     seinfeld      -> $NGPT_SFT_ADAPTER  (/vol/adapters/nothing-gpt/<hash>, put there by `upload --adapter`)
     seinfeld-dpo  -> $NGPT_DPO_ADAPTER  (/vol/adapters/nothing-gpt-dpo/<hash>, written by training)
+    seinfeld-dpo-prev -> $NGPT_PREV_ADAPTER (rounds: the previous round's DPO adapter, for their A/B)
 
 The folders are part of the app version (the images' environment), so `modal app rollback` returns to the
 adapters that version served, and vLLM's /v1/models `root` names the folder each adapter was loaded from.
@@ -40,7 +41,8 @@ API_KEY_VAR = "SERVE_API_KEY"  # the variable in the serve-key secret; the clien
 # Served name -> adapter folder on the volume; one not chosen yet ("") is not served.
 ADAPTERS = {
     name: path
-    for name, path in ((NAMES.sft_model_name, NAMES.sft_adapter), (NAMES.dpo_model_name, NAMES.dpo_adapter))
+    for name, path in ((NAMES.sft_model_name, NAMES.sft_adapter), (NAMES.dpo_model_name, NAMES.dpo_adapter),
+                       (NAMES.prev_model_name, NAMES.prev_adapter))
     if path
 }
 
@@ -50,7 +52,7 @@ SETTINGS = VllmSettings(
     port=VLLM_PORT,
     max_model_len=2048,  # prompts are <= ~700 tokens, completions <= ~1,000: room for both
     max_lora_rank=32,  # our adapters are r=32; must be one of vLLM's allowed ranks
-    max_loras=2,  # both adapters in one batch (the default 1 serialises A/B requests)
+    max_loras=None,  # None: the number of adapters served (2, or 3 in a later round), all in one batch
     gpu_memory_utilization=0.90,  # 3B bf16 weights take ~6.5 GB of the L4's 24 GB; the rest is KV cache
     enforce_eager=False,  # keep CUDA graphs: slower cold start, much faster decoding of many samples
 )

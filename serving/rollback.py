@@ -41,14 +41,15 @@ def save_previous(state_dir: Path, record: DeployRecord) -> None:
     write_json(previous_path(state_dir, record.target), record.to_dict())
 
 
-def rollback_local(state_dir: Path, base_dir: Path, sft: dict[str, Path]) -> DeployRecord:
+def rollback_local(state_dir: Path, base_dir: Path, sft: dict[str, Path], *, timeout_s: float = 180.0,
+                   port: int = 0) -> DeployRecord:
     """Redeploy the local server with the adapters of the previous deploy, or `sft` alone if there was none."""
     adapters: dict[str, Path] = dict(sft)
     previous = _previous(state_dir, "local")
     if previous is not None:
         adapters.update({a.name: Path(a.path) for a in previous.adapters if Path(a.path).is_dir()})
     logger.warning("rolling the local server back to %s", {n: str(p) for n, p in adapters.items()})
-    return deploy_local(base_dir, adapters, state_dir=state_dir)
+    return deploy_local(base_dir, adapters, state_dir=state_dir, timeout_s=timeout_s, port=port)
 
 
 def rollback_modal(state_dir: Path, rejected: DeployRecord) -> DeployRecord | None:

@@ -22,6 +22,7 @@ _STEPS = {
     "deploy_adapters": "steps.deploy",
     "evaluate_adapters": "steps.evaluate",
     "evaluate_vs_previous": "steps.evaluate",
+    "promote_or_rollback": "steps.evaluate",
 }
 
 __all__ = sorted(_STEPS)

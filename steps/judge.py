@@ -10,7 +10,6 @@ from zenml import ArtifactConfig, log_metadata, step
 
 from engine.judge.batch_state import batch_metadata
 from engine.judge.settings import JudgeSettings
-from engine.options import RunOptions
 from steps.names import Artifact
 from steps.records import JsonlFile, Report
 from steps.scratch import scratch_dir
@@ -24,7 +23,6 @@ async def judge_preferences(
     completions: JsonlFile,
     workdir: str,
     settings: JudgeSettings,
-    options: RunOptions,
 ) -> tuple[
     Annotated[JsonlFile, ArtifactConfig(name=Artifact.PREFERENCES)],
     Annotated[Report, ArtifactConfig(name=Artifact.QUALITY_REPORT)],
@@ -36,14 +34,16 @@ async def judge_preferences(
     `--limit`, a regenerated completions file with this row unchanged) is never paid for again. The
     artifact is this input's view of it (engine/view.py): the pairs made from exactly these rows. The
     quality report describes the whole checkpoint (every row judged with these settings).
-    The API key is read from OPENAI_API_KEY by the engine, never passed through ZenML.
+    The API key is read from OPENAI_API_KEY by the engine, never passed through ZenML. How it runs
+    (concurrency, retries, progress) comes from the run's `Operations` (targets/spec.py), in no cache key.
     """
     from engine.judge import run_judge
     from engine.judge.rows import validate_completions_row
     from engine.view import write_view
+    from targets import current_operations
 
     out_dir = stage_dir(workdir, "judge", settings=settings.fingerprinted())
-    summary = await run_judge(completions.path, out_dir, settings, options)
+    summary = await run_judge(completions.path, out_dir, settings, current_operations().judge_run)
     log_summary(summary)
     report = orjson.loads((out_dir / "report.json").read_bytes())
     markdown = (out_dir / "report.md").read_text()

@@ -110,7 +110,8 @@ class ABEvalMaterializer(BaseMaterializer):
 
     def save(self, data: ABEval) -> None:
         with fileio.open(os.path.join(self.uri, RESULT_JSON), "w") as f:
-            f.write(_canonical({"result": data.data, "charts": sorted(data.charts)}))
+            f.write(_canonical({"result": data.data, "charts": sorted(data.charts), "complete": data.complete,
+                                "passed": data.passed}))
         with fileio.open(os.path.join(self.uri, REPORT_MD), "w") as f:
             f.write(data.markdown)
         for name, png in data.charts.items():
@@ -126,13 +127,14 @@ class ABEvalMaterializer(BaseMaterializer):
         for name in saved["charts"]:
             with fileio.open(os.path.join(self.uri, name), "rb") as f:
                 charts[name] = f.read()
-        return ABEval(data=saved["result"], markdown=markdown, charts=charts)
+        return ABEval(data=saved["result"], markdown=markdown, charts=charts, complete=saved.get("complete", True),
+                      passed=saved.get("passed", True))
 
     def extract_metadata(self, data: ABEval) -> dict[str, Any]:
-        return ab_eval_metadata(data.data)
+        return {**ab_eval_metadata(data.data), "complete": data.complete, "passed": data.passed}
 
     def compute_content_hash(self, data: ABEval) -> str | None:
-        return hashlib.sha256(_canonical(data.data).encode()).hexdigest()
+        return hashlib.sha256(_canonical({**data.data, "_verdict": [data.complete, data.passed]}).encode()).hexdigest()
 
     def save_visualizations(self, data: ABEval) -> dict[str, VisualizationType]:
         shown = {os.path.join(self.uri, REPORT_MD): VisualizationType.MARKDOWN}

@@ -23,6 +23,7 @@ class Artifact(StrEnum):
     ADAPTER = "dpo_adapter"  # reference to the trained adapter: path, content hash, metrics
     DEPLOYMENT = "deployment"  # what is live after the redeploy
     AB_EVAL = "ab_eval"  # the judged A/B win rate of the DPO adapter over the SFT one, with charts
+    GATE_DECISION = "gate_decision"  # what the gate did with the A/B's verdict: kept the deploy or rolled it back
     PREFERENCES_ALL = "preferences_all_rounds"  # rounds with `data: all`: this round's pairs and the earlier ones
     PREFERENCES_WITH_ARENA = "preferences_with_arena"  # the judged pairs and the arena's vote pairs
     AB_EVAL_PREVIOUS = "ab_eval_vs_previous"  # rounds: this round's DPO adapter over the previous round's
@@ -45,6 +46,7 @@ class Step(StrEnum):
     TRAIN = "train_adapter"
     DEPLOY = "deploy_adapters"
     EVALUATE = "evaluate_adapters"
+    PROMOTE = "promote_or_rollback"
 
 
 # The lineage every run has, in order: each artifact is made from the one before it.

@@ -10,10 +10,10 @@ steps gets one more parameter, a token, chosen at launch:
   manual deploy): the key is new, the step runs and puts things in place, and records its token.
 
 "In place" for deploy: the deployment record is the one the step stamped (same `deployed_at`; a rollback or
-a manual deploy writes a new record) and, locally, the server answers with its adapters. A Modal deployment
-is persistent until stopped, so the modal check trusts the record (no request that would wake a GPU);
-`deploy --stop` removes the record, so the next run deploys. For upload: the stamped folders still hold
-both files (local); the Modal volume's folders are content-addressed and never deleted by this project.
+a manual deploy writes a new record) and the target says it still serves (`Target.deployment_in_place`:
+locally, the server answers with its adapters; a Modal deployment is persistent until stopped, so its record
+is trusted, with no request that would wake a GPU; `deploy --stop` removes the record, so the next run
+deploys). For upload: the target says the stamped folders still hold both files (`Target.uploads_in_place`).
 """
 
 from __future__ import annotations
@@ -23,23 +23,25 @@ import logging
 import uuid
 from pathlib import Path
 
+from targets.spec import TargetSpec
+
 logger = logging.getLogger(__name__)
 
 DEPLOY_TOKEN = "{target}_deploy_token.json"  # beside the deployment record
 UPLOAD_TOKEN = "upload_token.json"  # in the pipeline's workdir
-LIVE_CHECK_TIMEOUT_S = 10.0  # how long the launch waits for the local server to answer before redeploying
 
 
-def deploy_token(state_dir: Path, target: str) -> str:
+def deploy_token(spec: TargetSpec) -> str:
     """The deploy step's token for this launch (see the module docstring)."""
-    from serving.deploy import load_record
+    from targets import open_target
 
-    stamp = _read(Path(state_dir) / DEPLOY_TOKEN.format(target=target))
-    record = load_record(Path(state_dir), target)
+    target = open_target(spec)
+    stamp = _read(Path(spec.state_dir) / DEPLOY_TOKEN.format(target=spec.profile))
+    record = target.deployment()
     if stamp is None or record is None or stamp.get("deployed_at") != record.deployed_at:
         return _fresh("deploy", "no deployment this pipeline made is recorded as live")
-    if target == "local" and not _local_answers(Path(state_dir), record):
-        return _fresh("deploy", f"the local server at {record.base_url} does not answer with its adapters")
+    if not target.deployment_in_place(record):
+        return _fresh("deploy", f"the server at {record.base_url} does not answer with its adapters")
     return str(stamp["token"])
 
 
@@ -53,18 +55,16 @@ def stamp_deploy(state_dir: Path, target: str, token: str) -> None:
                    {"token": token, "deployed_at": record.deployed_at})
 
 
-def upload_token(workdir: Path, target: str) -> str:
+def upload_token(spec: TargetSpec) -> str:
     """The upload step's token for this launch (see the module docstring)."""
-    from training.config import TRAIN_FILE, VAL_FILE
+    from targets import open_target
 
-    stamp = _read(Path(workdir) / UPLOAD_TOKEN)
-    if stamp is None or stamp.get("target") != target:
+    stamp = _read(Path(spec.workdir) / UPLOAD_TOKEN)
+    if stamp is None or stamp.get("target") != spec.profile:
         return _fresh("upload", "no upload is recorded")
-    if target == "local":
-        missing = [p for p in stamp.get("paths", [])
-                   if not all((Path(p) / name).is_file() for name in (TRAIN_FILE, VAL_FILE))]
-        if missing:
-            return _fresh("upload", f"uploaded files are gone: {missing}")
+    paths = list(stamp.get("paths", []))
+    if not open_target(spec).uploads_in_place(paths):
+        return _fresh("upload", f"uploaded files are gone from {paths}")
     return str(stamp["token"])
 
 
@@ -76,15 +76,6 @@ def stamp_upload(workdir: Path, target: str, token: str, path: str) -> None:
     stamp = _read(file)
     paths = stamp.get("paths", []) if stamp and stamp.get("token") == token and stamp.get("target") == target else []
     write_json(file, {"token": token, "target": target, "paths": sorted({*paths, path})})
-
-
-def _local_answers(state_dir: Path, record) -> bool:  # noqa: ANN001 (a DeployRecord)
-    from serving.deploy import live_local
-
-    adapters = {a.name: Path(a.path) for a in record.adapters}
-    if not adapters or not all(p.is_dir() for p in adapters.values()):
-        return False
-    return live_local(state_dir, adapters, timeout_s=LIVE_CHECK_TIMEOUT_S) is not None
 
 
 def _fresh(step: str, why: str) -> str:

@@ -57,13 +57,17 @@ class Report:
 
 @dataclass(frozen=True)
 class ABEval:
-    """The A/B evaluation: result.json's data, the Markdown report and PNG charts (name -> bytes).
+    """The A/B evaluation: result.json's data, the Markdown report and PNG charts (name -> bytes), and the verdict.
 
-    The dashboard shows the report and each chart (the win rate, the DPO training curves)."""
+    The dashboard shows the report and each chart (the win rate, the DPO training curves). `complete`: every
+    prompt was judged (only such an A/B is a verdict); `passed`: the gate's verdict (True with no gate), which
+    the promote-or-rollback step acts on."""
 
     data: dict[str, Any]
     markdown: str
     charts: dict[str, bytes] = field(default_factory=dict)
+    complete: bool = True
+    passed: bool = True
 
 
 def ab_eval_metadata(result: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from steps import judge_preferences
 from steps.records import JsonlFile
+from targets.spec import Operations
 
 
 @step
@@ -17,7 +18,7 @@ def given(path: str) -> JsonlFile:
     return JsonlFile.of(Path(path))
 
 
-@pipeline(enable_cache=False)
+@pipeline(enable_cache=False, extra=Operations(judge_run=RunOptions(progress=False)).to_extra())
 def judge_only(completions: str, workdir: str, judge_url: str) -> None:
     settings = JudgeSettings(judge_model="gpt-5", judge_url=judge_url, mode="batch", poll_interval_s=0.05)
-    judge_preferences(given(completions), workdir=workdir, settings=settings, options=RunOptions(progress=False))
+    judge_preferences(given(completions), workdir=workdir, settings=settings)

@@ -227,7 +227,9 @@ def test_an_upload_under_a_new_token_is_checked_on_its_own_folders_only(tmp_path
     stamp_upload(work, "local", "tok-1", str(old))
     stamp_upload(work, "local", "tok-2", str(new))  # a later upload step run (its launch got a fresh token)
     (old / TRAIN_FILE).unlink()  # the first upload's folder is gone: not what tok-2 put in place
-    assert upload_token(work, "local") == "tok-2"
+    from targets.spec import TargetSpec
+
+    assert upload_token(TargetSpec(profile="local", model_key="m", workdir=str(work), state_dir="/nowhere")) == "tok-2"
 
 
 # -- batch mode ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.containers import imports_of
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "steps", "pipelines", "training", "serving", "arena", "infra", "testserver")
+PACKAGES = ("engine", "steps", "pipelines", "training", "serving", "arena", "infra", "testserver", "targets")
 
 
 def modules() -> dict[str, Path]:

@@ -4,9 +4,10 @@ One chain of three runs against one temporary ZenML store, each checked with Zen
 1. killed (SIGKILL, whole process group) while the judge is half way;
 2. rerun: the judge resumes from its checkpoint (no pair lost, none duplicated, no judgment paid twice),
    the run succeeds, every artifact has a version and the lineage links them end to end;
-3. rerun with nothing changed: every step is served from ZenML's cache, upload and deploy included
-   (their place tokens say the files and the server are still in place): no new artifact version, no
-   restart;
+3. rerun with nothing changed but how it runs (another port, deploy timeout and concurrency: operational
+   settings, carried in ZenML's `extra`, in no cache key): every step is served from ZenML's cache, upload and
+   deploy included (their place tokens say the files and the server are still in place), but the gate step,
+   which never is: no new artifact version but the gate's decision, no restart;
 4. the local server stopped, rerun: only the deploy step runs (its token changed) and starts a server.
 The judge is the project's fake OpenAI server (testserver) with a little latency, so judging takes long
 enough to be interrupted and the server counts every judgment request. Everything else is the shipped
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 6
 JUDGE_LATENCY_S = 0.5  # per judgment: six rows take ~3 s, long enough to kill the run half way
 KILL_AFTER_PAIRS = 2
+OTHER_TIMEOUT_S = 321.0  # the cached run's deploy timeout: an operational setting, in no cache key
 
 # Four pipeline runs in one module fixture (~4.5 min alone; more beside the other worker, or when a fresh clone
 # builds the tiny kit first): past the suite's 300 s per test.
@@ -75,6 +77,10 @@ def chain(tmp_path_factory, judge_server):
     config["evaluate"] = {"judge_backend": "reference"}  # the A/B judge: offline, so the server counts the pairs
     config_file = base / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
+    operations = {**config, "deploy": {**config["deploy"], "timeout_s": OTHER_TIMEOUT_S, "port": _free_port()},
+                  "judge": {**config["judge"], "concurrency": 3}}  # only how it runs changes
+    other_ops_file = base / "config-other-operations.yaml"
+    other_ops_file.write_text(yaml.safe_dump(operations))
     env = _clean_env(base / "zenml")
     cmd = _cli("run", "--config", str(config_file), "--limit", str(LIMIT))
     result: dict = {"base": base, "work": base / "work", "server": judge_server}
@@ -84,7 +90,8 @@ def chain(tmp_path_factory, judge_server):
         for name in ("resumed", "cached", "redeployed"):
             if name == "redeployed":
                 _stop_local_server(base / "serving")
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+            run_cmd = cmd if name != "cached" else _cli("run", "--config", str(other_ops_file), "--limit", str(LIMIT))
+            proc = subprocess.run(run_cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
             result[name] = proc
             assert proc.returncode == 0, f"{name} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
             if name == "resumed":
@@ -94,6 +101,14 @@ def chain(tmp_path_factory, judge_server):
         yield result
     finally:
         _stop_local_server(base / "serving")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _run_and_kill_during_judging(cmd: list[str], env: dict[str, str], base: Path) -> int:
@@ -163,7 +178,7 @@ def probe() -> None:
                     values["ab_eval_visualizations"] = sorted(str(v.type) for v in version.visualizations or [])
                     values["ab_eval_metadata"] = dict(version.run_metadata)
         runs.append({"name": run.name, "status": run.status.value, "steps": steps, "artifacts": artifacts,
-                     "values": values})
+                     "values": values, "extra": dict(run.config.extra)})
     print(json.dumps(runs, default=str))
 
 
@@ -257,12 +272,21 @@ def test_smoke_run_succeeds_with_versioned_artifacts_and_lineage(chain):
     assert "win_rate_all" in steps["evaluate_adapters"]["metadata"]
 
 
-def test_second_run_with_nothing_changed_is_served_from_cache(chain):
+def test_second_run_with_only_operational_settings_changed_is_served_from_cache(chain):
+    from steps.names import Artifact
+
     first, second = chain["runs"][1], chain["runs"][2]
     assert second["status"] == "completed"
+    # The run carried its own operations (they reached the steps), yet no cache key moved.
+    ops = second["extra"]["operations"]
+    assert ops["deploy_timeout_s"] == OTHER_TIMEOUT_S and ops["judge_run"]["concurrency"] == 3
+    assert first["extra"]["operations"]["deploy_timeout_s"] != OTHER_TIMEOUT_S
     statuses = {s["name"]: s["status"] for s in second["steps"]}
+    assert statuses.pop("promote_or_rollback") == "completed"  # the gate acts now, never from the cache
     assert set(statuses.values()) == {"cached"}, statuses  # upload and deploy too: all still in place
-    assert second["artifacts"] == first["artifacts"], "a fully cached run made new artifact versions"
+    made = {k: v for k, v in second["artifacts"].items() if k != Artifact.GATE_DECISION}
+    assert made == {k: v for k, v in first["artifacts"].items() if k != Artifact.GATE_DECISION}, \
+        "a cached run made new artifact versions"
     assert chain["live_pid_after_cached"] == first["values"]["deployment"]["pid"], "the live server was restarted"
     assert chain["requests_after_resume"] == chain["server"].stats(log=False)["by_kind"].get("judge", 0)
 
@@ -271,6 +295,7 @@ def test_a_stopped_server_is_redeployed_by_the_next_run(chain):
     first, third = chain["runs"][1], chain["runs"][3]
     statuses = {s["name"]: s["status"] for s in third["steps"]}
     assert statuses.pop("deploy_adapters") == "completed"  # its token changed: the server was gone
+    assert statuses.pop("promote_or_rollback") == "completed"
     assert set(statuses.values()) == {"cached"}, statuses
     before, after = first["values"]["deployment"], third["values"]["deployment"]
     assert after["reused"] is False and after["pid"] != before["pid"]

@@ -145,8 +145,8 @@ def test_jsonl_file_counts_rows_and_hashes_content(tmp_path):
 
 def test_modal_deploy_refuses_a_live_dpo_adapter_that_is_not_the_trained_one():
     from serving.deploy import AdapterRecord
-    from steps.deploy import _check_live_adapter
     from steps.records import AdapterRef
+    from targets.modal import ModalTarget
 
     trained = AdapterRef(name="seinfeld-dpo", path="/vol/adapters/nothing-gpt-dpo", sha256="ab" * 32,
                          base_model="base", steps=4)
@@ -156,6 +156,6 @@ def test_modal_deploy_refuses_a_live_dpo_adapter_that_is_not_the_trained_one():
             self.adapters = [AdapterRecord("seinfeld", "/vol/a", "base", "sha256:" + "cd" * 32),
                              AdapterRecord("seinfeld-dpo", "/vol/b", "base", sha)]
 
-    _check_live_adapter(Record("sha256:" + "ab" * 32), trained)  # the same files: fine
+    ModalTarget._check_live_adapter(Record("sha256:" + "ab" * 32), trained)  # the same files: fine
     with pytest.raises(RuntimeError, match="not the ones this run trained"):
-        _check_live_adapter(Record("sha256:" + "ef" * 32), trained)
+        ModalTarget._check_live_adapter(Record("sha256:" + "ef" * 32), trained)

@@ -22,7 +22,7 @@ def record(adapters: dict[str, str]) -> DeployRecord:
 @pytest.fixture
 def deployed(monkeypatch):
     calls: list[dict] = []
-    monkeypatch.setattr(rollback, "deploy_local", lambda base, adapters, state_dir: calls.append(
+    monkeypatch.setattr(rollback, "deploy_local", lambda base, adapters, state_dir, **_: calls.append(
         {k: str(v) for k, v in adapters.items()}) or record({}))
     return calls
 
@@ -100,8 +100,11 @@ def test_a_failed_gate_on_modal_restores_the_version_live_before_and_the_records
     again instead of taking the rejected deploy from ZenML's cache), and a second rollback changes nothing."""
     import serving.deploy as deploy
     from serving.deploy import load_record, record_path, write_json
-    from steps.evaluate import _roll_back
     from steps.place_tokens import deploy_token, stamp_deploy
+    from targets import open_target
+    from targets.spec import Operations, TargetSpec
+
+    spec = TargetSpec(profile="modal", model_key="m", workdir=str(tmp_path), state_dir=str(tmp_path))
 
     modal = FakeModalCli({3: "/vol/adapters/nothing-gpt-dpo/good", 4: "/vol/adapters/nothing-gpt-dpo/rejected"})
     monkeypatch.setattr(deploy.subprocess, "run", modal.run)
@@ -112,17 +115,17 @@ def test_a_failed_gate_on_modal_restores_the_version_live_before_and_the_records
     rollback.save_previous(tmp_path, good)  # as steps/deploy.py keeps the record a deploy replaces
     write_json(record_path(tmp_path, "modal"), rejected.to_dict())
     stamp_deploy(tmp_path, "modal", "token-of-the-rejected-deploy")
-    assert deploy_token(tmp_path, "modal") == "token-of-the-rejected-deploy"
+    assert deploy_token(spec) == "token-of-the-rejected-deploy"
 
-    said = _roll_back("modal", tmp_path, rejected, "")
+    said = open_target(spec).rollback(rejected, Operations())
 
     assert modal.calls[0] == ["app", "rollback", "nothing-gpt-serve", "v3"] and modal.live().endswith("/good")
     live = load_record(tmp_path, "modal")
     assert {a.name: a.path for a in live.adapters}["seinfeld-dpo"] == "/vol/adapters/nothing-gpt-dpo/good"
     assert live.app_version == 5 and live.previous_app_version is None and "good" in said
-    assert deploy_token(tmp_path, "modal") != "token-of-the-rejected-deploy"  # the rerun's deploy step runs
+    assert deploy_token(spec) != "token-of-the-rejected-deploy"  # the rerun's deploy step runs
 
-    _roll_back("modal", tmp_path, rejected, "")  # e.g. the evaluate step retried: harmless
+    open_target(spec).rollback(rejected, Operations())  # e.g. the evaluate step retried: harmless
     assert modal.live().endswith("/good") and load_record(tmp_path, "modal") == live
     assert [c for c in modal.calls if c[1] == "rollback"] == [["app", "rollback", "nothing-gpt-serve", "v3"]]
 

@@ -85,8 +85,7 @@ def test_fresh_slices_that_do_not_fit_the_prompt_file_are_refused_before_anythin
     with pytest.raises(PipelineConfigError, match=r"3 rounds of 48 prompts need 144 training prompts.*lower limit"):
         check_rounds(cfg, fresh)
     check_rounds(dataclasses.replace(cfg, limit=30), fresh)  # 90 fit
-    with pytest.raises(PipelineConfigError, match="locally only"):
-        check_rounds(dataclasses.replace(cfg, profile="modal"), fresh)
+    check_rounds(dataclasses.replace(cfg, profile="modal", limit=30), fresh)  # rounds run on Modal too
     with pytest.raises(PipelineConfigError, match="same held-out prompts"):
         check_rounds(dataclasses.replace(cfg, holdout_fraction=0.0, limit=30), fresh)
 
@@ -181,9 +180,9 @@ def test_arena_votes_join_the_pairs_marked_by_source_and_never_on_the_prompts_th
     assert "v0" not in out.read_text()
 
 
-# Issue 27: a round whose pipeline failed is recorded only for a verdict. Below, ZenML and the pipeline module are
-# stand-ins (sys.modules), so run_rounds' own handling runs: the failed run's evaluate_adapters metadata is what
-# it reads, as it does from a real run.
+# Issue 27: a round is recorded only for a verdict. Below, ZenML and the pipeline module are stand-ins
+# (sys.modules), so run_rounds' own handling runs: a failed run raises (no verdict), a finished one's gate decision
+# (the promote_or_rollback step's artifact) and evaluate_adapters metadata are what it reads, as from a real run.
 
 INCOMPLETE_AB = {"wins": 2, "losses": 0, "ties": 0, "n": 2, "ci95_all_low": 0.34, "win_rate_all": 1.0,
                  "ci95_all_high": 1.0, "cost_usd": 0.0,
@@ -195,12 +194,13 @@ FAILED_AB = {**DONE_AB, "wins": 1, "losses": 5, "ci95_all_low": 0.03, "win_rate_
 
 
 class _FakeZenML:
-    """dpo_pipeline, Client and the round's run, as run_rounds sees them; `evaluate` is the next run's
-    evaluate_adapters metadata, `fail` whether that run fails."""
+    """configured_pipeline, Client and the round's run, as run_rounds sees them; `evaluate` is the next run's
+    evaluate_adapters metadata, `decision` its gate decision, `fail` whether that run fails."""
 
     def __init__(self) -> None:
         self.runs: list = []
         self.evaluate: dict = {}
+        self.decision: dict = {"passed": True, "action": "kept"}
         self.fail = False
 
     def install(self, monkeypatch) -> None:
@@ -216,7 +216,7 @@ class _FakeZenML:
         zenml_client.Client = lambda: client
         pipeline = types.ModuleType("pipelines.pipeline")
         pipeline.pipeline_parameters = lambda cfg: {"limit": cfg.limit, "workdir": str(cfg.workdir)}
-        pipeline.dpo_pipeline = types.SimpleNamespace(with_options=lambda run_name, **_: self._launcher(run_name))
+        pipeline.configured_pipeline = lambda cfg, run_name: self._launcher(run_name)
         for name, module in (("zenml", zenml), ("zenml.client", zenml_client), ("pipelines.pipeline", pipeline)):
             monkeypatch.setitem(sys.modules, name, module)
         monkeypatch.setattr(rounds, "_record", self._record)
@@ -228,9 +228,12 @@ class _FakeZenML:
 
         def launch(**params):
             k = int(run_name.split("-round")[1].split("-")[0])
+            decision = types.SimpleNamespace(load=lambda d=dict(self.decision): d)
             run = types.SimpleNamespace(id=f"id{len(self.runs)}", name=f"dpo-local-round{k}-{len(self.runs)}",
                                         steps={"evaluate_adapters": types.SimpleNamespace(
-                                            run_metadata=dict(self.evaluate))})
+                                            run_metadata=dict(self.evaluate)),
+                                            "promote_or_rollback": types.SimpleNamespace(
+                                                outputs={"gate_decision": [decision]})})
             self.runs.append(run)
             if self.fail:
                 raise RuntimeError("Pipeline run has failed due to failure in step(s): evaluate_adapters")
@@ -238,10 +241,11 @@ class _FakeZenML:
         return launch
 
     @staticmethod
-    def _record(client, run, k: int, status: str = "done") -> RoundRecord:
+    def _record(client, run, k: int, status: str = "done", rolled_back: str | None = None) -> RoundRecord:
         from pipelines.rounds import _ab_numbers, _step_metadata
 
-        vs_sft = _ab_numbers(_step_metadata(run, "evaluate_adapters"))
+        vs_sft = {**_ab_numbers(_step_metadata(run, "evaluate_adapters")),
+                  **({"rolled_back": rolled_back} if rolled_back else {})}
         return dataclasses.replace(_record(k, status=status, vs_prev_low=0.4 if status == "done" else None),
                                    run_name=run.name, vs_sft=vs_sft)
 
@@ -286,12 +290,12 @@ def test_only_a_complete_failed_ab_with_its_rollback_is_recorded_as_gate_failed(
     from pipelines.rounds import run_rounds
 
     cfg, folder, fake = rounds_setup
-    fake.evaluate, fake.fail = FAILED_AB, True  # complete and failed, but the rollback did not run (it raised)
+    fake.evaluate, fake.fail = FAILED_AB, True  # complete and failed, but the rollback step failed (it raised)
     with pytest.raises(RuntimeError):
         run_rounds(cfg, cfg.rounds)
     assert not (folder / "round-2.json").exists()  # the rerun tries the rollback again
     restored = "the local server serves seinfeld-dpo from /round1 again"
-    fake.evaluate = {**FAILED_AB, "rolled_back": restored}
+    fake.fail, fake.decision = False, {"passed": False, "action": "rolled_back", "serving": restored}
     outcome = run_rounds(cfg, cfg.rounds)
     assert [r.status for r in outcome.rounds] == ["done", "gate_failed"] and outcome.exit_code == 1
     assert outcome.stopped.endswith(f"serving was rolled back: {restored}")

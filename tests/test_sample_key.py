@@ -15,7 +15,8 @@ NEW = "/vol/adapters/nothing-gpt/fedcba9876543210"
 
 def test_a_new_sft_adapter_gets_new_samples(tmp_path, monkeypatch):
     import infra.names
-    from pipelines.pipeline import pipeline_parameters, sft_adapter_key
+    from pipelines.pipeline import pipeline_parameters
+    from targets.modal import sft_adapter_key
 
     assert sft_adapter_key(OLD) == "sft-adapter-0123456789abcdef" != sft_adapter_key(NEW)
     folders = {stage_dir(tmp_path, "generate", settings={"n": 3}, model=sft_adapter_key(f)) for f in (OLD, NEW)}
@@ -38,5 +39,5 @@ def test_a_new_sft_adapter_gets_new_samples(tmp_path, monkeypatch):
     keys = []
     for folder in (OLD, NEW):
         monkeypatch.setattr(infra.names, "NAMES", dataclasses.replace(infra.names.NAMES, sft_adapter=folder))
-        keys.append(pipeline_parameters(Cfg())["model_key"])
+        keys.append(pipeline_parameters(Cfg())["target"].model_key)
     assert keys == [sft_adapter_key(OLD), sft_adapter_key(NEW)]  # the old code passed "" for both

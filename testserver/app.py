@@ -150,7 +150,8 @@ class FakeOpenAIServer:
         created = int(self._stats.started_wall)
         data = [
             {"id": m, "object": "model", "created": created, "owned_by": "testserver",
-             "max_model_len": self.options.max_model_len}  # as vLLM reports it
+             "max_model_len": self.options.max_model_len,  # as vLLM reports it
+             **({"root": self.options.roots[m]} if m in self.options.roots else {})}
             for m in self.options.models
         ]
         return json_response({"object": "list", "data": data})

@@ -94,6 +94,11 @@ class ServerOptions:
         metadata={"help": "model name -> PREFER-ME or AVOID-ME, put into every choice sampled from that model "
                   "(an A/B judge then always prefers, or rejects, that model's text)"},
     )
+    roots: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "model name -> the folder /v1/models lists as its `root`, as vLLM does for a LoRA adapter "
+                  "(a stand-in for the Modal serving app: which adapter folders the live version loaded)"},
+    )
     judge_position_bias: bool = field(
         default=False, metadata={"help": "the judge ranks completions in the order shown, ignoring their text"}
     )
@@ -185,6 +190,9 @@ class ServerOptions:
             isinstance(k, str) and v in ("PREFER-ME", "AVOID-ME") for k, v in self.model_markers.items()
         ):
             raise ValueError(f"model_markers maps model names to 'PREFER-ME' or 'AVOID-ME', got {self.model_markers!r}")
+        if not isinstance(self.roots, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in self.roots.items()):
+            raise ValueError(f"roots maps model names to folders (text), got {self.roots!r}")
         if not isinstance(self.judge_position_bias, bool):
             raise ValueError(f"judge_position_bias must be true or false, got {self.judge_position_bias!r}")
         for name in ("batch_slow_polls", "batch_fail_validation", "batch_expire_half"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,16 @@ async def run_evaluate(
     serve_api_key: str | None = None,
     judge_api_key: str | None = None,
     judge_options: RunOptions | None = None,
+    sample_dirs: Mapping[str, Path] | None = None,
 ) -> EvalRun:
-    """Sample both models, pair, judge in both orders and tally into out_dir/result.json + report.md."""
+    """Sample both models, pair, judge in both orders and tally into out_dir/result.json + report.md.
+
+    `sample_dirs` (model -> folder) puts a model's samples elsewhere than out_dir/samples/<model>: a folder the
+    caller keys by what defines them (the model's identity, the sampling settings), so an unchanged baseline is
+    sampled once and shared by every A/B against it (reruns, rounds, other DPO adapters)."""
     out_dir = Path(out_dir)
     samples, pairing = await sample_and_pair(prompts, out_dir, settings, generate, options,
-                                             serve_api_key=serve_api_key)
+                                             serve_api_key=serve_api_key, sample_dirs=sample_dirs)
     pairs_path = out_dir / PAIRS_FILE
     judge_summary = None
     sampled = all(s.exit_code == 0 for s in samples.values()) and len(samples) == 2 and not pairing.unpaired
@@ -146,12 +152,14 @@ async def sample_and_pair(
     options: RunOptions,
     *,
     serve_api_key: str | None = None,
+    sample_dirs: Mapping[str, Path] | None = None,
 ) -> tuple[dict[str, StageSummary], Pairing]:
     """Steps 1 and 2: both models' samples, then out_dir/pairs.jsonl and out_dir/forfeits.jsonl."""
     samples: dict[str, StageSummary] = {}
     for model in (settings.baseline, settings.challenger):
         per_model = dataclasses.replace(generate, model=model, n=1)  # one continuation each, same seed
-        samples[model] = await run_generate(prompts, out_dir / "samples" / model, per_model, options,
+        folder = Path((sample_dirs or {}).get(model) or out_dir / "samples" / model)
+        samples[model] = await run_generate(prompts, folder, per_model, options,
                                             api_key=serve_api_key, forfeit_empty=True)
         if samples[model].interrupted:
             return samples, Pairing()
