@@ -31,6 +31,7 @@ from typing import IO, Any
 import orjson
 
 from engine.errors import ConfigError
+from infra.atomic import atomic_write  # noqa: F401 (the engine's writers import it from here)
 
 log = logging.getLogger(__name__)
 
@@ -336,15 +337,6 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             except orjson.JSONDecodeError:
                 continue
     return out
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Writer:

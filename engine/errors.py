@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from infra.errors import ConfigError  # the one base error (infra/errors.py): a run cannot start, a setting is invalid
 
-class ConfigError(ValueError):
-    """A setting is invalid or a run cannot start (fingerprint mismatch, lock held, strict input errors)."""
+__all__ = ["ConfigError", "FatalError", "Halted", "InputError", "MalformedResponse"]
 
 
 class InputError(ConfigError):

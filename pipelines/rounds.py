@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,10 +155,9 @@ def recorded_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> list[int]:
 
 def save_record(folder: Path, record: RoundRecord) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"round-{record.round}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from infra.atomic import write_json
+
+    write_json(folder / f"round-{record.round}.json", record.to_dict())
 
 
 def stop_reason(record: RoundRecord, settings: RoundsSettings) -> str | None:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from infra.atomic import write_json  # noqa: F401 (records and stamps are written with it)
 from infra.modal_credentials import LOGIN_HINT, modal_credentials_problem
 from infra.names import NAMES
 from serving.errors import DeployError
@@ -450,15 +451,3 @@ def _write_record(state_dir: Path, record: DeployRecord) -> None:
     path = record_path(state_dir, record.target)
     write_json(path, record.to_dict())
     logger.info("deployed %s at %s; record %s", [a.name for a in record.adapters], record.url, path)
-
-
-def write_json(path: Path, data: dict, *, private: bool = False) -> None:
-    """Write atomically: a temp file in the same folder, then rename over the old one.
-
-    `private`: readable by the owner only (the file holds a key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)

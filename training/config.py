@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.errors import ConfigError  # the one base error; the training container mounts infra/
 from infra.names import NAMES
 
 # vLLM 0.33 accepts only these values for --max-lora-rank.
@@ -32,8 +33,6 @@ TRAIN_FILE, VAL_FILE = "train.jsonl", "val.jsonl"
 RESTART_LABEL = re.compile(r"[A-Za-z0-9._-]{0,40}")
 
 
-class ConfigError(ValueError):
-    """A setting is invalid; the message names the rule, the value and the fix."""
 
 
 # The value kinds `check_types` checks, as a reader of the message calls them.

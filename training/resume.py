@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
+from infra.atomic import write_json
 from training.adapters import adapter_sha256
 from training.config import DPOTrainConfig
 from training.errors import TrainingInputError
@@ -90,9 +90,7 @@ def checkpoint_to_resume(config: DPOTrainConfig) -> tuple[Path, Path | None]:
             )
     checkpoint = latest_checkpoint(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, run_file)
+    write_json(run_file, fingerprint)
     logger.info("run %s: %s", folder.name, f"resuming from {checkpoint.name}" if checkpoint else "starting")
     return folder, checkpoint
 
