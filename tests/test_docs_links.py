@@ -47,3 +47,22 @@ def test_a_missing_file_or_heading_is_reported(tmp_path):
     page = tmp_path / "a.md"
     page.write_text("[ok](b.md#the-gate-explained) [gone](c.md) [wrong](b.md#nope) [web](https://x.org/y)\n")
     assert broken_links([page], tmp_path) == ["a.md:1: c.md (no such file)", "a.md:1: b.md#nope (no such heading)"]
+
+
+UNSEEN = re.compile(r"\b(the plan\b|the issue\b|(?<!openai-python )issue \d+)", re.IGNORECASE)
+
+
+def unseen_references(pages: list[Path], root: Path = ROOT) -> list[str]:
+    """Mentions of things a reader of the repository cannot see: our issue tracker, "the plan"."""
+    return [f"{page.relative_to(root)}:{number}: {match.group(0)!r}"
+            for page in pages
+            for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+            for match in UNSEEN.finditer(line)]
+
+
+def test_the_docs_name_nothing_a_reader_cannot_see(tmp_path):
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "configs").glob("*.yaml"))]
+    assert unseen_references(pages) == []
+    probe = tmp_path / "probe.md"
+    probe.write_text("As issue 20 says, per the plan. See openai-python issue 2084.\n")
+    assert len(unseen_references([probe], tmp_path)) == 2
