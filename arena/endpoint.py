@@ -37,7 +37,8 @@ class Endpoint:
 def resolve_endpoint(serve_url: str | None = None, *, state_dir: Path = DEFAULT_STATE_DIR,
                      env: Mapping[str, str] | None = None) -> Endpoint:
     """The endpoint to use; ConfigError listing the three ways to name one when there is none."""
-    from serving.deploy import load_record, local_api_key
+    from serving.local_deploy import local_api_key
+    from serving.records import load_record
 
     env = os.environ if env is None else env
     local = load_record(Path(state_dir), "local")

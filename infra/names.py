@@ -73,6 +73,17 @@ class ModalNames:
     # Rounds (`run --rounds K`): the previous round's DPO adapter, served beside the new one for their A/B.
     prev_model_name: str = "seinfeld-dpo-prev"
 
+    def served_adapters(self) -> dict[str, str]:
+        """Served name -> the NGPT_* variable its folder travels in to the serving app: the one table of the
+        adapters the Modal app can serve (serving/modal_app.py `ADAPTERS`, serving/modal_deploy.py `ADAPTER_ENV`)."""
+        return {self.sft_model_name: ENV_VARS["sft_adapter"][0], self.dpo_model_name: ENV_VARS["dpo_adapter"][0],
+                self.prev_model_name: ENV_VARS["prev_adapter"][0]}
+
+    def served_folders(self) -> dict[str, str]:
+        """Served name -> its folder as chosen here (NGPT_SFT_ADAPTER, ...); "" = not chosen, not served."""
+        fields = {var: name for name, (var, _) in ENV_VARS.items()}
+        return {served: getattr(self, fields[var]) for served, var in self.served_adapters().items()}
+
     def env(self) -> dict[str, str]:
         """Every name read from the environment, as the NGPT_* variables that resolve to it here.
 

@@ -91,7 +91,8 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
     import os
 
     if args.local:
-        from serving.deploy import load_record, local_api_key
+        from serving.local_deploy import local_api_key
+        from serving.records import load_record
 
         record = load_record(args.state_dir, "local")
         if record is None:

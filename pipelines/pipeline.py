@@ -18,6 +18,7 @@ from engine.generate import GenerateSettings
 from engine.judge.settings import JudgeSettings
 from engine.rows import file_sha256
 from pipelines.config import PipelineConfig, SplitSettings
+from pipelines.sections import PromptSelection, RoundInputs
 from steps import (
     add_arena_pairs,
     deploy_adapters,
@@ -39,57 +40,53 @@ from targets.spec import TargetSpec
 @pipeline(name=PIPELINE_NAME)
 def dpo_pipeline(
     target: TargetSpec,
-    prompts_file: str,
-    prompts_sha256: str,
-    limit: int | None,
+    prompts: PromptSelection,
     generate: GenerateSettings,
     judge: JudgeSettings,
     split: SplitSettings,
     train: dict[str, Any],
     evaluate: EvaluateSettings,
     evaluate_judge: JudgeSettings,
-    evaluate_prompts: str | None,
-    holdout_fraction: float = 0.0,
+    round_inputs: RoundInputs = RoundInputs(),  # noqa: B008 (a frozen dataclass: immutable)
     upload_token: str = "",
     deploy_token: str = "",
-    prompt_offset: int = 0,
-    previous_adapter_id: str | None = None,
-    earlier_preferences_ids: tuple[str, ...] = (),
-    arena_votes: str | None = None,
-    arena_votes_sha256: str = "",
 ) -> None:
     """Sample, judge, split, upload, train, redeploy, A/B-evaluate and keep or roll back, on `target` (targets/).
-    With `holdout_fraction` > 0 that share of the prompt file (by a hash of the prompt) is never sampled nor
+    With `prompts.holdout_fraction` > 0 that share of the prompt file (by a hash of the prompt) is never sampled nor
     trained on, and the A/B evaluates on it instead of the split's val set. How the steps run (concurrency,
-    timeouts, the port) is no parameter: `run_pipeline` passes it in ZenML's `extra` (targets/spec.py).
+    timeouts, the port) is no parameter: `run_pipeline` passes it in ZenML's `extra` (targets/spec.py). The two
+    place tokens key the upload and deploy steps on whether what they made is still in place
+    (steps/place_tokens.py).
 
-    A later round (pipelines/rounds.py) names the previous round's `dpo_adapter` version: it is sampled from,
-    trained on from (the SFT adapter stays the reference), served beside as seinfeld-dpo-prev and A/B'd against;
-    `prompt_offset` picks the round's slice of prompts, `earlier_preferences_ids` the pairs it trains on too."""
-    previous = _artifact(previous_adapter_id)  # an input artifact: lineage from the previous round's adapter
-    prompts = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256, limit=limit,
-                             holdout_fraction=holdout_fraction, side="sample", offset=prompt_offset)
-    completions = generate_completions(prompts, settings=generate, target=target, sample_adapter=previous)
+    A later round (pipelines/rounds.py) names the previous round's `dpo_adapter` version in `round_inputs`: it is
+    sampled from, trained on from (the SFT adapter stays the reference), served beside as seinfeld-dpo-prev and
+    A/B'd against; `prompts.offset` picks the round's slice of prompts, `round_inputs.earlier_preferences_ids` the
+    pairs it trains on too."""
+    previous = _artifact(round_inputs.previous_adapter_id)  # an input artifact: lineage from the previous round
+    sampled = select_prompts(prompts_file=prompts.file, prompts_sha256=prompts.sha256, limit=prompts.limit,
+                             holdout_fraction=prompts.holdout_fraction, side="sample", offset=prompts.offset)
+    completions = generate_completions(sampled, settings=generate, target=target, sample_adapter=previous)
     preferences, _report = judge_preferences(completions, workdir=target.workdir, settings=judge)
-    for number, earlier in enumerate(earlier_preferences_ids, start=1):
+    for number, earlier in enumerate(round_inputs.earlier_preferences_ids, start=1):
         preferences = merge_preferences(preferences, _artifact(earlier), id=f"merge_preferences_{number}")
-    if arena_votes:  # the arena's decided votes join this round's pairs (never on the A/B's prompts)
-        preferences = add_arena_pairs(preferences, votes_file=arena_votes, votes_sha256=arena_votes_sha256,
-                                      prompts_file=prompts_file, holdout_fraction=holdout_fraction,
-                                      evaluate_prompts=evaluate_prompts)
+    if round_inputs.arena_votes:  # the arena's decided votes join this round's pairs (never on the A/B's prompts)
+        preferences = add_arena_pairs(preferences, votes_file=round_inputs.arena_votes,
+                                      votes_sha256=round_inputs.arena_votes_sha256, prompts_file=prompts.file,
+                                      holdout_fraction=prompts.holdout_fraction, evaluate_prompts=prompts.ab_file)
     train_set, val_set = split_dataset(preferences, val_fraction=split.val_fraction)
     data_path = upload_dataset(train_set, val_set, target=target, place_token=upload_token)
     adapter = train_adapter(data_path, target=target, overrides=train, init_adapter=previous)
     deploy_adapters(adapter, target=target, place_token=deploy_token, previous_adapter=previous)
-    if holdout_fraction > 0:  # the prompts nothing sampled: the A/B's prompts (unless evaluate_prompts names a file)
-        val_set = select_prompts(prompts_file=prompts_file, prompts_sha256=prompts_sha256,
-                                 holdout_fraction=holdout_fraction, side="holdout", id="select_holdout_prompts")
+    if prompts.holdout_fraction > 0:  # the prompts nothing sampled: the A/B's (unless prompts.ab_file names a file)
+        val_set = select_prompts(prompts_file=prompts.file, prompts_sha256=prompts.sha256,
+                                 holdout_fraction=prompts.holdout_fraction, side="holdout",
+                                 id="select_holdout_prompts")
     ab_eval = evaluate_adapters(adapter, val_set, generate=generate, judge=evaluate_judge, settings=evaluate,
-                                target=target, prompts_file=evaluate_prompts, after="deploy_adapters")
+                                target=target, prompts_file=prompts.ab_file, after="deploy_adapters")
     promote_or_rollback(ab_eval, target=target)
     if previous is not None:
         evaluate_vs_previous(adapter, previous, val_set, generate=generate, judge=evaluate_judge, settings=evaluate,
-                             target=target, prompts_file=evaluate_prompts, after="evaluate_adapters")
+                             target=target, prompts_file=prompts.ab_file, after="evaluate_adapters")
 
 
 def _artifact(version_id: str | None) -> Any:
@@ -109,21 +106,19 @@ def pipeline_parameters(cfg: PipelineConfig) -> dict[str, Any]:
     from targets import target_spec
 
     spec = target_spec(cfg)
+    votes = cfg.rounds.arena_votes
     return {
         "target": spec,
-        "prompts_file": str(cfg.prompts),
-        "prompts_sha256": file_sha256(cfg.prompts),
-        "limit": cfg.limit,
+        "prompts": PromptSelection(file=str(cfg.prompts), sha256=file_sha256(cfg.prompts), limit=cfg.limit,
+                                   holdout_fraction=cfg.holdout_fraction,
+                                   ab_file=str(cfg.evaluate_prompts) if cfg.evaluate_prompts else None),
         "generate": cfg.generate,
         "judge": cfg.judge,
         "split": cfg.split,
         "train": cfg.train,
         "evaluate": cfg.evaluate,
         "evaluate_judge": cfg.evaluate_judge,
-        "evaluate_prompts": str(cfg.evaluate_prompts) if cfg.evaluate_prompts else None,
-        "holdout_fraction": cfg.holdout_fraction,
-        **({"arena_votes": cfg.rounds.arena_votes, "arena_votes_sha256": file_sha256(Path(cfg.rounds.arena_votes))}
-           if cfg.rounds.arena_votes else {}),
+        "round_inputs": RoundInputs(arena_votes=votes, arena_votes_sha256=file_sha256(Path(votes)) if votes else ""),
         "upload_token": upload_token(spec),
         "deploy_token": deploy_token(spec),
     }

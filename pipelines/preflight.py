@@ -69,7 +69,7 @@ def offline_problems(cfg: Any, env: Mapping[str, str] | None = None) -> list[str
         )
     if cfg.judge.backend == "openai" and cfg.judge.judge_url is None and not env.get("OPENAI_API_KEY"):
         problems.append("OPENAI_API_KEY is not set: export your OpenAI API key for the GPT-5 judge")
-    from serving.deploy import modal_credentials_problem
+    from infra.modal_credentials import modal_credentials_problem
 
     modal_problem = modal_credentials_problem(env)
     if modal_problem:

@@ -109,11 +109,12 @@ def round_parameters(base: dict[str, Any], settings: RoundsSettings, k: int,
     params = dict(base)
     if k == 1:
         return params
-    limit = base["limit"]
-    params["prompt_offset"] = (k - 1) * limit if settings.prompts == "fresh" else 0
-    params["previous_adapter_id"] = done[-1].adapter_id
-    if settings.data == "all":
-        params["earlier_preferences_ids"] = tuple(r.preferences_id for r in done)
+    prompts, inputs = base["prompts"], base["round_inputs"]
+    offset = (k - 1) * prompts.limit if settings.prompts == "fresh" else 0
+    params["prompts"] = dataclasses.replace(prompts, offset=offset)
+    params["round_inputs"] = dataclasses.replace(
+        inputs, previous_adapter_id=done[-1].adapter_id,
+        earlier_preferences_ids=tuple(r.preferences_id for r in done) if settings.data == "all" else ())
     return params
 
 

@@ -75,8 +75,9 @@ def _local_defaults(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from serving.deploy import deploy_local, deploy_modal, stop_local
     from serving.errors import DeployError
+    from serving.local_deploy import deploy_local, stop_local
+    from serving.modal_deploy import deploy_modal
 
     if args.stop:
         if not args.local:
@@ -108,8 +109,8 @@ def _serve_local(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from serving.deploy import deploy_local, stop_local
     from serving.errors import DeployError
+    from serving.local_deploy import deploy_local, stop_local
 
     base, adapters = _local_defaults(args)
     try:

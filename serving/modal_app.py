@@ -39,12 +39,7 @@ HF_CACHE = "/root/.cache/huggingface"  # where huggingface_hub looks by default:
 API_KEY_VAR = "SERVE_API_KEY"  # the variable in the serve-key secret; the clients read the same one
 
 # Served name -> adapter folder on the volume; one not chosen yet ("") is not served.
-ADAPTERS = {
-    name: path
-    for name, path in ((NAMES.sft_model_name, NAMES.sft_adapter), (NAMES.dpo_model_name, NAMES.dpo_adapter),
-                       (NAMES.prev_model_name, NAMES.prev_adapter))
-    if path
-}
+ADAPTERS = {name: path for name, path in NAMES.served_folders().items() if path}
 
 SETTINGS = VllmSettings(
     base_model=NAMES.base_model,

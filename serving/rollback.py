@@ -16,18 +16,12 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
+from infra.atomic import write_json
 from infra.names import NAMES
-from serving.deploy import (
-    DeployRecord,
-    deploy_local,
-    deploy_modal,
-    load_record,
-    modal_app_version,
-    record_path,
-    rollback_modal_app,
-    write_json,
-)
 from serving.errors import DeployError
+from serving.local_deploy import deploy_local
+from serving.modal_deploy import deploy_modal, modal_app_version, rollback_modal_app
+from serving.records import DeployRecord, load_record, record_path
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from engine.generate import GenerateSettings
-    from serving.deploy import DeployRecord
+    from serving.records import DeployRecord
     from steps.records import AdapterRef
     from targets.spec import Operations, TargetSpec
 

@@ -15,7 +15,7 @@ from infra.names import NAMES
 
 if TYPE_CHECKING:
     from engine.generate import GenerateSettings
-    from serving.deploy import DeployRecord
+    from serving.records import DeployRecord
     from steps.records import AdapterRef
     from targets.spec import Operations, TargetSpec
 
@@ -47,7 +47,7 @@ class LocalTarget:
         (it stays up; the deploy step redeploys it with the DPO adapter)."""
         import dataclasses
 
-        from serving.deploy import deploy_local, live_local
+        from serving.local_deploy import deploy_local, live_local
 
         kit = self.kit()
         adapters = {settings.model: kit.sft_adapter_dir}
@@ -108,7 +108,8 @@ class LocalTarget:
               ops: Operations) -> tuple[DeployRecord, bool]:
         """(Re)start the local vLLM with the kit's base, its SFT adapter, `adapter` (and `previous` as
         seinfeld-dpo-prev); kept without a restart when it already serves exactly these files."""
-        from serving.deploy import deploy_local, live_local, load_record
+        from serving.local_deploy import deploy_local, live_local
+        from serving.records import load_record
         from serving.rollback import save_previous
 
         self._check_adapter(adapter)
@@ -127,12 +128,12 @@ class LocalTarget:
         return record, False
 
     def deployment(self) -> DeployRecord | None:
-        from serving.deploy import load_record
+        from serving.records import load_record
 
         return load_record(self.state_dir, "local")
 
     def deployment_in_place(self, record: DeployRecord) -> bool:
-        from serving.deploy import live_local
+        from serving.local_deploy import live_local
 
         adapters = {a.name: Path(a.path) for a in record.adapters}
         if not adapters or not all(p.is_dir() for p in adapters.values()):
@@ -140,7 +141,7 @@ class LocalTarget:
         return live_local(self.state_dir, adapters, timeout_s=LIVE_CHECK_TIMEOUT_S) is not None
 
     def api_key(self) -> str | None:
-        from serving.deploy import local_api_key
+        from serving.local_deploy import local_api_key
 
         return local_api_key(self.state_dir)
 

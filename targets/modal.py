@@ -3,7 +3,7 @@
 Uploads, adapters and data are content-addressed folders on the volume, never overwritten. A deploy is a new
 version of the serving app with its adapter folders in its image's environment; `rollback` returns the app to
 the version live before, by number. Every Modal call sits behind the functions this module calls
-(training/upload.py, training/remote.py, serving/deploy.py), which the offline tests fake.
+(training/upload.py, training/remote.py, serving/modal_deploy.py), which the offline tests fake.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from infra.names import NAMES
 
 if TYPE_CHECKING:
     from engine.generate import GenerateSettings
-    from serving.deploy import DeployRecord
+    from serving.records import DeployRecord
     from steps.records import AdapterRef
     from targets.spec import Operations, TargetSpec
 
@@ -82,7 +82,7 @@ class ModalTarget:
         """The folder is named by its content hash and this project never rewrites one: the name must match and
         the volume must still list it as loadable."""
         from infra.adapter_hash import adapter_folder_name
-        from serving.deploy import check_volume_adapters
+        from serving.modal_deploy import check_volume_adapters
 
         if PurePosixPath(path).name != adapter_folder_name(sha256):
             return False
@@ -91,7 +91,7 @@ class ModalTarget:
     def serve(self, adapter: AdapterRef, previous: AdapterRef | None,
               ops: Operations) -> tuple[DeployRecord, bool]:
         """Deploy the serving app with `adapter` (and `previous` as seinfeld-dpo-prev; vLLM's max_loras follows the
-        count) and wait until each answers from the folder asked for, else roll back (serving/deploy.py)."""
+        count) and wait until each answers from the folder asked for, else roll back (serving/modal_deploy.py)."""
         adapters = {NAMES.dpo_model_name: adapter.path}
         if previous is not None:
             adapters[NAMES.prev_model_name] = previous.path
@@ -100,7 +100,7 @@ class ModalTarget:
         return record, False
 
     def deployment(self) -> DeployRecord | None:
-        from serving.deploy import load_record
+        from serving.records import load_record
 
         return load_record(self.state_dir, "modal")
 
@@ -108,7 +108,7 @@ class ModalTarget:
         return True  # persistent until stopped; asking would wake a GPU (`deploy --stop` removes the record)
 
     def api_key(self) -> str | None:
-        from serving.deploy import API_KEY_VAR
+        from serving.modal_deploy import API_KEY_VAR
 
         return os.environ.get(API_KEY_VAR)
 
@@ -125,7 +125,8 @@ class ModalTarget:
     def _deploy(self, adapters: dict[str, str], ops: Operations) -> tuple[DeployRecord, DeployRecord | None]:
         """Deploy SFT (NGPT_SFT_ADAPTER) plus `adapters`, every one expected to answer; keep the record it replaces
         for a rollback."""
-        from serving.deploy import deploy_modal, load_record
+        from serving.modal_deploy import deploy_modal
+        from serving.records import load_record
         from serving.rollback import save_previous
 
         replaced = load_record(self.state_dir, "modal")

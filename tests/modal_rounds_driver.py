@@ -3,7 +3,7 @@ subprocess: ZenML's store must be the test's).
 
 Faked, and only these: the volume upload (`training.upload.upload_dataset`: a local folder stands for the volume),
 the L4 training call (`training.remote.train_remote`: writes an adapter folder named by its content hash, as the
-training app does, without training), `modal deploy` and the volume listing (`serving.deploy._deploy_modal_app`,
+training app does, without training), `modal deploy` and the volume listing (`serving.modal_deploy._deploy_modal_app`,
 `_check_volume_adapters`) and the app's version history (`modal_app_version`, `rollback_modal_app`). The serving
 app's endpoint is the project's OpenAI-compatible test server, told on each deploy which adapter folders the new
 version serves (/v1/models lists them as vLLM does, with `root`). Everything else is the production path: the CLI,
@@ -33,7 +33,7 @@ def _control(server: str, **values: Any) -> None:
 
 
 def install(base: Path, server: str) -> None:
-    import serving.deploy as deploy
+    import serving.modal_deploy as deploy
     import serving.rollback as rollback
     import training.remote as remote
     import training.upload as upload

@@ -221,7 +221,7 @@ def test_a_held_out_scene_keeps_its_prompt_and_a_typed_one_gets_the_show_brief(t
 
 
 def test_endpoint_comes_from_the_flag_then_serve_url_then_the_local_record(tmp_path):
-    from serving.deploy import DeployRecord
+    from serving.records import DeployRecord
 
     state = tmp_path / "serving"
     with pytest.raises(ConfigError, match="--serve-url.*SERVE_URL.*deploy --local"):

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.realmodel, pytest.mark.slow, pytest.mark.timeout(1800)
 
 
 def _stop_server(state_dir: Path) -> None:
-    from serving.deploy import stop_local
+    from serving.local_deploy import stop_local
 
     stop_local(state_dir)
 

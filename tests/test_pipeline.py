@@ -183,14 +183,14 @@ def probe() -> None:
 
 
 def _live_pid(state_dir: Path) -> int | None:
-    from serving.deploy import load_record
+    from serving.records import load_record
 
     record = load_record(state_dir, "local")
     return record.pid if record else None
 
 
 def _stop_local_server(state_dir: Path) -> None:
-    from serving.deploy import stop_local
+    from serving.local_deploy import stop_local
 
     stop_local(state_dir)
 

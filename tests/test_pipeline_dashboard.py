@@ -74,7 +74,7 @@ def dashboard(tmp_path_factory):
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
-        from serving.deploy import stop_local
+        from serving.local_deploy import stop_local
 
         stop_local(base / "serving")
 

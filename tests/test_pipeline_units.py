@@ -144,7 +144,7 @@ def test_jsonl_file_counts_rows_and_hashes_content(tmp_path):
 
 
 def test_modal_deploy_refuses_a_live_dpo_adapter_that_is_not_the_trained_one():
-    from serving.deploy import AdapterRecord
+    from serving.records import AdapterRecord
     from steps.records import AdapterRef
     from targets.modal import ModalTarget
 

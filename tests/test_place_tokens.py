@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infra.atomic import write_json
 from serving.adapters import hash_adapter_dir
-from serving.deploy import AdapterRecord, DeployRecord, record_path, write_json
+from serving.records import AdapterRecord, DeployRecord, record_path
 from steps.place_tokens import deploy_token, stamp_deploy, stamp_upload, upload_token
 from targets.spec import TargetSpec
 from training.config import TRAIN_FILE, VAL_FILE

@@ -97,7 +97,7 @@ def test_the_endpoint_must_serve_the_sft_adapter_the_samples_are_keyed_by(endpoi
 
 
 def test_the_sft_adapter_is_checked_first_offline_and_says_how_to_set_it(monkeypatch):
-    monkeypatch.setattr("serving.deploy.modal_credentials_problem", lambda env: None)
+    monkeypatch.setattr("infra.modal_credentials.modal_credentials_problem", lambda env: None)
     cfg = modal_config("https://x--nothing-gpt-serve-serve.modal.run/v1")
     env = {"SERVE_API_KEY": "k", "OPENAI_API_KEY": "sk-test"}
     problems = preflight.offline_problems(cfg, env)

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 import serving.rollback as rollback
-from serving.deploy import AdapterRecord, DeployRecord
 from serving.errors import DeployError
+from serving.records import AdapterRecord, DeployRecord
 
 
 def record(adapters: dict[str, str]) -> DeployRecord:
@@ -47,7 +47,7 @@ def test_local_rollback_without_an_earlier_dpo_adapter_serves_the_sft_one_alone(
 
 def test_modal_rollback_names_the_version_to_go_back_to(monkeypatch):
     """Issue 27.1: never `modal app rollback APP` alone (one back from the newest, which a rollback itself is)."""
-    import serving.deploy as deploy
+    import serving.modal_deploy as deploy
 
     seen = []
 
@@ -98,8 +98,9 @@ class FakeModalCli:
 def test_a_failed_gate_on_modal_restores_the_version_live_before_and_the_records_follow(tmp_path, monkeypatch):
     """Issue 27.1: after the rollback the deployment record and the deploy stamp say what is live (a rerun deploys
     again instead of taking the rejected deploy from ZenML's cache), and a second rollback changes nothing."""
-    import serving.deploy as deploy
-    from serving.deploy import load_record, record_path, write_json
+    import serving.modal_deploy as deploy
+    from infra.atomic import write_json
+    from serving.records import load_record, record_path
     from steps.place_tokens import deploy_token, stamp_deploy
     from targets import open_target
     from targets.spec import Operations, TargetSpec
@@ -131,8 +132,9 @@ def test_a_failed_gate_on_modal_restores_the_version_live_before_and_the_records
 
 
 def test_a_modal_rollback_without_a_record_of_what_comes_back_removes_the_record(tmp_path, monkeypatch):
-    import serving.deploy as deploy
-    from serving.deploy import load_record, record_path, write_json
+    import serving.modal_deploy as deploy
+    from infra.atomic import write_json
+    from serving.records import load_record, record_path
 
     modal = FakeModalCli({3: "/vol/adapters/nothing-gpt-dpo/good", 4: "/vol/adapters/nothing-gpt-dpo/rejected"})
     monkeypatch.setattr(deploy.subprocess, "run", modal.run)
@@ -143,7 +145,8 @@ def test_a_modal_rollback_without_a_record_of_what_comes_back_removes_the_record
 
 
 def test_a_rejected_first_version_is_redeployed_with_the_sft_adapter_alone(tmp_path, monkeypatch):
-    from serving.deploy import record_path, write_json
+    from infra.atomic import write_json
+    from serving.records import record_path
 
     rejected = modal_record("/vol/adapters/nothing-gpt-dpo/rejected", deployed_at="t1", version=1, previous=None)
     write_json(record_path(tmp_path, "modal"), rejected.to_dict())

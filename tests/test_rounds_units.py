@@ -55,14 +55,18 @@ def test_the_round_kept_serving_is_the_last_that_measurably_beat_the_one_before(
 
 
 def test_round_parameters_slice_the_prompts_and_chain_the_adapters():
-    base = {"limit": 40, "prompt_offset": 0, "previous_adapter_id": None, "earlier_preferences_ids": ()}
+    from pipelines.sections import PromptSelection, RoundInputs
+
+    base = {"prompts": PromptSelection(file="p.jsonl", sha256="h", limit=40), "round_inputs": RoundInputs()}
     done = [_record(1), _record(2, vs_prev_low=0.6)]
     assert round_parameters(base, RoundsSettings(count=3), 1, []) == base  # round 1 is the plain run
     third = round_parameters(base, RoundsSettings(count=3), 3, done)
-    assert third["prompt_offset"] == 80 and third["previous_adapter_id"] == "adapter2"
-    assert third["earlier_preferences_ids"] == ()  # data: round (the default) trains on its own pairs
+    assert third["prompts"].offset == 80 and third["round_inputs"].previous_adapter_id == "adapter2"
+    assert third["round_inputs"].earlier_preferences_ids == ()  # data: round (the default) trains on its own pairs
+    assert third["prompts"].limit == 40 and base["prompts"].offset == 0  # the base is left as it was
     everything = round_parameters(base, RoundsSettings(count=3, prompts="all", data="all"), 3, done)
-    assert everything["prompt_offset"] == 0 and everything["earlier_preferences_ids"] == ("prefs1", "prefs2")
+    assert everything["prompts"].offset == 0
+    assert everything["round_inputs"].earlier_preferences_ids == ("prefs1", "prefs2")
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -193,6 +197,14 @@ FAILED_AB = {**DONE_AB, "wins": 1, "losses": 5, "ci95_all_low": 0.03, "win_rate_
              "passed": False}
 
 
+def _fake_parameters(cfg) -> dict:
+    """What the rounds read of the pipeline's parameters (the prompt selection's limit, the round inputs)."""
+    from pipelines.sections import PromptSelection, RoundInputs
+
+    return {"prompts": PromptSelection(file=str(cfg.prompts), sha256="h", limit=cfg.limit),
+            "round_inputs": RoundInputs(), "workdir": str(cfg.workdir)}
+
+
 class _FakeZenML:
     """configured_pipeline, Client and the round's run, as run_rounds sees them; `evaluate` is the next run's
     evaluate_adapters metadata, `decision` its gate decision, `fail` whether that run fails."""
@@ -215,7 +227,7 @@ class _FakeZenML:
         zenml, zenml_client = types.ModuleType("zenml"), types.ModuleType("zenml.client")
         zenml_client.Client = lambda: client
         pipeline = types.ModuleType("pipelines.pipeline")
-        pipeline.pipeline_parameters = lambda cfg: {"limit": cfg.limit, "workdir": str(cfg.workdir)}
+        pipeline.pipeline_parameters = _fake_parameters
         pipeline.configured_pipeline = lambda cfg, run_name: self._launcher(run_name)
         for name, module in (("zenml", zenml), ("zenml.client", zenml_client), ("pipelines.pipeline", pipeline)):
             monkeypatch.setitem(sys.modules, name, module)
@@ -261,7 +273,7 @@ def rounds_setup(tmp_path, monkeypatch):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    folder = rounds_dir(cfg, cfg.rounds, {"limit": cfg.limit, "workdir": str(cfg.workdir)})
+    folder = rounds_dir(cfg, cfg.rounds, _fake_parameters(cfg))
     save_record(folder, dataclasses.replace(_record(1, path=str(adapter)), adapter_sha256=adapter_sha256(adapter)))
     fake = _FakeZenML()
     fake.install(monkeypatch)
@@ -342,7 +354,7 @@ def test_max_cost_is_compared_with_the_rounds_left_not_the_recorded_ones(tmp_pat
     cfg = load_config(config_file=path, rounds=2)
     # The rounds' key takes the pipeline's parameters (pipelines.pipeline imports ZenML): a stand-in here.
     pipeline = types.ModuleType("pipelines.pipeline")
-    pipeline.pipeline_parameters = lambda c: {"limit": c.limit, "workdir": str(c.workdir)}
+    pipeline.pipeline_parameters = _fake_parameters
     monkeypatch.setitem(sys.modules, "pipelines.pipeline", pipeline)
     monkeypatch.setattr("pipelines.zenml_home.use_project_home", lambda: tmp_path / "zenml")
     adapter = tmp_path / "adapter"

@@ -169,7 +169,7 @@ def test_modal_app_imports_without_credentials(tmp_path):
 
 
 def test_modal_credentials_detection(tmp_path):
-    from serving.deploy import modal_credentials_problem
+    from infra.modal_credentials import modal_credentials_problem
 
     missing = modal_credentials_problem({"MODAL_CONFIG_PATH": str(tmp_path / "none.toml")})
     assert missing and "modal token new" in missing

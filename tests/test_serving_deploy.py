@@ -1,6 +1,6 @@
 """The readiness check and the Modal deploy, against a small vLLM-like server this test controls.
 
-Modal itself is faked at the module boundary only: `serving.deploy._deploy_modal_app` (the function
+Modal itself is faked at the module boundary only: `serving.modal_deploy._deploy_modal_app` (the function
 that runs `app.deploy()`) is replaced; everything after it (readiness over HTTP, records) is real.
 """
 
@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from serving import deploy
-from serving.deploy import DeployRecord, ModalDeployment, deploy_modal, load_record
+from serving import modal_deploy as deploy
 from serving.errors import DeployError
+from serving.modal_deploy import ModalDeployment, deploy_modal
 from serving.readiness import ReadinessOptions, check_ready, wait_until_ready
+from serving.records import DeployRecord, load_record
 
 BASE = "meta-llama/Llama-3.2-3B-Instruct"
 KEY = "test-serve-key"

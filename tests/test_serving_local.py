@@ -100,8 +100,9 @@ async def test_generate_stage_samples_three_per_prompt(local_vllm, tmp_path):
 
 
 def test_deploy_redeploy_reuse_and_stop_one_lifecycle(tiny_kit, trained_dpo, tmp_path):
-    from serving.deploy import deploy_local, live_local, load_record
     from serving.errors import DeployError
+    from serving.local_deploy import deploy_local, live_local
+    from serving.records import load_record
 
     state = tmp_path / "state"
     sft = {"seinfeld": tiny_kit.sft_adapter_dir}

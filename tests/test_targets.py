@@ -79,12 +79,13 @@ def test_zenml_cache_keys_read_no_extra():
     assert "extra" not in code
 
 
-def test_operations_are_no_pipeline_parameter():
+def test_the_pipeline_takes_the_sections_and_one_target_spec():
     tree = ast.parse((ROOT / "pipelines" / "pipeline.py").read_text())
     function = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "dpo_pipeline")
-    names = {a.arg for a in function.args.args}
-    assert "target" in names and not names & {"deploy_timeout_s", "deploy_port", "generate_run", "judge_run", "port",
-                                               "workdir", "profile", "model_key"}
+    names = [a.arg for a in function.args.args]
+    # the sections, whole and typed, one target spec and the two place tokens: nothing operational, nothing flattened
+    assert names == ["target", "prompts", "generate", "judge", "split", "train", "evaluate", "evaluate_judge",
+                     "round_inputs", "upload_token", "deploy_token"]
 
 
 class _FakeTarget:

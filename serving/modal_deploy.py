@@ -1,13 +1,12 @@
-"""Redeploy the adapters and prove they are live: Modal (vLLM on a GPU) or the local vLLM (CPU build).
+"""Deploy the serving app to Modal (vLLM on a GPU) and prove every adapter is live, else roll back.
 
-Both paths end with the same readiness check (serving/readiness.py) and return the same
-DeployRecord, which is written atomically to `<state_dir>/<target>_deployment.json` only when
-everything passed; on any failure a DeployError names the part and the previous record stays.
+It ends with the readiness check the local deploy uses (serving/readiness.py) and writes the same DeployRecord
+(serving/records.py) to `<state_dir>/modal_deployment.json` only when everything passed; on any failure a
+DeployError names the part and the previous record stays. The local deploy is serving/local_deploy.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -15,67 +14,25 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from infra.atomic import write_json  # noqa: F401 (records and stamps are written with it)
 from infra.modal_credentials import LOGIN_HINT, modal_credentials_problem
 from infra.names import NAMES
 from serving.errors import DeployError
 from serving.readiness import ReadinessOptions, check_ready
+from serving.records import DEFAULT_STATE_DIR, DeployRecord, make_record, write_record
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = Path("data/runs/serving")
 DEFAULT_EXPECTED = (NAMES.sft_model_name, NAMES.dpo_model_name)
 API_KEY_VAR = "SERVE_API_KEY"  # the Modal endpoint's bearer key on the client side (and in the serve-key secret)
 REPO_ROOT = Path(__file__).resolve().parent.parent  # `modal deploy -m serving.modal_app` runs from here
-# Served name -> the variable its folder travels in to the serving app (serving/modal_app.py `ADAPTERS`).
-ADAPTER_ENV = {NAMES.sft_model_name: "NGPT_SFT_ADAPTER", NAMES.dpo_model_name: "NGPT_DPO_ADAPTER",
-               NAMES.prev_model_name: "NGPT_PREV_ADAPTER"}
-
-
-@dataclass(frozen=True)
-class AdapterRecord:
-    """One served adapter: its name, where it was loaded from, its parent, and a content hash if known."""
-
-    name: str
-    path: str
-    parent: str | None
-    sha256: str | None
-    root: str | None = None  # the folder the live server says it loaded the adapter from (vLLM's `root`)
-
-
-@dataclass(frozen=True)
-class DeployRecord:
-    """What is live after a successful deploy (JSON-serialisable with to_dict)."""
-
-    target: str  # "modal" or "local"
-    url: str  # root URL of the server
-    base_url: str  # the OpenAI base URL (url + "/v1")
-    base_model: str  # the name the base model is served under
-    models: list[str]  # every model id /v1/models listed
-    adapters: list[AdapterRecord]
-    ready_seconds: float  # deploy start -> every adapter listed and answering
-    deployed_at: str  # UTC, ISO 8601
-    app_name: str | None = None  # Modal app
-    app_version: int | None = None  # Modal: the app version this record describes (`modal app history`)
-    previous_app_version: int | None = None  # Modal: the version live before this deploy, where a failed check
-    # or A/B gate rolls back to (None: nothing to go back to, or a record that is itself a rollback)
-    pid: int | None = None  # local server process
-    answers: dict[str, str] = field(default_factory=dict)  # each adapter's probe answer (first 200 chars)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DeployRecord:
-        adapters = [AdapterRecord(**a) for a in data.get("adapters", [])]
-        return cls(**{**data, "adapters": adapters})
+ADAPTER_ENV = NAMES.served_adapters()  # served name -> the variable its folder travels in to the serving app
 
 
 @dataclass(frozen=True)
@@ -88,18 +45,6 @@ class ModalDeployment:
     adapters: dict[str, dict]  # name -> serving.adapters.describe_adapter() output, seen on the volume
     version: int | None = None  # the app version this deploy made
     previous_version: int | None = None  # the version live before it (the rollback target); None: the first one
-
-
-def record_path(state_dir: Path, target: str) -> Path:
-    return Path(state_dir) / f"{target}_deployment.json"
-
-
-def load_record(state_dir: Path, target: str) -> DeployRecord | None:
-    """The last successful deploy's record, or None."""
-    path = record_path(state_dir, target)
-    if not path.is_file():
-        return None
-    return DeployRecord.from_dict(json.loads(path.read_text()))
 
 
 def modal_adapters(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -159,7 +104,7 @@ def deploy_modal(
                                          options or ReadinessOptions(timeout_s=timeout_s), api_key)
     except DeployError as e:
         raise _rolled_back(e, deployment) from e
-    _write_record(state_dir, record)
+    write_record(state_dir, record)
     return record
 
 
@@ -185,7 +130,7 @@ def _check_modal_deployment(deployment: ModalDeployment, served: Mapping[str, st
     wrong = {n: ready.roots.get(n) for n in expected if ready.roots.get(n) != served[n]}
     if wrong:  # vLLM's `root` is the folder the live server loaded: it proves which adapter answers
         raise DeployError("adapter missing", f"the live server loaded {wrong}, not {dict(served)}")
-    return _record("modal", deployment.url, deployment.base_model, ready, started,
+    return make_record("modal", deployment.url, deployment.base_model, ready, started,
                    {n: (info["path"], info.get("sha256")) for n, info in deployment.adapters.items()},
                    app_name=deployment.app_name, app_version=deployment.version,
                    previous_app_version=deployment.previous_version)
@@ -330,124 +275,3 @@ def rollback_modal_app(app_name: str, version: int) -> None:
         raise DeployError("deploy", f"`modal app rollback {app_name} v{version}` exited {done.returncode}")
 
 
-LOCAL_STATE = "local_server.json"  # pid, URL, port and API key of the running local server (mode 0600)
-
-
-def deploy_local(
-    base_dir: Path,
-    adapters: Mapping[str, Path],
-    *,
-    state_dir: Path = DEFAULT_STATE_DIR,
-    timeout_s: float = 180.0,
-    port: int = 0,
-    served_model_name: str | None = None,
-) -> DeployRecord:
-    """(Re)start the local vLLM with `adapters` and check it as the Modal path does.
-
-    The new server starts before the old one stops (unless both want the same fixed port), so a
-    failed deploy leaves the previous server and its record in place.
-    """
-    from serving.adapters import adapter_problem, hash_adapter_dir
-    from serving.local_vllm import start_local_vllm, stop_pid
-
-    problems = {n: adapter_problem(p) for n, p in adapters.items()}
-    if any(problems.values()):
-        raise DeployError("adapter missing", "; ".join(f"{n}: {why}" for n, why in problems.items() if why))
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    old = _local_state(state_dir)
-    if old and port and old.get("port") == port:
-        stop_pid(int(old["pid"]))  # the port must be free before the new server binds it
-        old = None
-    started = datetime.now(UTC)
-    server = start_local_vllm(base_dir, adapters, port=port, served_model_name=served_model_name,
-                              timeout_s=timeout_s, log_path=state_dir / "local_server.log")
-    ready = server.readiness
-    wrong = {n: ready.roots.get(n) for n, p in adapters.items() if ready.roots.get(n) != str(p)}
-    if wrong:  # vLLM lists the folder it loaded each adapter from
-        server.stop()
-        raise DeployError("adapter missing", f"the new server loaded {wrong}, not {dict(adapters)}")
-    if old:
-        stop_pid(int(old["pid"]))
-    write_json(state_dir / LOCAL_STATE, {"pid": server.pid, "url": server.url, "port": server.port,
-                                          "started_at": started.isoformat(), "log": str(server.log_path),
-                                          "api_key": server.api_key}, private=True)
-    record = _record("local", server.url, served_model_name or str(base_dir), ready, started,
-                     {n: (str(p), hash_adapter_dir(p)) for n, p in adapters.items()}, pid=server.pid)
-    _write_record(state_dir, record)
-    return record
-
-
-def local_api_key(state_dir: Path = DEFAULT_STATE_DIR) -> str | None:
-    """The API key of the local server recorded in `state_dir` (None when there is none)."""
-    state = _local_state(Path(state_dir))
-    return state.get("api_key") if state else None
-
-
-def stop_local(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
-    """Stop the local server recorded in `state_dir`; False when none was running. Its records go too."""
-    from serving.local_vllm import stop_pid
-
-    state_dir = Path(state_dir)
-    state = _local_state(state_dir)
-    stopped = bool(state) and stop_pid(int(state["pid"]))
-    for path in (state_dir / LOCAL_STATE, record_path(state_dir, "local")):
-        path.unlink(missing_ok=True)
-    return stopped
-
-
-def live_local(state_dir: Path, adapters: Mapping[str, Path], *, exact: bool = True,
-               timeout_s: float = 20.0) -> DeployRecord | None:
-    """The last local deploy's record when that server still answers serving these adapter files.
-
-    `exact`: it serves exactly `adapters`; else at least them (it may serve more). None otherwise.
-    """
-    from serving.adapters import hash_adapter_dir
-
-    record = load_record(state_dir, "local")
-    key = local_api_key(state_dir)
-    if record is None or key is None:
-        return None
-    served = {a.name: (a.path, a.sha256) for a in record.adapters}
-    wanted = {name: (str(path), hash_adapter_dir(path)) for name, path in adapters.items()}
-    if served != wanted if exact else any(served.get(n) != v for n, v in wanted.items()):
-        return None
-    try:
-        check_ready(record.base_url, list(adapters), ReadinessOptions(timeout_s=timeout_s, max_delay_s=2.0,
-                                                                       api_key=key))
-    except (DeployError, OSError) as e:
-        logger.info("the last local server at %s does not answer (%s)", record.base_url, e)
-        return None
-    return record
-
-
-def _local_state(state_dir: Path) -> dict | None:
-    path = state_dir / LOCAL_STATE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _record(target: str, url: str, base_model: str, ready, started: datetime,
-            adapter_files: Mapping[str, tuple[str, str | None]], **extra) -> DeployRecord:
-    served = [
-        AdapterRecord(name=n, path=path, parent=ready.models.get(n), sha256=sha, root=ready.roots.get(n))
-        for n, (path, sha) in adapter_files.items()
-        if n in ready.models
-    ]
-    return DeployRecord(
-        target=target,
-        url=url.rstrip("/"),
-        base_url=url.rstrip("/") + "/v1",
-        base_model=base_model,
-        models=sorted(ready.models),
-        adapters=served,
-        ready_seconds=round((datetime.now(UTC) - started).total_seconds(), 3),
-        deployed_at=started.isoformat(),
-        answers={n: text[:200] for n, text in ready.answers.items()},
-        **extra,
-    )
-
-
-def _write_record(state_dir: Path, record: DeployRecord) -> None:
-    path = record_path(state_dir, record.target)
-    write_json(path, record.to_dict())
-    logger.info("deployed %s at %s; record %s", [a.name for a in record.adapters], record.url, path)
