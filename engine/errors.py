@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from infra.errors import ConfigError  # the one base error (infra/errors.py): a run cannot start, a setting is invalid
 
-__all__ = ["ConfigError", "FatalError", "Halted", "InputError", "MalformedResponse"]
+__all__ = ["ConfigError", "ExitNow", "FatalError", "Halted", "InputError", "MalformedResponse"]
+
+
+class ExitNow(KeyboardInterrupt):
+    """A second Ctrl-C (or SIGTERM): stop at once. The engine raises it from its signal handler once every finished
+    row is on disk; it leaves asyncio.run (which cancels the rows in flight: left for a rerun) as a
+    KeyboardInterrupt, and the CLI (pipelines/dpo.py) is the one place that ends the process, with 130."""
 
 
 class InputError(ConfigError):

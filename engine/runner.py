@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from engine.checkpoint import Writer
-from engine.errors import FatalError, Halted, SkipRow
+from engine.errors import ExitNow, FatalError, Halted, SkipRow
 from engine.limits import Pacer
 from engine.options import RunOptions
 from engine.output import Duplicate, StageInfo, open_output, rows_in_scope
@@ -291,7 +290,7 @@ class _Run:
         else:
             self.writer.fsync()  # every finished row is already written and flushed
             print(f"\n{signame} again: exiting now; rerun the same command to resume.", file=sys.stderr, flush=True)
-            os._exit(130)
+            raise ExitNow(signame)
 
 
     # -- run --------------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_SETTINGS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (engine.errors.ExitNow) or one outside a stage: the one exit path
+        print("interrupted: finished rows are on disk; rerun the same command to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -374,3 +374,18 @@ def test_a_failed_start_leaves_no_out_folder_or_lock_behind(tmp_path):
     with pytest.raises(ConfigError, match="no out.fingerprint.json"):
         asyncio.run(run_stage(_SlowStage(), _prompt_file(tmp_path / "p.jsonl", 3), out, opts))
     assert sorted(p.name for p in out.iterdir()) == ["out.jsonl"]
+
+
+def test_no_library_module_ends_the_process_itself():
+    """One exit path: the engine raises engine.errors.ExitNow on a second Ctrl-C, and only the CLI turns it into
+    exit 130 (pipelines/dpo.py); no library module calls os._exit."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    calls = [f"{path.relative_to(root)}" for package in ("engine", "steps", "pipelines", "training", "serving",
+                                                         "arena", "infra", "targets")
+             for path in (root / package).rglob("*.py") if "os._exit(" in path.read_text()]
+    assert calls == []
+    from engine.errors import ExitNow
+
+    assert issubclass(ExitNow, KeyboardInterrupt)  # it leaves asyncio.run, which swallows other callback errors

@@ -504,13 +504,13 @@ async def test_an_order_answered_after_its_row_failed_in_the_same_round_is_count
 
 
 class _Exited(BaseException):
-    """os._exit in the test process: the run stops where the second Ctrl-C came."""
+    """The process ends where the second Ctrl-C came (the engine raises ExitNow; the CLI exits 130 at once)."""
 
 
 async def test_a_second_ctrl_c_while_collecting_then_collecting_again_counts_each_attempt_once(tmp_path, monkeypatch):
-    import os
     import shutil
 
+    from engine.errors import ExitNow
     from engine.judge.batch_collect import Collector
     from engine.judge.batch_run import BatchRun
 
@@ -530,15 +530,14 @@ async def test_a_second_ctrl_c_while_collecting_then_collecting_again_counts_eac
         settled.append(row.id)
         if len(settled) == 3:  # rows 1-3 settled (row 2's retry planned), row 4 not yet: Ctrl-C, Ctrl-C
             runs[0]._on_signal("SIGINT")
-            runs[0]._on_signal("SIGINT")
-
-    def exit_now(code):  # what the disk holds when the process ends here
-        shutil.copytree(out, after_exit)
-        raise _Exited(code)
+            try:
+                runs[0]._on_signal("SIGINT")
+            except ExitNow as e:  # what the disk holds when the process ends here
+                shutil.copytree(out, after_exit)
+                raise _Exited(130) from e
 
     monkeypatch.setattr(BatchRun, "run", capture)
     monkeypatch.setattr(Collector, "_settle", settle_then_ctrl_c_twice)
-    monkeypatch.setattr(os, "_exit", exit_now)
     opts = RunOptions(**(FAST | {"max_attempts": 2}))
     async with run_in_process(fail_matching=[{"substring": "ROW-E500", "kind": "500"}]) as server:
         with pytest.raises(_Exited):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TypeVar
 import openai
 
 from engine.checkpoint import Writer
+from engine.errors import ExitNow
 from engine.judge.batch_collect import Collector
 from engine.judge.batch_queue import Queue, refused_for_queue
 from engine.judge.batch_state import BatchState, Chunk, row_of
@@ -287,4 +287,4 @@ class BatchRun(BatchSubmitter):
         else:
             self.writer.fsync()
             self.state.save()
-            os._exit(130)
+            raise ExitNow(signame)
