@@ -27,7 +27,7 @@ import orjson
 
 from engine.checkpoint import repair_torn_tail
 from engine.errors import ConfigError
-from engine.evaluation.winrate import WinRate
+from stages.evaluate.winrate import WinRate
 
 log = logging.getLogger(__name__)
 

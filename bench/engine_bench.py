@@ -39,8 +39,8 @@ def write_prompts(path: Path, n: int) -> None:
 
 
 def one(concurrency: int, latency: float, rows: int) -> dict:
-    from engine.generate import GenerateSettings, run_generate
     from engine.options import RunOptions
+    from stages.generate import GenerateSettings, run_generate
     from testserver import start_server
 
     with tempfile.TemporaryDirectory() as tmp, start_server(latency=latency, log_size=1) as server:

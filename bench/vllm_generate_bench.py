@@ -48,8 +48,8 @@ def flat_prompts(source: Path, out: Path, count: int) -> int:
 
 
 def run_engine(server, prompts: Path, out: Path, args: argparse.Namespace) -> dict:
-    from engine.generate import GenerateSettings, run_generate
     from engine.options import RunOptions
+    from stages.generate import GenerateSettings, run_generate
 
     settings = GenerateSettings(serve_url=server.base_url, model="seinfeld", n=3, temperature=0.9,
                                 max_tokens=args.max_tokens, timeout_s=600)

@@ -4,8 +4,7 @@ Public surface:
 - `RunOptions`: how a stage runs (concurrency, rate, strictness, resume).
 - `run_stage(stage, input_path, out_dir, options)`: stream rows through a stage with retries and a
   crash-safe JSONL checkpoint; returns a `StageSummary`.
-- `engine.generate.run_generate`, `engine.split.split_preferences`: stages; the judge stage is its own
-  package, `engine.judge` (`run_judge`, `JudgeSettings`, `estimate`).
+The stages built on it (generate, judge, split, evaluate) live beside it, in `stages/`.
 """
 
 from engine.errors import ConfigError, FatalError, InputError, MalformedResponse, SkipRow

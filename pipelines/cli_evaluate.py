@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.evaluation.stage import EvaluateSettings, run_evaluate
-    from engine.generate import GenerateSettings
+    from stages.evaluate.stage import EvaluateSettings, run_evaluate
+    from stages.generate import GenerateSettings
 
     try:
         serve_url, serve_key = _endpoint(args)
@@ -109,8 +109,8 @@ def _estimate(args, settings, generate, judge, options, serve_key) -> int:  # no
     """Sample and pair (the free part: your own endpoint), then forecast judging the pairs in both orders."""
     import dataclasses
 
-    from engine.evaluation.stage import PAIRS_FILE, sample_and_pair
-    from engine.judge import estimate
+    from stages.evaluate.stage import PAIRS_FILE, sample_and_pair
+    from stages.judge import estimate
 
     _, pairing = asyncio.run(sample_and_pair(args.prompts, args.out, settings, generate, options,
                                              serve_api_key=serve_key))

@@ -14,7 +14,7 @@ from engine.errors import ConfigError
 from engine.options import RunOptions
 
 if TYPE_CHECKING:
-    from engine.judge.settings import JudgeSettings
+    from stages.judge.settings import JudgeSettings
 
 
 def _engine_flags(p: argparse.ArgumentParser, concurrency: int) -> None:
@@ -63,7 +63,7 @@ def _run(coro) -> int:  # noqa: ANN001 - a coroutine returning a StageSummary
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from engine.generate import GenerateSettings, run_generate
+    from stages.generate import GenerateSettings, run_generate
 
     try:
         if not (args.serve_url or os.environ.get("SERVE_URL")):
@@ -85,8 +85,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _judge_settings(args: argparse.Namespace) -> JudgeSettings:
-    from engine.judge.cost import Prices
-    from engine.judge.settings import JudgeSettings
+    from stages.judge.cost import Prices
+    from stages.judge.settings import JudgeSettings
 
     kwargs: dict = {}
     if args.judge_model:
@@ -116,7 +116,7 @@ def _judge_settings(args: argparse.Namespace) -> JudgeSettings:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from engine.judge import run_judge
+    from stages.judge import run_judge
 
     try:
         settings = _judge_settings(args)
@@ -150,7 +150,7 @@ def _report_highlights(out: Path) -> str:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from engine.judge import estimate
+    from stages.judge import estimate
 
     try:
         result = estimate(args.completions, _judge_settings(args), limit=args.limit)
@@ -167,7 +167,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from engine.split import split_preferences
+    from stages.split import split_preferences
 
     try:
         if args.preferences.is_dir():

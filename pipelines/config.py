@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.generate import GenerateSettings
 from engine.options import RunOptions
 from pipelines.zenml_home import REPO_ROOT
+from stages.generate import GenerateSettings
 from training.config import check_types
 from training.local_kit import DEFAULT_LOCAL_MODEL, check_local_model
 
@@ -144,13 +144,13 @@ class PipelineConfig:
     enable_cache: bool
     generate: GenerateSettings
     generate_run: RunOptions
-    judge: Any  # engine.judge.settings.JudgeSettings (imported lazily with the judge)
+    judge: Any  # stages.judge.settings.JudgeSettings (imported lazily with the judge)
     judge_run: RunOptions
     split: SplitSettings
     train: dict[str, Any]  # DPOTrainConfig overrides, already checked against DPOTrainConfig
     deploy: DeploySettings
     source: str  # the YAML file it came from
-    evaluate: Any = None  # engine.evaluation.stage.EvaluateSettings
+    evaluate: Any = None  # stages.evaluate.stage.EvaluateSettings
     evaluate_judge: Any = None  # JudgeSettings of the A/B judge (both orders are judged regardless)
     evaluate_prompts: Path | None = None  # None: the hold-out, else the split's val set
     holdout_fraction: float = 0.0  # share of the prompts never sampled nor trained on: the A/B's prompts
@@ -313,7 +313,7 @@ def _settings_and_options(cls: type, values: Mapping[str, Any], where: str) -> t
     settings = {k: v for k, v in values.items() if k in setting_names}
     options = {k: v for k, v in values.items() if k in option_names and k not in setting_names}
     if "prices" in settings and isinstance(settings["prices"], Mapping):
-        from engine.judge.cost import Prices
+        from stages.judge.cost import Prices
 
         settings["prices"] = build(Prices, settings["prices"], f"{where}.prices")
     elif settings.get("prices") is not None:
@@ -345,7 +345,7 @@ def _train_overrides(values: Mapping[str, Any], profile: str) -> dict[str, Any]:
 
 def _evaluate_section(values: Mapping[str, Any], judge: Any) -> tuple[Any, Any, Path | None]:
     """EvaluateSettings, the A/B judge's JudgeSettings (the judge section's, with overrides), the prompt file."""
-    from engine.evaluation.stage import EvaluateSettings
+    from stages.evaluate.stage import EvaluateSettings
 
     values = dict(values)
     extra = {k: values.pop(k) for k in list(values) if k in EVALUATE_EXTRA_HELP}
@@ -380,7 +380,7 @@ def _rounds_section(values: Mapping[str, Any]) -> RoundsSettings:
 
 
 def _judge_settings_class() -> type:
-    from engine.judge.settings import JudgeSettings
+    from stages.judge.settings import JudgeSettings
 
     return JudgeSettings
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from zenml import pipeline
 
-from engine.evaluation.stage import EvaluateSettings
-from engine.generate import GenerateSettings
-from engine.judge.settings import JudgeSettings
 from engine.rows import file_sha256
 from pipelines.config import PipelineConfig, SplitSettings
 from pipelines.sections import PromptSelection, RoundInputs
+from stages.evaluate.stage import EvaluateSettings
+from stages.generate import GenerateSettings
+from stages.judge.settings import JudgeSettings
 from steps import (
     add_arena_pairs,
     deploy_adapters,

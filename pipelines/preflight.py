@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from engine.generate import DEFAULT_SERVE_URL
 from infra.adapter_hash import FOLDER_CHARS
 from infra.names import ENV_VARS, NAMES
 from serving.startup import STARTUP_TIMEOUT
+from stages.generate import DEFAULT_SERVE_URL
 
 logger = logging.getLogger(__name__)
 

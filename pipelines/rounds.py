@@ -88,7 +88,7 @@ def check_rounds(cfg: PipelineConfig, settings: RoundsSettings) -> None:
 
 
 def _sample_side_rows(cfg: PipelineConfig) -> int:
-    from engine.split import held_out_line
+    from stages.split import held_out_line
 
     return sum(1 for line in cfg.prompts.read_bytes().splitlines()
                if line.strip() and not (cfg.holdout_fraction > 0 and held_out_line(line, cfg.holdout_fraction)))

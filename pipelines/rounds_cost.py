@@ -2,7 +2,7 @@
 
 A round's completions do not exist until it samples, so each is forecast on stand-in rows: the round's real
 prompts (its slice of the prompt file), each with `n` distinct completions of `max_tokens` tokens (the most the
-sampler may write), through the judge's own `estimate` (engine/judge/estimate.py: the same request builder and
+sampler may write), through the judge's own `estimate` (stages/judge/estimate.py: the same request builder and
 prices). The A/B is the same with two completions per held-out prompt, judged in both orders: once per round
 against SFT, and from round 2 once more against the previous round. `run --rounds K --estimate` prints it;
 `--max-cost X` refuses to start when the expected total is above X. A round already recorded as finished
@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-from engine.judge.estimate import CHARS_PER_TOKEN, estimate
 from engine.rows import BOM, Reject, parse_line, validate_prompt_row
 from pipelines.config import PipelineConfig, PipelineConfigError, RoundsSettings
+from stages.judge.estimate import CHARS_PER_TOKEN, estimate
 
 PROBLEMS_SHOWN = 20  # bad prompt lines named one by one; the rest counted
 
@@ -43,7 +43,7 @@ class RoundForecast:
 def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings,
                     recorded: Collection[int] = ()) -> list[RoundForecast]:
     """Each round's forecast; the rounds in `recorded` (finished before) cost nothing more."""
-    from engine.split import write_subset
+    from stages.split import write_subset
 
     _check_prompt_rows(cfg.prompts)
     out: list[RoundForecast] = []

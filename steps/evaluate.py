@@ -23,10 +23,10 @@ from typing import Annotated, Any
 
 from zenml import ArtifactConfig, log_metadata, step
 
-from engine.evaluation.stage import EvaluateSettings
-from engine.generate import GenerateSettings
-from engine.judge.settings import JudgeSettings
 from engine.rows import file_sha256
+from stages.evaluate.stage import EvaluateSettings
+from stages.generate import GenerateSettings
+from stages.judge.settings import JudgeSettings
 from steps.names import Artifact
 from steps.records import ABEval, AdapterRef, JsonlFile, ab_eval_metadata
 from steps.stage_io import log_summary, stage_dir
@@ -106,7 +106,7 @@ def decide(ab_eval: ABEval, target: Any, ops: Any) -> dict[str, Any]:
 async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, generate: GenerateSettings, judge: JudgeSettings,
                     settings: EvaluateSettings, target: TargetSpec, prompts_file: str | None,
                     previous: AdapterRef | None = None) -> ABEval:
-    from engine.evaluation.stage import run_evaluate
+    from stages.evaluate.stage import run_evaluate
     from steps.charts import training_curves, win_rate_chart
     from targets import current_operations, open_target
 

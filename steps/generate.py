@@ -1,4 +1,4 @@
-"""Step: sample n completions per prompt from the served SFT model (engine/generate.py), resumably."""
+"""Step: sample n completions per prompt from the served SFT model (stages/generate.py), resumably."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Annotated
 
 from zenml import ArtifactConfig, log_metadata, step
 
-from engine.generate import GenerateSettings
 from infra.names import NAMES
+from stages.generate import GenerateSettings
 from steps.names import Artifact
 from steps.records import AdapterRef, JsonlFile
 from steps.scratch import scratch_dir
@@ -44,9 +44,9 @@ async def generate_completions(
         settings = dataclasses.replace(settings, model=NAMES.dpo_model_name)
     out_dir = stage_dir(target.workdir, "generate", settings=settings.fingerprinted(), model=target.model_key,
                         **({"adapter": sample_adapter.sha256} if sample_adapter is not None else {}))
-    from engine.generate import run_generate
     from engine.rows import validate_prompt_row
     from engine.view import write_view
+    from stages.generate import run_generate
     from targets import current_operations, open_target
 
     ops = current_operations()

@@ -1,4 +1,4 @@
-"""Step: judge the completions into chosen/rejected pairs and a quality report (engine/judge.py), resumably."""
+"""Step: judge the completions into chosen/rejected pairs and a quality report (stages/judge.py), resumably."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 import orjson
 from zenml import ArtifactConfig, log_metadata, step
 
-from engine.judge.batch_state import batch_metadata
-from engine.judge.settings import JudgeSettings
+from stages.judge.batch_state import batch_metadata
+from stages.judge.settings import JudgeSettings
 from steps.names import Artifact
 from steps.records import JsonlFile, Report
 from steps.scratch import scratch_dir
@@ -37,9 +37,9 @@ async def judge_preferences(
     The API key is read from OPENAI_API_KEY by the engine, never passed through ZenML. How it runs
     (concurrency, retries, progress) comes from the run's `Operations` (targets/spec.py), in no cache key.
     """
-    from engine.judge import run_judge
-    from engine.judge.rows import validate_completions_row
     from engine.view import write_view
+    from stages.judge import run_judge
+    from stages.judge.rows import validate_completions_row
     from targets import current_operations
 
     out_dir = stage_dir(workdir, "judge", settings=settings.fingerprinted())

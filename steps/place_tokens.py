@@ -47,7 +47,8 @@ def deploy_token(spec: TargetSpec) -> str:
 
 def stamp_deploy(state_dir: Path, target: str, token: str) -> None:
     """Record that the deployment now in the record was put in place by a deploy step with `token`."""
-    from serving.deploy import load_record, write_json
+    from infra.atomic import write_json
+    from serving.records import load_record
 
     record = load_record(Path(state_dir), target)
     if record is not None:
@@ -70,7 +71,7 @@ def upload_token(spec: TargetSpec) -> str:
 
 def stamp_upload(workdir: Path, target: str, token: str, path: str) -> None:
     """Record that `path` was uploaded by an upload step with `token` (every such path stays checked)."""
-    from serving.deploy import write_json
+    from infra.atomic import write_json
 
     file = Path(workdir) / UPLOAD_TOKEN
     stamp = _read(file)

@@ -9,7 +9,7 @@ from typing import Annotated
 from zenml import ArtifactConfig, log_metadata, step
 
 from engine.rows import file_sha256
-from engine.split import write_subset
+from stages.split import write_subset
 from steps.names import Artifact
 from steps.records import JsonlFile
 from steps.scratch import scratch_dir
@@ -30,7 +30,7 @@ def select_prompts(
 ) -> Annotated[JsonlFile, ArtifactConfig(name=Artifact.PROMPTS)]:
     """Copy the first `limit` non-blank rows (all when None) of `prompts_file` into a versioned artifact.
 
-    With `holdout_fraction` > 0, a row whose prompt hashes below it (engine.split, salt "holdout-v1:") is held
+    With `holdout_fraction` > 0, a row whose prompt hashes below it (stages.split, salt "holdout-v1:") is held
     out: `side="sample"` skips it (before `limit` counts), `side="holdout"` keeps only such rows (the A/B's
     prompts, which no model was sampled or trained on). `prompts_sha256` is the file's hash taken when the run
     was launched: it makes the step's cache key follow the file's content, and a file edited mid-run is refused.

@@ -1,4 +1,4 @@
-"""Step: split the preference pairs into train and validation sets (engine/split.py, by prompt hash)."""
+"""Step: split the preference pairs into train and validation sets (stages/split.py, by prompt hash)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def split_dataset(
     Annotated[JsonlFile, ArtifactConfig(name=Artifact.VAL_SET)],
 ]:
     """Split by a hash of each prompt: stable as rows come and go, both pairs of a prompt on one side."""
-    from engine.split import split_preferences
+    from stages.split import split_preferences
 
     out_dir = scratch_dir("split-")  # removed once ZenML has stored train_set and val_set
     result = split_preferences(preferences.path, out_dir, val_fraction)
@@ -87,7 +87,7 @@ def join_arena_pairs(preferences: Path, votes: Path, out: Path, *, holdout_fract
     on a prompt the A/B evaluates on; returns (pairs joined, pairs left out, votes read)."""
     from arena.export import export_votes
     from engine.rows import prompt_id
-    from engine.split import HOLDOUT_SALT, split_value
+    from stages.split import HOLDOUT_SALT, split_value
 
     exported = export_votes(votes, scratch_dir("arena-"))
     judged_on: set[str] = set()

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from engine.generate import GenerateSettings
     from serving.records import DeployRecord
+    from stages.generate import GenerateSettings
     from steps.records import AdapterRef
     from targets.spec import Operations, TargetSpec
 

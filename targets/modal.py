@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from infra.names import NAMES
 
 if TYPE_CHECKING:
-    from engine.generate import GenerateSettings
     from serving.records import DeployRecord
+    from stages.generate import GenerateSettings
     from steps.records import AdapterRef
     from targets.spec import Operations, TargetSpec
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("engine", "steps", "pipelines", "training", "serving", "arena", "infra", "testserver", "tests")
+FIRST_PARTY = ("engine", "stages", "steps", "pipelines", "training", "serving", "arena", "infra", "testserver",
+               "targets", "tests")
 MODAL_CLIENT = "modal"  # Modal installs its client into every image
 
 

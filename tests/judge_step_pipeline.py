@@ -6,8 +6,8 @@ from pathlib import Path
 
 from zenml import pipeline, step
 
-from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
+from stages.judge.settings import JudgeSettings
 from steps import judge_preferences
 from steps.records import JsonlFile
 from targets.spec import Operations

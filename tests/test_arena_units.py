@@ -19,10 +19,10 @@ from arena.scenes import SAMPLE_PROMPTS, load_scenes
 from arena.votes import VoteLog
 from engine.client import make_client
 from engine.errors import ConfigError
-from engine.evaluation.winrate import WinRate
 from engine.rows import prompt_id
-from engine.split import split_preferences
 from pipelines.dpo import main
+from stages.evaluate.winrate import WinRate
+from stages.split import split_preferences
 from tests.arena_helpers import FakeEndpoint, read_lines
 from training.data import load_preference_rows
 

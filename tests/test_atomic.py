@@ -48,7 +48,7 @@ def test_a_private_file_is_readable_by_its_owner_only(tmp_path):
 def test_no_other_module_writes_files_atomically_on_its_own():
     """The rule kept: one writer. The checkpoint's supersede rewrites a file in a stream, its one other rename."""
     found = []
-    for package in ("engine", "steps", "pipelines", "training", "serving", "arena", "infra", "targets"):
+    for package in ("engine", "stages", "steps", "pipelines", "training", "serving", "arena", "infra", "targets"):
         for path in (ROOT / package).rglob("*.py"):
             for line in path.read_text().splitlines():
                 if "os.replace(" in line:

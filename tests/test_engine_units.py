@@ -382,8 +382,8 @@ def test_no_library_module_ends_the_process_itself():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    calls = [f"{path.relative_to(root)}" for package in ("engine", "steps", "pipelines", "training", "serving",
-                                                         "arena", "infra", "targets")
+    packages = ("engine", "stages", "steps", "pipelines", "training", "serving", "arena", "infra", "targets")
+    calls = [f"{path.relative_to(root)}" for package in packages
              for path in (root / package).rglob("*.py") if "os._exit(" in path.read_text()]
     assert calls == []
     from engine.errors import ExitNow

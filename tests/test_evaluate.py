@@ -15,11 +15,11 @@ import subprocess
 import orjson
 import pytest
 
-from engine.evaluation.stage import EvaluateSettings, run_evaluate
-from engine.evaluation.winrate import wilson_interval
-from engine.generate import GenerateSettings
-from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
+from stages.evaluate.stage import EvaluateSettings, run_evaluate
+from stages.evaluate.winrate import wilson_interval
+from stages.generate import GenerateSettings
+from stages.judge.settings import JudgeSettings
 from tests.helpers import ROOT, SAMPLE, cli, env, read_jsonl, wait_for_lines, write_prompts
 from testserver import start_server
 
@@ -236,7 +236,7 @@ def _judged_files(folder, n_pairs: int, won: int) -> tuple:
 # old tally called that a failed gate though 3 more pairs were still to judge (6 wins of 6: 0.61, a pass).
 @pytest.mark.parametrize("judged", [0, 3])
 def test_a_tally_over_a_partly_judged_set_is_no_verdict(tmp_path, judged):
-    from engine.evaluation.tally import render, tally
+    from stages.evaluate.tally import render, tally
 
     gated = EvaluateSettings(min_win_rate=0.5)
     judge, pairs = _judged_files(tmp_path, 6, judged)

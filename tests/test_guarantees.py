@@ -21,11 +21,11 @@ import os
 import orjson
 import pytest
 
-import engine.judge.filters as filters
+import stages.judge.filters as filters
 from engine.checkpoint import Checkpoint, fingerprint
 from engine.errors import ConfigError
-from engine.judge.filters import apply_min_confidence, passes
 from engine.rows import prompt_id
+from stages.judge.filters import apply_min_confidence, passes
 from tests.helpers import read_jsonl
 from tests.test_resume import judge, judged, rows, write
 from testserver import run_in_process
@@ -149,7 +149,7 @@ def test_results_of_another_stage_are_not_resumed(tmp_path):
 
 
 def test_a_new_judge_prompt_version_refuses_the_resume(tmp_path, monkeypatch):
-    import engine.judge.settings as judge_settings
+    import stages.judge.settings as judge_settings
 
     s = judge_settings.JudgeSettings(judge_model="gpt-5", judge_url="http://127.0.0.1:1/v1")
     old = fingerprint("judge", s.fingerprinted(), "x")
@@ -195,8 +195,8 @@ async def test_records_from_before_input_keys_count_as_done(tmp_path):
 
 
 async def test_a_view_keeps_rows_within_the_limit_and_one_record_per_row(tmp_path):
-    from engine.judge.rows import validate_completions_row
     from engine.view import write_view
+    from stages.judge.rows import validate_completions_row
 
     comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
     write(comp, rows(5))
@@ -240,8 +240,8 @@ async def test_a_batch_answer_for_a_row_changed_while_its_batch_ran_is_not_used(
     ranked the old completions, so using it would pair the new ones by the old verdict."""
     import asyncio
 
-    from engine.judge import run_judge
     from engine.options import RunOptions
+    from stages.judge import run_judge
     from tests.test_judge import FAST, marked, prompt
     from tests.test_judge import write as write_rows
     from tests.test_judge_batch import _until_submitted, batch, rows_by_id
@@ -268,8 +268,8 @@ async def test_a_batch_answer_for_a_row_changed_while_its_batch_ran_is_not_used(
 
 
 def _batch_helpers():
-    from engine.judge import run_judge
     from engine.options import RunOptions
+    from stages.judge import run_judge
     from tests.test_judge import FAST, marked, prompt
     from tests.test_judge import write as write_rows
     from tests.test_judge_batch import batch, rows_by_id
@@ -286,7 +286,7 @@ async def test_a_kill_right_after_batches_create_submits_no_second_batch(tmp_pat
     finds the batch by that file id instead of uploading and paying for the chunk again."""
     import shutil
 
-    from engine.judge.batch_state import Chunk
+    from stages.judge.batch_state import Chunk
 
     run_judge, RunOptions, FAST, marked, prompt, write_rows, batch, rows_by_id = _batch_helpers()
     comp, out, killed = tmp_path / "c.jsonl", tmp_path / "b", tmp_path / "killed"
@@ -311,7 +311,7 @@ async def test_a_kill_right_after_batches_create_submits_no_second_batch(tmp_pat
 
 async def test_max_cost_in_batch_mode_with_swap_check_counts_each_order_as_half_a_row(tmp_path):
     """The forecast is per row (both orders with --swap-check): the cap admits twice as many requests as rows."""
-    from engine.judge.cost import Prices
+    from stages.judge.cost import Prices
 
     run_judge, RunOptions, FAST, marked, prompt, write_rows, batch, rows_by_id = _batch_helpers()
     comp = tmp_path / "c.jsonl"
@@ -343,7 +343,7 @@ async def test_a_batch_answer_cut_at_the_token_cap_fails_its_row_instead_of_retr
 
 async def test_a_collected_batch_is_marked_so_only_after_its_records_are_fsynced(tmp_path, monkeypatch):
     from engine.checkpoint import Writer
-    from engine.judge.batch_state import BatchState
+    from stages.judge.batch_state import BatchState
 
     run_judge, RunOptions, FAST, marked, prompt, write_rows, batch, rows_by_id = _batch_helpers()
     comp = tmp_path / "c.jsonl"
@@ -381,7 +381,7 @@ async def test_a_collected_batch_is_marked_so_only_after_its_records_are_fsynced
 async def test_finish_live_does_not_start_while_a_batch_is_not_collected(tmp_path, monkeypatch):
     """A batch run that stopped with a batch still open (here: the Batch API failing while polling) leaves its rows
     to the next batch run: --finish-live judging them live would pay for them twice."""
-    from engine.judge.batch_run import BatchApiError, BatchRun
+    from stages.judge.batch_run import BatchApiError, BatchRun
 
     run_judge, RunOptions, FAST, marked, prompt, write_rows, batch, rows_by_id = _batch_helpers()
     comp, out = tmp_path / "c.jsonl", tmp_path / "b"

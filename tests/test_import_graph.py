@@ -1,7 +1,7 @@
 """No import circles between the project's modules (issue 20): counted over every import statement, lazy ones inside
 functions and `TYPE_CHECKING` blocks included, since each says one module builds on another. A new circle fails
 here naming its modules; break it by moving the shared part into a module both import, or the dispatch one
-level up (engine/judge/run.py, engine/output.py's StageInfo, testserver's FaultOptions and BatchHost)."""
+level up (stages/judge/run.py, engine/output.py's StageInfo, testserver's FaultOptions and BatchHost)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.containers import imports_of
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "steps", "pipelines", "training", "serving", "arena", "infra", "testserver", "targets")
+PACKAGES = ("engine", "stages", "steps", "pipelines", "training", "serving", "arena", "infra", "testserver", "targets")
 
 
 def modules() -> dict[str, Path]:
@@ -73,7 +73,7 @@ def test_no_module_imports_one_that_imports_it_back():
 def test_the_check_sees_a_circle_through_a_lazy_import():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
-    known = {"engine.judge.stage": ROOT / "engine/judge/stage.py", "engine.judge.batch": ROOT / "engine/judge/batch.py"}
-    lazy = ROOT / "engine" / "judge" / "stage.py"
-    assert "engine.judge.batch" not in imported("engine.judge.stage", lazy, known)
-    assert "engine.judge.stage" in imported("engine.judge.batch", known["engine.judge.batch"], known)
+    known = {"stages.judge.stage": ROOT / "stages/judge/stage.py", "stages.judge.batch": ROOT / "stages/judge/batch.py"}
+    lazy = ROOT / "stages" / "judge" / "stage.py"
+    assert "stages.judge.batch" not in imported("stages.judge.stage", lazy, known)
+    assert "stages.judge.stage" in imported("stages.judge.batch", known["stages.judge.batch"], known)

@@ -10,11 +10,11 @@ import subprocess
 import orjson
 import pytest
 
-from engine.judge import JudgeSettings, run_judge
-from engine.judge.cost import Prices
-from engine.judge.rows import validate_completions_row
 from engine.options import RunOptions
 from engine.rows import prompt_id, row_key
+from stages.judge import JudgeSettings, run_judge
+from stages.judge.cost import Prices
+from stages.judge.rows import validate_completions_row
 from tests.helpers import ROOT, cli, env, read_jsonl, wait_for_lines
 from testserver import AVOID_MARKER, PREFER_MARKER, run_in_process, start_server
 

@@ -12,10 +12,10 @@ import time
 import orjson
 import pytest
 
-from engine.judge import JudgeSettings, estimate, run_judge
-from engine.judge.batch_state import batch_metadata
-from engine.judge.cost import Prices
 from engine.options import RunOptions
+from stages.judge import JudgeSettings, estimate, run_judge
+from stages.judge.batch_state import batch_metadata
+from stages.judge.cost import Prices
 from tests.helpers import ROOT, cli, env, read_jsonl
 from tests.test_judge import FAST, marked, prompt, settings, write
 from testserver import run_in_process, start_server
@@ -353,9 +353,9 @@ async def test_finish_live_with_swap_check_sends_only_the_order_the_batch_did_no
 
 async def test_a_judgement_in_hand_is_not_asked_again(tmp_path):
     from engine.client import make_client
-    from engine.judge import JudgeStage
-    from engine.judge.stage import Judgement
     from engine.runner import run_stage
+    from stages.judge import JudgeStage
+    from stages.judge.stage import Judgement
 
     class FirstOrderInHand(JudgeStage):  # as --finish-live does with the order a batch answered
         def judgements_in_hand(self, row, order, usage):
@@ -511,8 +511,8 @@ async def test_a_second_ctrl_c_while_collecting_then_collecting_again_counts_eac
     import shutil
 
     from engine.errors import ExitNow
-    from engine.judge.batch_collect import Collector
-    from engine.judge.batch_run import BatchRun
+    from stages.judge.batch_collect import Collector
+    from stages.judge.batch_run import BatchRun
 
     tags = ["OK0", "E500", "OK2", "OK3"]
     comp = tmp_path / "c.jsonl"

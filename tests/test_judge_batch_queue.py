@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from engine.errors import ConfigError
-from engine.judge import JudgeSettings, estimate, run_judge
 from engine.options import RunOptions
+from stages.judge import JudgeSettings, estimate, run_judge
 from tests.helpers import read_jsonl
 from tests.test_judge import FAST, marked, prompt, write
 from tests.test_judge_batch import _until_submitted, batch, rows_by_id

@@ -8,13 +8,13 @@ import orjson
 import pytest
 
 from engine.errors import ConfigError, MalformedResponse
-from engine.judge import JudgeSettings, estimate
-from engine.judge.answer import CUT_BY_LENGTH, parse_verdict, read_answer
-from engine.judge.cost import Prices, known_prices
-from engine.judge.prompt import RUBRIC, build_messages, label, prepare_candidates, response_format, shown_order
-from engine.judge.reference import rank_by_reference
-from engine.judge.report import chi2_sf
 from engine.rows import prompt_id
+from stages.judge import JudgeSettings, estimate
+from stages.judge.answer import CUT_BY_LENGTH, parse_verdict, read_answer
+from stages.judge.cost import Prices, known_prices
+from stages.judge.prompt import RUBRIC, build_messages, label, prepare_candidates, response_format, shown_order
+from stages.judge.reference import rank_by_reference
+from stages.judge.report import chi2_sf
 from testserver import COMPLETION_PATTERN
 
 BLOCKS = re.compile(COMPLETION_PATTERN, re.DOTALL)
@@ -167,8 +167,8 @@ def test_another_judge_model_takes_the_api_s_efforts_and_estimate_has_a_guess_fo
     assert JudgeSettings(judge_model="my-llama", prices=free, reasoning_effort="none").reasoning_effort == "none"
     with pytest.raises(ConfigError, match="reasoning_effort must be one of .* for judge model 'my-llama'"):
         JudgeSettings(judge_model="my-llama", prices=free, reasoning_effort="extreme")
-    from engine.judge.estimate import REASONING_GUESS
-    from engine.judge.settings import MODEL_EFFORTS, REASONING_EFFORTS
+    from stages.judge.estimate import REASONING_GUESS
+    from stages.judge.settings import MODEL_EFFORTS, REASONING_EFFORTS
 
     accepted = set(REASONING_EFFORTS).union(*MODEL_EFFORTS.values())
     assert accepted <= set(REASONING_GUESS)  # `estimate` never meets an effort it has no guess for
@@ -244,9 +244,9 @@ def test_chi_square_tail_matches_the_tables():
 
 async def test_an_api_key_echoed_by_a_proxy_is_scrubbed_from_error_records_and_the_stop_reason():
     from engine.errors import FatalError
-    from engine.judge import JudgeStage
     from engine.rows import Row
     from engine.summary import Counters
+    from stages.judge import JudgeStage
 
     secret = "sk-test-ECHOED-1234567890"
 
@@ -277,8 +277,8 @@ def test_estimate_reads_a_bom_first_row_refuses_a_folder_and_prices_paid_rows(tm
 
 def test_no_batch_input_file_reaches_the_api_s_200_mb():
     """The Batch API takes at most 200 MB per input file: 200,000,000 bytes, not 200 MiB (NOTES)."""
-    from engine.judge.batch_chunks import Packer
-    from engine.judge.settings import BATCH_MAX_BYTES
+    from stages.judge.batch_chunks import Packer
+    from stages.judge.settings import BATCH_MAX_BYTES
 
     api_limit = 200_000_000
     s = JudgeSettings()

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from engine.errors import ConfigError
-from engine.split import split_preferences
+from stages.split import split_preferences
 from training.data import load_preference_rows
 from training.errors import TrainingInputError
 

@@ -76,7 +76,8 @@ def cpu_overrides() -> dict:
 
 TRAIN_IN_REPLICA = """
 import importlib.util, json, sys
-outside = [name for name in ("engine", "pipelines", "steps", "serving", "tests") if importlib.util.find_spec(name)]
+outside = [name for name in ("engine", "stages", "pipelines", "steps", "serving", "tests")
+           if importlib.util.find_spec(name)]
 import training.modal_app as app
 commits = []
 app.volume.commit = lambda: commits.append(len(commits))  # the volume is the bind-mounted folder: nothing to send
@@ -125,7 +126,8 @@ def test_check_run_and_train_run_from_the_mounted_sources_and_the_images_package
 
 SERVE_IN_REPLICA = """
 import importlib.util, json
-outside = [name for name in ("engine", "pipelines", "steps", "training", "tests") if importlib.util.find_spec(name)]
+outside = [name for name in ("engine", "stages", "pipelines", "steps", "training", "tests")
+           if importlib.util.find_spec(name)]
 import serving.modal_app as app
 described = app.describe_adapters.local()
 started = []

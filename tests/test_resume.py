@@ -15,10 +15,10 @@ import pytest
 
 from engine.checkpoint import Checkpoint, fingerprint
 from engine.errors import ConfigError
-from engine.generate import GenerateSettings, GenerateStage
-from engine.judge import JudgeSettings, JudgeStage, run_judge
 from engine.options import RunOptions
 from engine.rows import prompt_id
+from stages.generate import GenerateSettings, GenerateStage
+from stages.judge import JudgeSettings, JudgeStage, run_judge
 from tests.helpers import read_jsonl
 from testserver import AVOID_MARKER, PREFER_MARKER, run_in_process
 
@@ -118,7 +118,7 @@ async def test_min_confidence_is_a_filter_on_pairs_in_hand_no_request_to_change_
 def test_a_kill_between_the_two_rewrites_is_resolved_next_run(tmp_path):
     """The filter writes the gaining file first: a kill then leaves a pair in both files; the next re-sort
     leaves it in exactly one."""
-    from engine.judge.filters import apply_min_confidence
+    from stages.judge.filters import apply_min_confidence
 
     ck = Checkpoint(tmp_path, "preferences")
     pair = {"id": "aa", "input": "k", "prompt": "p", "chosen": "c", "rejected": "r", "judge": {"confidence": 2}}
@@ -178,9 +178,9 @@ def test_judge_resume_refused_exactly_for_result_settings(change, refused):
 
 async def test_a_view_holds_exactly_the_records_made_from_this_inputs_rows(tmp_path):
     """What a pipeline step hands on from a checkpoint shared across inputs (engine/view.py)."""
-    from engine.judge.rows import validate_completions_row
     from engine.rows import row_key
     from engine.view import write_view
+    from stages.judge.rows import validate_completions_row
 
     comp, out = tmp_path / "completions.jsonl", tmp_path / "j"
     write(comp, rows(6))
@@ -248,7 +248,7 @@ def test_a_folder_holding_only_skipped_rows_is_checked_like_any_other(tmp_path):
 def test_a_filter_moving_pairs_both_ways_ends_with_each_pair_in_one_file(tmp_path):
     """Not reachable from a consistent folder (one threshold moves pairs one way), but an edited one may hold
     a result below the threshold and a low-confidence skip above it: each ends where the threshold says."""
-    from engine.judge.filters import apply_min_confidence
+    from stages.judge.filters import apply_min_confidence
 
     ck = Checkpoint(tmp_path, "preferences")
 
@@ -263,8 +263,8 @@ def test_a_filter_moving_pairs_both_ways_ends_with_each_pair_in_one_file(tmp_pat
 
 
 async def test_a_view_counts_a_record_from_before_input_keys_as_resume_does(tmp_path):
-    from engine.judge.rows import validate_completions_row
     from engine.view import write_view
+    from stages.judge.rows import validate_completions_row
 
     comp, results = tmp_path / "completions.jsonl", tmp_path / "preferences.jsonl"
     write(comp, rows(2))

@@ -123,7 +123,7 @@ def test_the_forecast_covers_every_round_before_anything_is_paid(tmp_path):
     from pipelines.rounds_cost import forecast_rounds, render_forecast
 
     cfg = load_config(rounds=3, limit=30)
-    from engine.judge.cost import Prices
+    from stages.judge.cost import Prices
 
     judge = dataclasses.replace(cfg.judge, backend="openai", judge_model="gpt-5", prices=Prices(1.25, 0.125, 10.0))
     paid = dataclasses.replace(cfg, judge=judge, evaluate_judge=judge)
@@ -160,7 +160,7 @@ def test_run_with_max_cost_below_the_forecast_refuses_to_start(tmp_path, capsys)
 
 def test_arena_votes_join_the_pairs_marked_by_source_and_never_on_the_prompts_the_ab_evaluates(tmp_path):
     from engine.rows import prompt_id
-    from engine.split import HOLDOUT_SALT, split_value
+    from stages.split import HOLDOUT_SALT, split_value
     from steps.split import join_arena_pairs
     from tests.test_arena_units import vote, write_votes
 

@@ -86,8 +86,8 @@ def test_unknown_model_is_a_404(client):
 
 async def test_generate_stage_samples_three_per_prompt(local_vllm, tmp_path):
     """The generate stage's engine against the real server: n=3 per prompt, every prompt done."""
-    from engine.generate import GenerateSettings, run_generate
     from engine.options import RunOptions
+    from stages.generate import GenerateSettings, run_generate
 
     prompts = tmp_path / "prompts.jsonl"
     lines = (ROOT / "data" / "sample" / "prompts.jsonl").read_text().splitlines()[:5]

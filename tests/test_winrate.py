@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.evaluation.winrate import WinRate, wilson_interval
+from stages.evaluate.winrate import WinRate, wilson_interval
 
 
 def test_wilson_matches_published_values():

@@ -13,7 +13,7 @@ class Packed:
     lines: list[bytes] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)
     size: int = 0  # bytes: the file written is exactly the lines joined
-    tokens: int = 0  # input tokens of its requests (engine/judge/estimate.py: request_tokens)
+    tokens: int = 0  # input tokens of its requests (stages/judge/estimate.py: request_tokens)
 
 
 class Packer:

@@ -9,7 +9,7 @@ each completion, over its non-empty lines:
 - assistant talk: -0.5 when the text talks about the task instead of writing it ("Sure! Here is a scene...",
   "I hope this helps", "As an AI").
 The total ranks the candidates; equal totals are broken by similarity to the row's reference completion
-(engine/judge/reference.py), and candidates equal on both keep their shown order (a tie in the A/B).
+(stages/judge/reference.py), and candidates equal on both keep their shown order (a tie in the A/B).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.judge.reference import features, similarity
+from stages.judge.reference import features, similarity
 
 CHARACTERS = frozenset({
     "JERRY", "GEORGE", "ELAINE", "KRAMER", "NEWMAN", "FRANK", "ESTELLE", "PUDDY", "JACKIE", "MORTY", "HELEN",

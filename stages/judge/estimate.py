@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 
 from engine.errors import ConfigError
-from engine.judge.cost import BATCH_DISCOUNT
-from engine.judge.prompt import build_messages, prepare_candidates, response_format, shown_order
-from engine.judge.rows import validate_completions_row
-from engine.judge.settings import JudgeSettings
 from engine.rows import BOM, Reject, check_input_file, parse_line
+from stages.judge.cost import BATCH_DISCOUNT
+from stages.judge.prompt import build_messages, prepare_candidates, response_format, shown_order
+from stages.judge.rows import validate_completions_row
+from stages.judge.settings import JudgeSettings
 
 # Measured with o200k_base on the real SFT validation set's judge requests: 3.99 characters per token overall,
 # 4.44 on the rubric's prose (the shared, cacheable prefix).

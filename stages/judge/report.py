@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from engine.checkpoint import atomic_write, read_records
-from engine.judge.cost import BATCH_DISCOUNT
+from stages.judge.cost import BATCH_DISCOUNT
 
 FILTER_REASONS = ("low_confidence", "swap_disagreement")
 MAIN_CHARACTERS = ("JERRY", "GEORGE", "ELAINE", "KRAMER")

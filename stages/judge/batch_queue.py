@@ -15,8 +15,8 @@ import time
 
 from openai.types import Batch
 
-from engine.judge.batch_state import BatchState, Chunk
 from engine.retry import Backoff
+from stages.judge.batch_state import BatchState, Chunk
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
 REQUEUE_DOUBLINGS = 5  # the wait after a refusal doubles up to 2**5 = 32 times the first

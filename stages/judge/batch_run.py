@@ -23,12 +23,6 @@ import openai
 
 from engine.checkpoint import Writer
 from engine.errors import ExitNow
-from engine.judge.batch_collect import Collector
-from engine.judge.batch_queue import Queue, refused_for_queue
-from engine.judge.batch_state import BatchState, Chunk, row_of
-from engine.judge.batch_submit import BatchSubmitter
-from engine.judge.cost import BATCH_DISCOUNT
-from engine.judge.stage import JudgeStage
 from engine.options import RunOptions
 from engine.output import Duplicate, rows_in_scope
 from engine.progress import _duration
@@ -36,6 +30,12 @@ from engine.retry import Backoff, classify
 from engine.rows import Reject, Row
 from engine.runner import install_signals
 from engine.summary import Counters, StageSummary
+from stages.judge.batch_collect import Collector
+from stages.judge.batch_queue import Queue, refused_for_queue
+from stages.judge.batch_state import BatchState, Chunk, row_of
+from stages.judge.batch_submit import BatchSubmitter
+from stages.judge.cost import BATCH_DISCOUNT
+from stages.judge.stage import JudgeStage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -3,14 +3,14 @@
 1. sample: each prompt once from the baseline ("seinfeld") and once from the challenger ("seinfeld-dpo"),
    with the same settings and seed: the generate stage, twice (resumable, rate-limited, same records);
 2. pair: each prompt both answered becomes `{prompt, reference, completions: [baseline, challenger]}`;
-   a prompt a model answered only blank after its resamples (engine.generate.EMPTY_ANSWERS: the same seeds
+   a prompt a model answered only blank after its resamples (stages.generate.EMPTY_ANSWERS: the same seeds
    draw the same blanks on a rerun) is final, never asked again, and becomes a forfeit in forfeits.jsonl,
    decided without the judge: a loss for the model that could not answer, a tie when neither could;
 3. judge: the judge stage with the swap check on, so every pair is judged in both orders (A/B and B/A);
    resume, --max-cost, bad input and error records are the judge stage's own. It starts once every prompt
    is final for both models, answered or forfeited (the judge resumes only against an unchanged input file);
    a prompt that failed otherwise (HTTP error, timeout) waits for a rerun, which asks again;
-4. tally (engine/evaluation/tally.py): a win or a loss only when both orders agree, else a tie; forfeits count.
+4. tally (stages/evaluate/tally.py): a win or a loss only when both orders agree, else a tie; forfeits count.
    Only a complete tally (every prompt final for both models, every pair judged) is a verdict: an interrupted
    or failed-in-part run leaves `complete` False and `passed` None, and a rerun resumes, then decides.
 """
@@ -28,12 +28,12 @@ import orjson
 
 from engine.checkpoint import atomic_write, read_records
 from engine.errors import ConfigError
-from engine.evaluation.tally import EvalResult, tally, write_result
-from engine.generate import EMPTY_ANSWERS, GenerateSettings, run_generate
-from engine.judge import run_judge
-from engine.judge.settings import JudgeSettings
 from engine.options import RunOptions
 from engine.summary import StageSummary
+from stages.evaluate.tally import EvalResult, tally, write_result
+from stages.generate import EMPTY_ANSWERS, GenerateSettings, run_generate
+from stages.judge import run_judge
+from stages.judge.settings import JudgeSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The offline reference judge's tie-break: similarity to the row's reference completion.
 
-The offline judge ranks by a format rubric (engine/judge/rubric.py) and breaks equal totals with this
+The offline judge ranks by a format rubric (stages/judge/rubric.py) and breaks equal totals with this
 similarity. Deterministic and free, for CI and the local profile: every row it writes says
 `"backend": "reference"`.
 
@@ -13,7 +13,7 @@ import math
 import re
 from collections import Counter
 
-# The judge is the rubric (engine/judge/rubric.py), this its tie-break. v2: a script line's text is dialogue (no
+# The judge is the rubric (stages/judge/rubric.py), this its tie-break. v2: a script line's text is dialogue (no
 # `[...]` tag spam, one speaker per line), after v1's rewarded DPO for lines like "[KRAMER] [ELAINE] [[ELAINE]".
 REFERENCE_MODEL = "reference-rubric-v2"
 _WORD = re.compile(r"[a-z0-9']+")

@@ -6,6 +6,6 @@
 - `winrate`: the win rate with its 95% Wilson score interval (the arena's tally uses it too).
 """
 
-from engine.evaluation.stage import EvaluateSettings, run_evaluate
+from stages.evaluate.stage import EvaluateSettings, run_evaluate
 
 __all__ = ["EvaluateSettings", "run_evaluate"]

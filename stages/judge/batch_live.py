@@ -16,18 +16,18 @@ from typing import Any
 from engine.checkpoint import Checkpoint
 from engine.client import check_endpoint, make_client
 from engine.errors import SkipRow
-from engine.judge.batch_collect import held_judgement
-from engine.judge.batch_state import BatchState, custom_id, state_path
-from engine.judge.cost import RowUsage
-from engine.judge.prompt import Candidates
-from engine.judge.report import write_report
-from engine.judge.settings import JudgeSettings
-from engine.judge.stage import Judgement, JudgeStage, max_cost_prior
 from engine.options import RunOptions
 from engine.output import write_summary
 from engine.rows import Row
 from engine.runner import run_stage
 from engine.summary import Counters, StageSummary
+from stages.judge.batch_collect import held_judgement
+from stages.judge.batch_state import BatchState, custom_id, state_path
+from stages.judge.cost import RowUsage
+from stages.judge.prompt import Candidates
+from stages.judge.report import write_report
+from stages.judge.settings import JudgeSettings
+from stages.judge.stage import Judgement, JudgeStage, max_cost_prior
 
 log = logging.getLogger(__name__)
 

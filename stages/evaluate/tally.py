@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import atomic_write, read_records
-from engine.evaluation.winrate import WinRate
+from stages.evaluate.winrate import WinRate
 
 CHALLENGER = 1  # index of the challenger's text in a pair's completions (the baseline is 0)
 FORFEIT_SIDES = ("baseline", "challenger", "both")  # who could not answer, as forfeits.jsonl says
@@ -40,7 +40,7 @@ class EvalResult:
     losses: int
     ties: int
     ties_by_reason: dict[str, int]
-    win_rate: dict[str, Any]  # engine.evaluation.winrate.WinRate.to_dict()
+    win_rate: dict[str, Any]  # stages.evaluate.winrate.WinRate.to_dict()
     order_agreement: float | None  # share of pairs where both orders gave the same verdict
     mean_chars: dict[str, float | None]  # baseline, challenger, winner, loser (decided pairs)
     longer_wins: float | None  # share of decided pairs won by the longer text (length bias)

@@ -23,12 +23,16 @@ from engine.chat import post_chat, usage_of
 from engine.checkpoint import Checkpoint
 from engine.client import check_endpoint, make_client
 from engine.errors import ConfigError, FatalError, SkipRow
-from engine.judge.answer import Verdict, read_answer
-from engine.judge.batch_state import uncollected_batches
-from engine.judge.cost import RowUsage
-from engine.judge.estimate import Estimate, estimate
-from engine.judge.filters import LOW_CONFIDENCE, apply_min_confidence, low_confidence_detail, passes
-from engine.judge.prompt import (
+from engine.options import RunOptions
+from engine.rows import Row, check_input_file
+from engine.runner import RowContext, run_stage
+from engine.summary import Counters, StageSummary
+from stages.judge.answer import Verdict, read_answer
+from stages.judge.batch_state import uncollected_batches
+from stages.judge.cost import RowUsage
+from stages.judge.estimate import Estimate, estimate
+from stages.judge.filters import LOW_CONFIDENCE, apply_min_confidence, low_confidence_detail, passes
+from stages.judge.prompt import (
     PROMPT_VERSION,
     Candidates,
     build_messages,
@@ -37,15 +41,11 @@ from engine.judge.prompt import (
     response_format,
     shown_order,
 )
-from engine.judge.reference import confidence_from_gap
-from engine.judge.report import write_report
-from engine.judge.rows import validate_completions_row
-from engine.judge.rubric import rank_by_rubric
-from engine.judge.settings import JudgeSettings
-from engine.options import RunOptions
-from engine.rows import Row, check_input_file
-from engine.runner import RowContext, run_stage
-from engine.summary import Counters, StageSummary
+from stages.judge.reference import confidence_from_gap
+from stages.judge.report import write_report
+from stages.judge.rows import validate_completions_row
+from stages.judge.rubric import rank_by_rubric
+from stages.judge.settings import JudgeSettings
 
 __all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge_live"]
 
@@ -193,7 +193,7 @@ class JudgeStage:
     ) -> tuple[Judgement | None, Judgement | None]:
         """The hook for a verdict already in hand: (first order, reversed order) judged before this stage ran, each
         None to ask the judge. A stage that returns one adds what it cost to `usage`. The live judge has none;
-        --finish-live returns the --swap-check orders its batches answered (engine/judge/batch_live.py)."""
+        --finish-live returns the --swap-check orders its batches answered (stages/judge/batch_live.py)."""
         return None, None
 
     def candidates(self, row: Row) -> tuple[Candidates, dict[str, list[int]], list[int]]:
@@ -416,7 +416,7 @@ async def run_judge_live(
     resume_command: str | None = None,
 ) -> StageSummary:
     """Judge out_dir/preferences.jsonl from a completions file live, one request per row (resumable); writes
-    report.json and report.md. `engine.judge.run_judge` dispatches here or to the Batch API mode."""
+    report.json and report.md. `stages.judge.run_judge` dispatches here or to the Batch API mode."""
     check_input_file(completions, "--completions")
     pending = uncollected_batches(out_dir, JudgeStage.output_name)
     if pending:

@@ -1,4 +1,4 @@
-"""The submitting half of a `judge --mode batch` run (mixed into BatchRun, engine/judge/batch_run.py): each round
+"""The submitting half of a `judge --mode batch` run (mixed into BatchRun, stages/judge/batch_run.py): each round
 writes this round's chunk files within --max-cost (forecast at batch prices before anything is sent), uploads
 them and creates batches while the queue has room for their tokens (batch_queue.py). Every file id and batch id
 is recorded in the state the moment it exists, so a rerun never submits a chunk twice: a batch id lost to a kill
@@ -18,12 +18,12 @@ from openai.types import Batch
 
 from engine.checkpoint import atomic_write
 from engine.errors import FatalError, SkipRow
-from engine.judge.batch_chunks import Packer
-from engine.judge.batch_state import Chunk, custom_id
-from engine.judge.estimate import request_tokens
 from engine.rows import Row
+from stages.judge.batch_chunks import Packer
+from stages.judge.batch_state import Chunk, custom_id
+from stages.judge.estimate import request_tokens
 
-log = logging.getLogger("engine.judge.batch_run")  # one logger for the run's lines, as before the split
+log = logging.getLogger("stages.judge.batch_run")  # one logger for the run's lines, as before the split
 ENDPOINT = "/v1/chat/completions"
 
 

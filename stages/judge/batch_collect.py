@@ -17,15 +17,15 @@ import orjson
 
 from engine.checkpoint import Writer, atomic_write
 from engine.errors import FatalError, MalformedResponse, SkipRow
-from engine.judge.answer import CUT_BY_LENGTH, Verdict, read_answer
-from engine.judge.batch_state import BatchState, Chunk, custom_id, row_of
-from engine.judge.cost import RowUsage
-from engine.judge.prompt import label
-from engine.judge.stage import Judgement, JudgeStage, judgement
 from engine.options import RunOptions
 from engine.retry import RETRYABLE_STATUS
 from engine.rows import Row
 from engine.summary import Counters
+from stages.judge.answer import CUT_BY_LENGTH, Verdict, read_answer
+from stages.judge.batch_state import BatchState, Chunk, custom_id, row_of
+from stages.judge.cost import RowUsage
+from stages.judge.prompt import label
+from stages.judge.stage import Judgement, JudgeStage, judgement
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.judge.cost import FREE, Prices, base_model, known_prices
-from engine.judge.prompt import PROMPT_VERSION
-from engine.judge.reference import REFERENCE_MODEL
+from stages.judge.cost import FREE, Prices, base_model, known_prices
+from stages.judge.prompt import PROMPT_VERSION
+from stages.judge.reference import REFERENCE_MODEL
 
 BACKENDS = ("openai", "reference")
 # The reasoning_effort values each judge model takes (a dated snapshot as its model): GPT-5 takes minimal, low,
@@ -83,7 +83,7 @@ class JudgeSettings:
     mode: str = field(
         default="live",
         metadata={"help": "live: one request per row as rows come; batch: OpenAI's Batch API (half price, "
-                          "answers within 24 h; engine/judge/batch.py)"},
+                          "answers within 24 h; stages/judge/batch.py)"},
     )
     finish_live: bool = field(
         default=False, metadata={"help": "batch mode: rows the first batch round leaves undone are judged live"}

@@ -9,9 +9,9 @@ rows): each row's completions are ranked and the best and worst kept as a prefer
 - `rubric`: the offline judge; `reference`: its tie-break (similarity); `rows`: the row check; `report`: report.md.
 """
 
-from engine.judge.estimate import Estimate, estimate
-from engine.judge.run import run_judge
-from engine.judge.settings import JudgeSettings
-from engine.judge.stage import JudgeStage
+from stages.judge.estimate import Estimate, estimate
+from stages.judge.run import run_judge
+from stages.judge.settings import JudgeSettings
+from stages.judge.stage import JudgeStage
 
 __all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge"]

@@ -3,7 +3,7 @@
     rows -> request lines (custom_id = row id) -> chunk files (<= 50,000 lines, < 200 MB) -> upload -> batch
          <- results / skipped / errors <- JudgeStage reads each answer as live mode does <- output files <- poll
 
-Every request body, answer check, price and record comes from `JudgeStage` (engine/judge/stage.py), so a
+Every request body, answer check, price and record comes from `JudgeStage` (stages/judge/stage.py), so a
 batch answer becomes exactly the row live mode would write. The modules:
 
 - batch.py (this one): the entry point; starting or resuming a folder as the runner starts a stage.
@@ -23,16 +23,16 @@ from pathlib import Path
 import openai
 
 from engine.client import check_endpoint, make_client
-from engine.judge.batch_live import finish_live
-from engine.judge.batch_run import BatchRun
-from engine.judge.batch_state import BatchState, state_path
-from engine.judge.report import write_report
-from engine.judge.settings import JudgeSettings
-from engine.judge.stage import JudgeStage, judge_api_key, max_cost_prior
 from engine.options import RunOptions
 from engine.output import open_output
 from engine.rows import check_input_file
 from engine.summary import StageSummary
+from stages.judge.batch_live import finish_live
+from stages.judge.batch_run import BatchRun
+from stages.judge.batch_state import BatchState, state_path
+from stages.judge.report import write_report
+from stages.judge.settings import JudgeSettings
+from stages.judge.stage import JudgeStage, judge_api_key, max_cost_prior
 
 log = logging.getLogger(__name__)
 
