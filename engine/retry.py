@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import openai
 
 from engine.client import refused
 from engine.errors import FatalError, MalformedResponse
+
+T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Answers no other row will escape (a rejected key, a forbidden or unknown model): the run stops at once.
@@ -120,3 +124,46 @@ class Backoff:
             return min(retry_after_s, self.max_retry_after_s)
         ceiling = min(self.cap_s, self.base_s * (2 ** (attempt - 1)))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    max_attempts: int,
+    backoff: Backoff,
+    interrupt: asyncio.Event,
+    give_up: Callable[[Decision, int], BaseException],
+    max_malformed: int | None = None,
+    before_attempt: Callable[[int], Awaitable[None]] | None = None,
+    on_failure: Callable[[Decision, bool], None] | None = None,
+) -> T:
+    """`call()` under the retry policy, the one loop the live requests (engine/runner.py) and the Batch API's file and
+    batch calls (stages/judge/batch_run.py) share.
+
+    Each failure is classified (`classify`); the loop gives up with `give_up(decision, attempt)` when the failure is
+    not retryable, after `max_attempts` tries or `max_malformed` malformed answers. Otherwise it waits the backoff
+    (Retry-After wins), ending early when `interrupt` is set. `before_attempt(attempt)` runs before each try (pacing;
+    it may raise to stop: the interrupt's meaning is the caller's), `on_failure(decision, giving_up)` after each
+    failure (counters, a shared cool-down)."""
+    attempt = malformed = 0
+    while True:
+        attempt += 1
+        if before_attempt is not None:
+            await before_attempt(attempt)
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            decision = classify(e)
+            malformed += decision.malformed
+            giving_up = (not decision.retryable or attempt >= max_attempts
+                         or (max_malformed is not None and malformed >= max_malformed))
+            if on_failure is not None:
+                on_failure(decision, giving_up)
+            if giving_up:
+                raise give_up(decision, attempt) from e
+            try:  # the wait ends early when the caller is interrupted meanwhile
+                await asyncio.wait_for(interrupt.wait(), backoff.delay(attempt, decision.retry_after_s))
+            except TimeoutError:
+                pass

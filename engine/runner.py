@@ -25,7 +25,7 @@ from engine.limits import Pacer
 from engine.options import RunOptions
 from engine.output import Duplicate, StageInfo, open_output, rows_in_scope
 from engine.progress import Progress
-from engine.retry import Backoff, classify
+from engine.retry import Backoff, Decision, with_retries
 from engine.rows import Reject, Row
 from engine.summary import Counters, StageSummary
 
@@ -61,41 +61,32 @@ class RowContext:
     halt: asyncio.Event  # set by the first run-wide refusal: no request is sent after it
 
     async def request(self, call: Callable[[], Awaitable[T]]) -> T:
-        attempt = 0
-        malformed = 0
-        while True:
-            attempt += 1
+        """`call()` under the retry policy (engine.retry.with_retries), paced, stopped by a run-wide refusal."""
+
+        async def before_attempt(attempt: int) -> None:
             await self.pacer.before_request()
             if self.halt.is_set():
                 raise Halted
             self.counters.requests += 1
-            try:
-                return await call()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                decision = classify(e)
-                malformed += decision.malformed
-                give_up = (
-                    not decision.retryable
-                    or attempt >= self.options.max_attempts
-                    or malformed >= self.options.max_malformed
-                )
-                if decision.run_fatal:
-                    self.halt.set()  # at once: rows waiting for a slot or a retry send nothing more
-                if give_up:
-                    tries = f" after {attempt} attempts" if attempt > 1 else ""
-                    raise FatalError(f"{decision.reason}{tries}", attempts=attempt, status=decision.status,
-                                     run_fatal=decision.run_fatal) from e
-                if decision.status == 429 and decision.retry_after_s is not None:
-                    self.pacer.cool_down.pause(min(decision.retry_after_s, self.options.max_retry_after_s))
-                self.counters.retries += 1
-                delay = self.backoff.delay(attempt, decision.retry_after_s)
-                log.debug("row %s: %s; retry %d in %.2fs", self.row.id, decision.reason, attempt, delay)
-                try:  # the wait ends early when the run is refused meanwhile (checked at the top of the loop)
-                    await asyncio.wait_for(self.halt.wait(), delay)
-                except TimeoutError:
-                    pass
+
+        def on_failure(decision: Decision, giving_up: bool) -> None:
+            if decision.run_fatal:
+                self.halt.set()  # at once: rows waiting for a slot or a retry send nothing more
+            if giving_up:
+                return
+            if decision.status == 429 and decision.retry_after_s is not None:
+                self.pacer.cool_down.pause(min(decision.retry_after_s, self.options.max_retry_after_s))
+            self.counters.retries += 1
+            log.debug("row %s: %s; retrying", self.row.id, decision.reason)
+
+        def give_up(decision: Decision, attempt: int) -> FatalError:
+            tries = f" after {attempt} attempts" if attempt > 1 else ""
+            return FatalError(f"{decision.reason}{tries}", attempts=attempt, status=decision.status,
+                              run_fatal=decision.run_fatal)
+
+        return await with_retries(call, max_attempts=self.options.max_attempts, backoff=self.backoff,
+                                  interrupt=self.halt, give_up=give_up, max_malformed=self.options.max_malformed,
+                                  before_attempt=before_attempt, on_failure=on_failure)
 
 
 async def run_stage(

@@ -389,3 +389,53 @@ def test_no_library_module_ends_the_process_itself():
     from engine.errors import ExitNow
 
     assert issubclass(ExitNow, KeyboardInterrupt)  # it leaves asyncio.run, which swallows other callback errors
+
+
+def test_one_retry_loop_serves_the_live_requests_and_the_batch_api_calls():
+    """engine.retry.with_retries is the only place a failure is classified and retried: the runner's requests and the
+    Batch API's file and batch calls go through it (a second loop would drift from the policy)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    callers = sorted(str(path.relative_to(root)) for package in ("engine", "stages") for path in
+                     (root / package).rglob("*.py") if "classify(" in path.read_text().replace("def classify(", ""))
+    assert callers == ["engine/retry.py"]
+    users = sorted(str(path.relative_to(root)) for package in ("engine", "stages") for path in
+                   (root / package).rglob("*.py") if "with_retries(" in path.read_text())
+    assert users == ["engine/retry.py", "engine/runner.py", "stages/judge/batch_run.py"]
+
+
+async def test_the_shared_loop_gives_up_after_max_attempts_and_stops_waiting_when_interrupted():
+    import asyncio
+    import time
+
+    import httpx
+    import openai
+
+    from engine.retry import Backoff, with_retries
+
+    calls = 0
+
+    async def failing():
+        nonlocal calls
+        calls += 1
+        request = httpx.Request("POST", "http://x/v1/chat/completions")
+        raise openai.InternalServerError("boom", response=httpx.Response(500, request=request), body=None)
+
+    fast = Backoff(base_s=0.0, cap_s=0.0, max_retry_after_s=0.0)
+    with pytest.raises(RuntimeError, match="gave up after 3"):
+        await with_retries(failing, max_attempts=3, backoff=fast, interrupt=asyncio.Event(),
+                           give_up=lambda d, n: RuntimeError(f"gave up after {n}"))
+    assert calls == 3
+    interrupt, slow = asyncio.Event(), Backoff(base_s=30.0, cap_s=30.0, max_retry_after_s=30.0)
+    asyncio.get_running_loop().call_later(0.1, interrupt.set)
+
+    async def stop_when_interrupted(attempt: int) -> None:
+        if interrupt.is_set():
+            raise RuntimeError("interrupted")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        await with_retries(failing, max_attempts=5, backoff=slow, interrupt=interrupt, give_up=lambda d, n: OSError(n),
+                           before_attempt=stop_when_interrupted)
+    assert time.monotonic() - started < 5  # not the 15-30 s backoff

@@ -26,7 +26,7 @@ from engine.errors import ExitNow
 from engine.options import RunOptions
 from engine.output import Duplicate, rows_in_scope
 from engine.progress import _duration
-from engine.retry import Backoff, classify
+from engine.retry import Backoff, Decision, with_retries
 from engine.rows import Reject, Row
 from engine.runner import install_signals
 from engine.summary import Counters, StageSummary
@@ -187,21 +187,18 @@ class BatchRun(BatchSubmitter):
                 yield item
 
     async def _api(self, call: Callable[[], Awaitable[T]]) -> T:
-        """One Files/Batches call under the engine's retry policy (the SDK's own retries are off)."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await call()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                decision = classify(e)
-                if not decision.retryable or attempt >= self.options.max_attempts:
-                    raise BatchApiError(f"{decision.reason} (attempt {attempt})") from e
-                await self._sleep(self.backoff.delay(attempt, decision.retry_after_s))
-                if self.stop.is_set():
-                    raise BatchApiError(f"stopped while retrying: {decision.reason}") from e
+        """One Files/Batches call under the engine's retry policy (engine.retry.with_retries; the SDK's own retries
+        are off); a stop while it waits to retry ends it."""
+        last: list[Decision] = []
+
+        async def before_attempt(attempt: int) -> None:
+            if attempt > 1 and self.stop.is_set():
+                raise BatchApiError(f"stopped while retrying: {last[-1].reason}")
+
+        return await with_retries(
+            call, max_attempts=self.options.max_attempts, backoff=self.backoff, interrupt=self.stop,
+            give_up=lambda decision, attempt: BatchApiError(f"{decision.reason} (attempt {attempt})"),
+            before_attempt=before_attempt, on_failure=lambda decision, _giving_up: last.append(decision))
 
     # -- polling and collecting -------------------------------------------------------------------
     async def _poll_and_collect(self) -> None:
