@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
 from engine.options import RunOptions
@@ -25,6 +25,10 @@ from pipelines.zenml_home import REPO_ROOT
 from stages.generate import GenerateSettings
 from training.config import check_types
 from training.local_kit import DEFAULT_LOCAL_MODEL, check_local_model
+
+if TYPE_CHECKING:  # imported lazily at run time, with the judge
+    from stages.evaluate.stage import EvaluateSettings
+    from stages.judge.settings import JudgeSettings
 
 PROFILES = ("local", "modal")
 DEFAULT_PROFILE = "local"
@@ -144,14 +148,14 @@ class PipelineConfig:
     enable_cache: bool
     generate: GenerateSettings
     generate_run: RunOptions
-    judge: Any  # stages.judge.settings.JudgeSettings (imported lazily with the judge)
+    judge: JudgeSettings
     judge_run: RunOptions
     split: SplitSettings
     train: dict[str, Any]  # DPOTrainConfig overrides, already checked against DPOTrainConfig
     deploy: DeploySettings
     source: str  # the YAML file it came from
-    evaluate: Any = None  # stages.evaluate.stage.EvaluateSettings
-    evaluate_judge: Any = None  # JudgeSettings of the A/B judge (both orders are judged regardless)
+    evaluate: EvaluateSettings | None = None  # the A/B's settings (load_config always sets them)
+    evaluate_judge: JudgeSettings | None = None  # the A/B judge (both orders are judged regardless)
     evaluate_prompts: Path | None = None  # None: the hold-out, else the split's val set
     holdout_fraction: float = 0.0  # share of the prompts never sampled nor trained on: the A/B's prompts
     local_model: str = DEFAULT_LOCAL_MODEL  # local profile: the kit (training/local_kit.py)

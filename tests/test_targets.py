@@ -143,3 +143,10 @@ def test_rounds_read_the_gate_decision_artifact_not_the_run_name():
         outputs={"gate_decision": [types.SimpleNamespace(load=lambda: decision)]})})
     assert gate_decision(run) == decision
     assert gate_decision(types.SimpleNamespace(name="dpo-local-round2-x", steps={})) == {}
+
+
+def test_every_section_of_the_config_is_typed():
+    from pipelines.config import PipelineConfig
+
+    untyped = [f.name for f in dataclasses.fields(PipelineConfig) if str(f.type).strip() in ("Any", "typing.Any")]
+    assert untyped == []
