@@ -11,9 +11,11 @@ the rounds); a rerun reads those records and never samples, judges or trains a f
 killed midway has no record: the rerun runs its pipeline again, ZenML's cache skips its finished steps and the
 stages resume from their checkpoints. Stop rule: when round k's win rate over round k-1 has its interval's lower
 end at or below `min_gain` (0.5: no measurable gain), the rounds stop and round k-1 is put back into service.
-A round whose pipeline failed is recorded only for a verdict: its complete A/B over SFT failed the gate and the
-evaluate step rolled serving back (`gate_failed`). An interrupted or incomplete A/B is no verdict: no record, and
-the rerun resumes the A/B from its per-row checkpoints, then decides.
+A round is recorded only for a verdict: its run finished and its gate step's `gate_decision` artifact says whether
+the A/B over SFT kept the deploy (`done`) or rolled serving back (`gate_failed`). A failed run (an interrupted or
+incomplete A/B fails its step) is no verdict: no record, and the rerun resumes the A/B from its per-row checkpoints,
+then decides. The rounds run on either target (targets/): on Modal the previous round's adapter is served beside as
+`seinfeld-dpo-prev`, and a record is trusted while its adapter's folder is on the volume.
 Importing this module does not import ZenML (the CLI sets ZenML's home first).
 """
 
