@@ -155,7 +155,7 @@ def test_exported_rows_go_through_split_and_load_as_training_data(tmp_path):
         assert row_format == "conversational" and rows[0]["prompt"][0] == {"role": "system", "content": BRIEF}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a DPO step on the exported pairs (~16 s): in `make slow`
 def test_exported_pairs_train_a_dpo_step(tmp_path, tiny_kit):
     """train_dpo (the CPU path, 1 step) trains on an export of arena votes, split by `split`."""
     from training.config import DPOTrainConfig

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr);"
         "from training.tiny import ensure_tiny_kit; print(ensure_tiny_kit().root)")
 
 
+@pytest.mark.e2e  # two processes each building a kit (~25 s): in `make slow`
 def test_two_processes_starting_at_once_build_the_tiny_kit_once(tmp_path):
     env = {**os.environ, "NGPT_TINY_KIT_DIR": str(tmp_path / "kits")}
     procs = [subprocess.Popen([sys.executable, "-c", CODE], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 import training.tiny as tiny
 from pipelines.dpo import main
 from tests.helpers import ROOT, cli, env
@@ -27,6 +29,7 @@ def _args(tmp_path) -> list[str]:
     ]
 
 
+@pytest.mark.e2e  # a whole training run through the CLI (~30 s): in `make slow`, beside the rounds chain
 def test_train_cli_stdout_is_only_the_result_json(tiny_kit, tmp_path):
     done = subprocess.run(cli(*_args(tmp_path)), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
