@@ -53,7 +53,7 @@ class ModalTarget:
         live = {a.name: a.sha256 for a in record.adapters} if record is not None else {}
         if live.get(settings.model) != "sha256:" + adapter.sha256:
             logger.info("the Modal app does not serve the adapter to sample from as %s: deploying it", settings.model)
-            record, _ = self._deploy({settings.model: adapter.path}, ops)
+            record = self._deploy({settings.model: adapter.path}, ops)
         return dataclasses.replace(settings, serve_url=record.base_url), self.api_key()
 
     def upload(self, train: Path, val: Path) -> str:
@@ -95,7 +95,7 @@ class ModalTarget:
         adapters = {NAMES.dpo_model_name: adapter.path}
         if previous is not None:
             adapters[NAMES.prev_model_name] = previous.path
-        record, _ = self._deploy(adapters, ops)
+        record = self._deploy(adapters, ops)
         self._check_live_adapter(record, adapter)
         return record, False
 
@@ -122,7 +122,7 @@ class ModalTarget:
         version = f" as v{live.app_version}" if live.app_version is not None else ""
         return f"the Modal app serves {({a.name: a.path for a in live.adapters})} again{version}"
 
-    def _deploy(self, adapters: dict[str, str], ops: Operations) -> tuple[DeployRecord, DeployRecord | None]:
+    def _deploy(self, adapters: dict[str, str], ops: Operations) -> DeployRecord:
         """Deploy SFT (NGPT_SFT_ADAPTER) plus `adapters`, every one expected to answer; keep the record it replaces
         for a rollback."""
         from serving.modal_deploy import deploy_modal
@@ -134,7 +134,7 @@ class ModalTarget:
                               state_dir=self.state_dir, timeout_s=ops.deploy_timeout_s)
         if replaced is not None:
             save_previous(self.state_dir, replaced)  # what a failed A/B gate's rollback says is live again
-        return record, replaced
+        return record
 
     @staticmethod
     def _check_live_adapter(record: DeployRecord, adapter: AdapterRef) -> None:
