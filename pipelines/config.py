@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import ConfigError
 from engine.options import RunOptions
 from pipelines.zenml_home import REPO_ROOT
+from serving.scale import ServeScale
 from stages.generate import GenerateSettings
 from training.config import check_types
 from training.local_kit import DEFAULT_LOCAL_MODEL, check_local_model
@@ -89,6 +90,9 @@ class DeploySettings:
     )
     timeout_s: float = field(default=180.0, metadata={"help": "wait this long for every adapter to answer"})
     port: int = field(default=0, metadata={"help": "local profile: the server's port (0: any free port)"})
+    scale: ServeScale = field(default_factory=ServeScale, metadata={
+        "help": "modal profile: the serving app's replica bounds (serving/scale.py ServeScale: min_containers, "
+                "max_containers, sample_max_containers, max_inputs, target_inputs, scaledown_window_s)"})
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
@@ -183,7 +187,7 @@ TOP_LEVEL_HELP = {
     "judge": "JudgeSettings and RunOptions keys for judging",
     "split": "SplitSettings keys (val_fraction)",
     "train": "DPOTrainConfig overrides",
-    "deploy": "DeploySettings keys (state_dir, timeout_s, port)",
+    "deploy": "DeploySettings keys (state_dir, timeout_s, port, scale)",
     "rounds": "RoundsSettings keys (count, prompts, data, min_gain): on-policy rounds, pipelines/rounds.py",
     "evaluate": "EvaluateSettings keys (min_win_rate, baseline, challenger, worst_losses) and prompts, "
     "judge_backend, max_cost_usd",
@@ -250,6 +254,10 @@ def load_config(
     if not isinstance(enable_cache, bool):
         raise PipelineConfigError(f"enable_cache must be true or false, got {enable_cache!r}")
 
+    deploy = _deploy_section(sections["deploy"])
+    if chosen == "modal" and "concurrency" not in sections["generate"]:
+        # Every replica sampling may use, each at its target: Modal adds replicas as this load arrives.
+        sections["generate"]["concurrency"] = deploy.scale.sample_concurrency
     generate, generate_run = _settings_and_options(GenerateSettings, sections["generate"], "generate")
     judge_settings_cls = _judge_settings_class()
     judge, judge_run = _settings_and_options(judge_settings_cls, sections["judge"], "judge")
@@ -274,7 +282,7 @@ def load_config(
         judge_run=judge_run,
         split=build(SplitSettings, sections["split"], "split"),
         train=_train_overrides(sections["train"], chosen),
-        deploy=build(DeploySettings, sections["deploy"], "deploy"),
+        deploy=deploy,
         source=str(path),
         holdout_fraction=float(holdout),
         local_model=local_model,
@@ -304,6 +312,17 @@ def build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         raise
     except (ValueError, TypeError) as e:
         raise PipelineConfigError(f"{where}: {e}") from e
+
+
+def _deploy_section(values: Mapping[str, Any]) -> DeploySettings:
+    values = dict(values)
+    scale = values.get("scale")
+    if isinstance(scale, Mapping):
+        values["scale"] = build(ServeScale, scale, "deploy.scale")
+    elif scale is not None:
+        keys = ", ".join(f.name for f in dataclasses.fields(ServeScale))
+        raise PipelineConfigError(f"deploy.scale must be a mapping of ServeScale keys ({keys}), got {scale!r}")
+    return build(DeploySettings, values, "deploy")
 
 
 def _settings_and_options(cls: type, values: Mapping[str, Any], where: str) -> tuple[Any, RunOptions]:

@@ -26,6 +26,7 @@ import modal
 
 from infra.names import NAMES
 from serving.adapters import describe_adapter
+from serving.scale import SCALE_VAR, ServeScale
 from serving.startup import STARTUP_TIMEOUT  # 20 min; modal-free: the preflight waits as long
 from serving.vllm_cmd import VllmSettings, build_vllm_command, build_vllm_env
 
@@ -52,9 +53,12 @@ SETTINGS = VllmSettings(
     enforce_eager=False,  # keep CUDA graphs: slower cold start, much faster decoding of many samples
 )
 
+# The replica bounds (the config's deploy.scale, passed by the deploy as NGPT_SERVE_SCALE; serving/scale.py).
+SCALE = ServeScale.from_env()
+
 # The names this module was built with (NGPT_* overrides and the chosen adapter folders included), passed
 # into the containers so they resolve the same ones: infra.names reads these variables there too.
-NAMES_ENV = NAMES.env()
+NAMES_ENV = {**NAMES.env(), SCALE_VAR: SCALE.to_env()}
 
 # ## Container images
 
@@ -106,10 +110,15 @@ app = modal.App(NAMES.serve_app)
     # The start-up limit Modal applies. Without it `timeout` bounds the start too: @modal.web_server's own
     # startup_timeout (below) alone does not lift it.
     startup_timeout=STARTUP_TIMEOUT,
-    scaledown_window=15 * MINUTES,  # how long to stay up with no requests (a cold start costs minutes)
-    max_containers=1,  # one GPU at most: A/B traffic is small, and it bounds the bill
+    scaledown_window=SCALE.scaledown_window_s,  # how long to stay up with no requests (a cold start costs minutes)
+    min_containers=SCALE.min_containers,  # 0 by default: no GPU is billed while nobody asks
+    # The A/B's bound (1 by default: its traffic is small, and it bounds the bill). Sampling raises it to
+    # SCALE.sample_max_containers with update_autoscaler; the next deploy returns it to this.
+    max_containers=SCALE.max_containers,
 )
-@modal.concurrent(max_inputs=64)  # requests one replica takes at once; vLLM batches them continuously
+# Requests one replica takes at once (vLLM batches them continuously); above target_inputs in flight per replica,
+# Modal adds one.
+@modal.concurrent(max_inputs=SCALE.max_inputs, target_inputs=SCALE.target_inputs)
 @modal.web_server(port=VLLM_PORT, startup_timeout=STARTUP_TIMEOUT)  # how long port 8000 may take to answer
 def serve() -> None:
     """Start vLLM's OpenAI-compatible server behind the API key; Modal routes traffic once port 8000 answers."""

@@ -24,6 +24,7 @@ from infra.names import NAMES
 from serving.errors import DeployError
 from serving.readiness import ReadinessOptions, check_ready
 from serving.records import DEFAULT_STATE_DIR, DeployRecord, make_record, write_record
+from serving.scale import SCALE_VAR, ServeScale
 
 T = TypeVar("T")
 
@@ -61,6 +62,7 @@ def deploy_modal(
     timeout_s: float = 1200.0,
     deploy_timeout_s: float = 1800.0,
     options: ReadinessOptions | None = None,
+    scale: ServeScale | None = None,
 ) -> DeployRecord:
     """Deploy the Modal serving app with `adapters`, wait until every `expected` adapter is listed and answers.
 
@@ -72,7 +74,8 @@ def deploy_modal(
     (`app_version`, `previous_app_version`): a failed A/B gate later rolls back to the same one. The endpoint's
     key is $SERVE_API_KEY.
     `deploy_timeout_s` bounds the deploy (a first image build takes minutes); `timeout_s` bounds the wait
-    for the endpoint afterwards (cold start + model load). `options` overrides the latter.
+    for the endpoint afterwards (cold start + model load). `options` overrides the latter. `scale`: the app's
+    replica bounds (serving/scale.py; None: $NGPT_SERVE_SCALE, else the defaults).
     """
     if expected is not None and not expected:
         raise ValueError("expected must name at least one adapter to check; got none")
@@ -98,7 +101,8 @@ def deploy_modal(
         raise DeployError("adapter missing", "; ".join(f"{n}: {why}" for n, why in problems.items())
                           + ". Nothing was deployed; the running version stays.")
     started = datetime.now(UTC)
-    deployment = _call_modal(lambda: _deploy_modal_app(served), deploy_timeout_s)
+    scale = scale or ServeScale.from_env()
+    deployment = _call_modal(lambda: _deploy_modal_app(served, scale), deploy_timeout_s)
     try:
         record = _check_modal_deployment(deployment, served, expected, started,
                                          options or ReadinessOptions(timeout_s=timeout_s), api_key)
@@ -214,7 +218,27 @@ def _check_volume_adapters(adapters: Mapping[str, str]) -> dict[str, str | None]
     return out
 
 
-def _deploy_modal_app(adapters: Mapping[str, str]) -> ModalDeployment:
+def scale_for_sampling(scale: ServeScale) -> bool:
+    """Let Modal's autoscaler run up to `scale.sample_max_containers` replicas of the deployed serving app while
+    `generate` samples (`Function.update_autoscaler`: no redeploy; the next deploy returns the app to its static
+    bound, `scale.max_containers`). False, with a warning, when Modal refuses: sampling then runs on the
+    deployed bound, slower but the same."""
+    import modal
+    import modal.exception
+
+    try:
+        modal.Function.from_name(NAMES.serve_app, "serve").update_autoscaler(
+            max_containers=scale.sample_max_containers, scaledown_window=scale.scaledown_window_s)
+    except (modal.exception.Error, OSError) as e:
+        logger.warning("could not raise %s's replica bound to %d for sampling (%s): sampling runs on the "
+                       "deployed bound", NAMES.serve_app, scale.sample_max_containers, e)
+        return False
+    logger.info("%s: up to %d replicas while sampling (Modal adds one above %d requests in flight per replica)",
+                NAMES.serve_app, scale.sample_max_containers, scale.target_inputs)
+    return True
+
+
+def _deploy_modal_app(adapters: Mapping[str, str], scale: ServeScale) -> ModalDeployment:
     """Modal: deploy the app serving `adapters`, read its URL and the adapters as the new version sees them.
 
     `modal deploy` runs in a fresh process with the adapter folders in NGPT_SFT_ADAPTER/NGPT_DPO_ADAPTER, so
@@ -230,7 +254,7 @@ def _deploy_modal_app(adapters: Mapping[str, str]) -> ModalDeployment:
     except modal.exception.NotFoundError:
         previous = None
     chosen = {var: str(adapters.get(name, "")) for name, var in ADAPTER_ENV.items()}  # "" = not served
-    env = {**os.environ, **chosen,
+    env = {**os.environ, **chosen, SCALE_VAR: scale.to_env(),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "modal", "deploy", "-m", "serving.modal_app"], env=env,
                           cwd=REPO_ROOT, check=False)

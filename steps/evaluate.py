@@ -128,8 +128,9 @@ async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, generate: GenerateS
     shared = stage_dir(target.workdir, "evaluate-samples", model=baseline_key,
                        generate={**live.fingerprinted(), "model": settings.baseline, "n": 1},
                        input=file_sha256(prompts) if prompts_file else val_set.sha256)
-    run = await run_evaluate(prompts, out, settings, live, judge, ops.generate_run, serve_api_key=live_target.api_key(),
-                             judge_options=ops.judge_run, sample_dirs={settings.baseline: shared})
+    run = await run_evaluate(prompts, out, settings, live, judge, ops.ab_sampling(),
+                             serve_api_key=live_target.api_key(), judge_options=ops.judge_run,
+                             sample_dirs={settings.baseline: shared})
     for summary in [*run.samples.values(), *([run.judge] if run.judge else [])]:
         log_summary(summary)
     result = run.result.to_dict()

@@ -47,4 +47,4 @@ def target_spec(cfg: PipelineConfig) -> TargetSpec:
 def operations_of(cfg: PipelineConfig) -> Operations:
     """`cfg`'s operational settings (targets/spec.py: never in a cache key)."""
     return Operations(generate_run=cfg.generate_run, judge_run=cfg.judge_run, deploy_timeout_s=cfg.deploy.timeout_s,
-                      port=cfg.deploy.port)
+                      port=cfg.deploy.port, scale=cfg.deploy.scale)

@@ -44,16 +44,22 @@ class ModalTarget:
     def sampling_endpoint(self, settings: GenerateSettings, adapter: AdapterRef | None,
                           ops: Operations) -> tuple[GenerateSettings, str | None]:
         """SFT: the configured endpoint (`generate.serve_url`, SERVE_URL). A later round's `adapter`: the serving
-        app with it as `settings.model` (what the previous round deployed; deployed now when it is not live)."""
+        app with it as `settings.model` (what the previous round deployed; deployed now when it is not live).
+        Either way the serving app's replica bound is raised to `ops.scale.sample_max_containers` for the sampling
+        (the next deploy returns it to the A/B's bound)."""
         import dataclasses
 
+        from serving.modal_deploy import scale_for_sampling
+
         if adapter is None:
+            scale_for_sampling(ops.scale)
             return settings, self.api_key()
         record = self.deployment()
         live = {a.name: a.sha256 for a in record.adapters} if record is not None else {}
         if live.get(settings.model) != "sha256:" + adapter.sha256:
             logger.info("the Modal app does not serve the adapter to sample from as %s: deploying it", settings.model)
             record = self._deploy({settings.model: adapter.path}, ops)
+        scale_for_sampling(ops.scale)
         return dataclasses.replace(settings, serve_url=record.base_url), self.api_key()
 
     def upload(self, train: Path, val: Path) -> str:
@@ -131,7 +137,7 @@ class ModalTarget:
 
         replaced = load_record(self.state_dir, "modal")
         record = deploy_modal(expected=(NAMES.sft_model_name, *adapters), adapters=adapters,
-                              state_dir=self.state_dir, timeout_s=ops.deploy_timeout_s)
+                              state_dir=self.state_dir, timeout_s=ops.deploy_timeout_s, scale=ops.scale)
         if replaced is not None:
             save_previous(self.state_dir, replaced)  # what a failed A/B gate's rollback says is live again
         return record

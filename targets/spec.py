@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.errors import ConfigError
 from engine.options import RunOptions
+from serving.scale import ServeScale
 
 PROFILES = ("local", "modal")
 EXTRA_KEY = "operations"  # the key of `Operations` in the pipeline's (and so every step's) `extra`
@@ -49,6 +50,14 @@ class Operations:
         "help": "the engine's options for judging, the A/B's judge included"})
     deploy_timeout_s: float = field(default=180.0, metadata={"help": "wait this long for every adapter to answer"})
     port: int = field(default=0, metadata={"help": "local profile: the server's port (0: any free port)"})
+    scale: ServeScale = field(default_factory=ServeScale, metadata={
+        "help": "modal profile: the serving app's replica bounds while sampling and after a deploy"})
+
+    def ab_sampling(self) -> RunOptions:
+        """`generate_run` for the A/B's sampling: no more in flight than the A/B's replica bound takes at once
+        (sampling's own concurrency fills `scale.sample_max_containers` replicas)."""
+        bound = self.scale.max_containers * self.scale.max_inputs
+        return dataclasses.replace(self.generate_run, concurrency=min(self.generate_run.concurrency, bound))
 
     def to_extra(self) -> dict[str, Any]:
         """The `extra` entry that carries these to every step (plain JSON)."""
@@ -61,6 +70,8 @@ class Operations:
         for name in ("generate_run", "judge_run"):
             if isinstance(data.get(name), dict):
                 data[name] = RunOptions(**data[name])
+        if isinstance(data.get("scale"), dict):
+            data["scale"] = ServeScale(**data["scale"])
         return cls(**data)
 
 

@@ -14,6 +14,7 @@ Usage: python -m tests.modal_rounds_driver BASE SERVER_URL CONFIG; prints one JS
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -22,7 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-SEEN: dict[str, list[Any]] = {"uploads": [], "trains": [], "deploys": [], "rollbacks": []}
+SEEN: dict[str, list[Any]] = {"uploads": [], "trains": [], "deploys": [], "rollbacks": [], "scales": [],
+                              "sampling_bounds": []}
 
 
 def _control(server: str, **values: Any) -> None:
@@ -40,6 +42,7 @@ def install(base: Path, server: str) -> None:
     from infra.adapter_hash import adapter_folder_name, adapter_sha256
     from infra.names import NAMES
     from serving.adapters import hash_adapter_dir
+    from serving.scale import ServeScale
 
     volume = base / "volume"
     versions: list[int] = []
@@ -76,7 +79,8 @@ def install(base: Path, server: str) -> None:
         return {name: None if name == NAMES.sft_model_name or (Path(path) / "adapter_config.json").is_file()
                 else f"no adapter at {path}" for name, path in adapters.items()}
 
-    def deploy_modal_app(adapters: dict[str, str]) -> deploy.ModalDeployment:
+    def deploy_modal_app(adapters: dict[str, str], scale: ServeScale) -> deploy.ModalDeployment:
+        SEEN["scales"].append(dataclasses.asdict(scale))
         previous = versions[-1] if versions else None
         versions.append(len(versions) + 1)
         SEEN["deploys"].append(dict(adapters))
@@ -95,6 +99,7 @@ def install(base: Path, server: str) -> None:
     remote.train_remote = train_remote
     deploy._check_volume_adapters = check_volume_adapters
     deploy._deploy_modal_app = deploy_modal_app
+    deploy.scale_for_sampling = lambda scale: SEEN["sampling_bounds"].append(scale.sample_max_containers) or True
     deploy.modal_app_version = lambda app: versions[-1] if versions else None
     rollback.modal_app_version = deploy.modal_app_version
     deploy.rollback_modal_app = rollback.rollback_modal_app = rollback_modal_app

@@ -81,6 +81,15 @@ def test_round_two_trains_on_from_round_one_and_serves_it_beside_as_prev(modal_r
     assert first["rollbacks"] == []
 
 
+def test_each_sampling_raises_the_replica_bound_and_each_deploy_carries_the_configured_scale(modal_rounds):
+    """The config's deploy.scale reaches `modal deploy` whole, and both rounds' sampling asked Modal for
+    sample_max_containers replicas (round 2 samples round 1's adapter from the serving app)."""
+    first = modal_rounds["first"]
+    scale = yaml.safe_load((ROOT / "configs" / "modal.yaml").read_text())["deploy"]["scale"]
+    assert first["scales"] and all(s == scale for s in first["scales"])
+    assert first["sampling_bounds"] == [scale["sample_max_containers"]] * 2
+
+
 def test_the_rerun_trusts_the_records_whose_folders_are_on_the_volume_and_runs_nothing(modal_rounds):
     rerun = modal_rounds["rerun"]
     assert rerun["rc"] == 0 and rerun["trains"] == [] and rerun["deploys"] == [] and rerun["uploads"] == []

@@ -20,6 +20,7 @@ from serving.errors import DeployError
 from serving.modal_deploy import ModalDeployment, deploy_modal
 from serving.readiness import ReadinessOptions, check_ready, wait_until_ready
 from serving.records import DeployRecord, load_record
+from serving.scale import SCALE_VAR, ServeScale
 
 BASE = "meta-llama/Llama-3.2-3B-Instruct"
 KEY = "test-serve-key"
@@ -180,7 +181,8 @@ def fake_deployment(fake: FakeVllm, **problems: str) -> ModalDeployment:
 
 def test_modal_deploy_writes_a_record_of_what_is_live(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
     calls = []
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: calls.append(1) or fake_deployment(fake_vllm))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: calls.append(1) or
+                        fake_deployment(fake_vllm))
     fake_vllm.late = {"seinfeld-dpo": 3}
 
     record = deploy_modal(state_dir=tmp_path, options=FAST)
@@ -197,7 +199,7 @@ def test_modal_deploy_writes_a_record_of_what_is_live(fake_vllm, monkeypatch, tm
 
 
 def test_failed_deploy_keeps_the_previous_record(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: fake_deployment(fake_vllm))
     first = deploy_modal(state_dir=tmp_path, options=FAST)
     before = (tmp_path / "modal_deployment.json").read_bytes()
 
@@ -212,7 +214,8 @@ def test_failed_deploy_keeps_the_previous_record(fake_vllm, monkeypatch, tmp_pat
 
 def test_adapter_missing_on_the_volume_fails_without_waiting(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
     monkeypatch.setattr(deploy, "_deploy_modal_app",
-                        lambda _: fake_deployment(fake_vllm, seinfeld_dpo="no adapter folder at /vol/adapters/x"))
+                        lambda _, scale: fake_deployment(fake_vllm,
+                                                         seinfeld_dpo="no adapter folder at /vol/adapters/x"))
     with pytest.raises(DeployError) as err:
         deploy_modal(state_dir=tmp_path, options=FAST)
     assert err.value.part == "adapter missing" and "no adapter folder" in str(err.value)
@@ -227,7 +230,7 @@ def test_an_old_container_answering_first_does_not_roll_back_a_good_deploy(
         fake_vllm, monkeypatch, tmp_path, modal_logged_in):
     """Issue 18.3: after a rolling `modal deploy` the previous version may answer the first polls; the check
     polls until the live roots are the new version's instead of rolling back on one look."""
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: fake_deployment(fake_vllm))
     fake_vllm.old_roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/old-hash"}
     fake_vllm.old_polls = 3
     record = deploy_modal(state_dir=tmp_path, options=FAST)
@@ -238,7 +241,7 @@ def test_an_old_container_answering_first_does_not_roll_back_a_good_deploy(
 
 
 def test_a_deploy_whose_new_version_never_answers_is_rolled_back(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: fake_deployment(fake_vllm))
     fake_vllm.old_roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/old-hash"}
     fake_vllm.old_polls = 10**6
     bound = ReadinessOptions(timeout_s=1.0, first_delay_s=0.02, max_delay_s=0.1)
@@ -251,7 +254,7 @@ def test_a_deploy_whose_new_version_never_answers_is_rolled_back(fake_vllm, monk
 def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
     from modal.exception import AuthError, ExecutionError
 
-    def refuse(adapters):
+    def refuse(adapters, scale):
         raise AuthError("Token missing")
 
     monkeypatch.setattr(deploy, "_deploy_modal_app", refuse)
@@ -259,7 +262,7 @@ def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
         deploy_modal(state_dir=tmp_path, options=FAST)
     assert err.value.part == "credentials" and "modal token new" in str(err.value)
 
-    def broken(adapters):
+    def broken(adapters, scale):
         raise ExecutionError("image build failed")
 
     monkeypatch.setattr(deploy, "_deploy_modal_app", broken)
@@ -270,7 +273,7 @@ def test_modal_errors_name_their_part(monkeypatch, tmp_path, modal_logged_in):
 
 def test_a_stuck_deploy_is_bounded(monkeypatch, tmp_path, modal_logged_in):
     release = threading.Event()
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: release.wait(10))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: release.wait(10))
     start = time.monotonic()
     with pytest.raises(DeployError) as err:
         deploy_modal(state_dir=tmp_path, deploy_timeout_s=0.3, options=FAST)
@@ -288,7 +291,7 @@ def test_without_credentials_deploy_fails_at_once(monkeypatch, tmp_path, capsys)
     for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_OAUTH_REFRESH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "absent.toml"))
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: pytest.fail("Modal must not be called"))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: pytest.fail("Modal must not be called"))
     start = time.monotonic()
     with pytest.raises(DeployError) as err:
         deploy_modal(state_dir=tmp_path)
@@ -303,7 +306,7 @@ def test_without_credentials_deploy_fails_at_once(monkeypatch, tmp_path, capsys)
 
 def test_modal_deploy_sends_the_api_key(fake_vllm, monkeypatch, tmp_path, modal_logged_in):
     fake_vllm.api_key = KEY  # as vLLM started with VLLM_API_KEY from the serve-key secret
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: fake_deployment(fake_vllm))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: fake_deployment(fake_vllm))
     record = deploy_modal(state_dir=tmp_path, options=FAST)
     assert fake_vllm.unauthorized == 0 and fake_vllm.chats == ["seinfeld", "seinfeld-dpo"]
     assert KEY not in (tmp_path / "modal_deployment.json").read_text()  # never in the record
@@ -318,7 +321,7 @@ def test_the_deploy_serves_the_chosen_folders_and_checks_the_live_root(fake_vllm
                                                                        modal_logged_in):
     """The trained adapter's folder goes to the deploy; a server that loaded another folder is rolled back."""
     deployed = []
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: deployed.append(dict(adapters))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: deployed.append(dict(adapters))
                         or fake_deployment(fake_vllm))
     fake_vllm.roots = {"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/aaaa"}
     record = deploy_modal(state_dir=tmp_path, adapters={"seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/aaaa"},
@@ -340,7 +343,7 @@ def test_a_failed_first_deploy_says_there_is_nothing_to_roll_back(fake_vllm, mon
     import dataclasses
 
     fake_vllm.failing = {"seinfeld"}
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: dataclasses.replace(
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: dataclasses.replace(
         fake_deployment(fake_vllm), previous_version=None))
     with pytest.raises(DeployError, match="first version: nothing to roll back"):
         deploy_modal(state_dir=tmp_path, options=FAST)
@@ -350,13 +353,14 @@ def test_a_failed_first_deploy_says_there_is_nothing_to_roll_back(fake_vllm, mon
 def test_an_adapter_vllm_would_reject_stops_the_deploy_before_it_starts(monkeypatch, tmp_path, modal_logged_in):
     monkeypatch.setattr(deploy, "_check_volume_adapters",
                         lambda adapters: {"seinfeld": None, "seinfeld-dpo": "rank 64 exceeds the serving limit"})
-    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters: pytest.fail("deployed"))
+    monkeypatch.setattr(deploy, "_deploy_modal_app", lambda adapters, scale: pytest.fail("deployed"))
     with pytest.raises(DeployError, match="rank 64.*Nothing was deployed; the running version stays"):
         deploy_modal(state_dir=tmp_path, options=FAST)
 
 
 def test_the_deploy_reads_the_live_version_before_deploying_and_its_own_after(monkeypatch):
-    """Issue 27.1: the rollback target is the version live before `modal deploy`, recorded by number."""
+    """The rollback target is the version live before `modal deploy`, recorded by number; the deploy hands the
+    configured replica bounds to `modal deploy` (the app module reads them at import)."""
     import subprocess
     import types
 
@@ -364,10 +368,13 @@ def test_the_deploy_reads_the_live_version_before_deploying_and_its_own_after(mo
 
     ran: list[list[str]] = []
     versions = [7]
+    scales: list[str] = []
 
     def fake_run(cmd, **kwargs):
         args = cmd[3:]  # after [python, -m, modal]
         ran.append(args[:2])
+        if args[:1] == ["deploy"]:
+            scales.append(kwargs["env"][SCALE_VAR])
         if args[:2] == ["app", "history"]:
             rows = [{"version": f"v{v}", "time_deployed": "t"} for v in sorted(versions, reverse=True)]
             return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(rows, indent=2), stderr="")
@@ -378,6 +385,8 @@ def test_the_deploy_reads_the_live_version_before_deploying_and_its_own_after(mo
     monkeypatch.setattr(deploy.subprocess, "run", fake_run)
     monkeypatch.setattr(modal.App, "lookup", lambda name: object())
     monkeypatch.setattr(modal.Function, "from_name", lambda app, name: function)
-    deployment = deploy._deploy_modal_app({"seinfeld": "/vol/adapters/nothing-gpt/s"})
+    scale = ServeScale(max_containers=2, sample_max_containers=6)
+    deployment = deploy._deploy_modal_app({"seinfeld": "/vol/adapters/nothing-gpt/s"}, scale)
     assert ran == [["app", "history"], ["deploy", "-m"], ["app", "history"]]
+    assert [ServeScale.from_env({SCALE_VAR: s}) for s in scales] == [scale]
     assert (deployment.previous_version, deployment.version) == (7, 8)
