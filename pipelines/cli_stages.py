@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 from engine.options import RunOptions
+from stages.judge.backends import DEFAULT_BACKEND, REGISTRY
 
 if TYPE_CHECKING:
     from stages.judge.settings import JudgeSettings
@@ -186,8 +187,8 @@ def _judge_flags(p: argparse.ArgumentParser, *, completions: bool = True) -> Non
     """What the judge does (shared by judge, estimate and evaluate)."""
     if completions:
         p.add_argument("--completions", type=Path, required=True, help="the generate stage's completions.jsonl")
-    p.add_argument("--backend", choices=("openai", "reference"), default="openai",
-                   help="openai: a model ranks (default); reference: an offline format rubric (ties: similarity)")
+    p.add_argument("--backend", choices=tuple(REGISTRY), default=DEFAULT_BACKEND,
+                   help="; ".join(f"{b.name}: {b.help}" for b in REGISTRY.values()) + f" (default {DEFAULT_BACKEND})")
     p.add_argument("--judge-model", default=None, help="judge model (default: env JUDGE_MODEL, else gpt-5)")
     p.add_argument("--judge-url", default=None,
                    help="OpenAI-compatible base URL (default: env OPENAI_BASE_URL, else api.openai.com)")

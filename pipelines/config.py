@@ -24,6 +24,7 @@ from engine.options import RunOptions
 from pipelines.zenml_home import REPO_ROOT
 from serving.scale import ServeScale
 from stages.generate import GenerateSettings
+from stages.judge.backends import REFERENCE, backend_of
 from training.config import check_types
 from training.local_kit import DEFAULT_LOCAL_MODEL, check_local_model
 
@@ -60,6 +61,8 @@ PROMPT_ORIGINS = {
         "val.jsonl to data/training/val.jsonl"
     ),
 }
+OFFLINE_DEFAULT = REFERENCE.name  # the local profile's judge unless its config names one
+
 ENV_OVERRIDES = (  # (environment variable, section, key): endpoints and model names, never secrets
     ("SERVE_URL", "generate", "serve_url"),
     ("OPENAI_BASE_URL", "judge", "judge_url"),
@@ -236,7 +239,7 @@ def load_config(
             sections[section][key] = env[var]
     if chosen == "local":
         sections["generate"]["serve_url"] = LOCAL_SERVE_URL
-        sections["judge"].setdefault("backend", "reference")
+        sections["judge"].setdefault("backend", OFFLINE_DEFAULT)  # the local profile's judge sends no request
     limit = limit if limit is not None else raw.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise PipelineConfigError(f"limit must be a whole number >= 1 or null (all prompts), got {limit!r}")
@@ -261,7 +264,7 @@ def load_config(
     generate, generate_run = _settings_and_options(GenerateSettings, sections["generate"], "generate")
     judge_settings_cls = _judge_settings_class()
     judge, judge_run = _settings_and_options(judge_settings_cls, sections["judge"], "judge")
-    if chosen == "local" and judge.backend != "reference" and judge.judge_url is None:
+    if chosen == "local" and backend_of(judge).sends_requests and judge.judge_url is None:
         raise PipelineConfigError(
             f"the local profile never calls api.openai.com, so judge.backend {judge.backend!r} needs a judge_url "
             "(a local OpenAI-compatible server); use backend 'reference', or --profile modal for GPT-5"

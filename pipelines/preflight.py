@@ -26,6 +26,7 @@ from infra.adapter_hash import FOLDER_CHARS
 from infra.names import ENV_VARS, NAMES
 from serving.startup import STARTUP_TIMEOUT
 from stages.generate import DEFAULT_SERVE_URL
+from stages.judge.backends import backend_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def offline_problems(cfg: Any, env: Mapping[str, str] | None = None) -> list[str
             f"SERVE_API_KEY is not set: export the key the endpoint wants (the SERVE_API_KEY stored in the Modal "
             f"secret {NAMES.serve_key_secret!r})"
         )
-    if cfg.judge.backend == "openai" and cfg.judge.judge_url is None and not env.get("OPENAI_API_KEY"):
+    if backend_of(cfg.judge).sends_requests and cfg.judge.judge_url is None and not env.get("OPENAI_API_KEY"):
         problems.append("OPENAI_API_KEY is not set: export your OpenAI API key for the GPT-5 judge")
     from infra.modal_credentials import modal_credentials_problem
 
@@ -85,7 +86,7 @@ def online_problems(cfg: Any, env: Mapping[str, str] | None = None, timeout_s: f
     each other call."""
     env = os.environ if env is None else env
     problems = _serve_problems(cfg, env, wake_timeout_s)
-    if cfg.judge.backend == "openai":
+    if backend_of(cfg.judge).sends_requests:
         judge_url = (cfg.judge.judge_url or OPENAI_URL).rstrip("/")
         try:
             _get_json(f"{judge_url}/models/{cfg.judge.judge_model}", env.get("OPENAI_API_KEY"), timeout_s)

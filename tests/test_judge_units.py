@@ -300,3 +300,46 @@ def test_no_batch_input_file_reaches_the_api_s_200_mb():
     assert [(c.size, list(c.keys)) for c in small.chunks] == [(100, ["a", "b"]), (1, ["c"])]
     with pytest.raises(ValueError, match="over the 100 per file"):
         small.add("d", "key", b"x" * 101, 1)  # fits in no file: the run refuses such a row before packing
+
+
+async def test_a_new_backend_is_one_registry_entry_and_the_stage_estimate_and_report_follow_it(tmp_path,
+                                                                                                monkeypatch):
+    """A toy offline backend registered in stages/judge/backends.py alone: no branch in the stage, the settings,
+    `estimate` or the report names it, yet every record, the estimate and report.md carry its name and ranking."""
+    from engine.options import RunOptions
+    from stages.judge import run_judge
+    from stages.judge.backends import REGISTRY, Backend, Judgement
+
+    def shortest_first(row, order, shown, ids):
+        best_first = sorted(range(len(shown)), key=lambda i: (len(shown[i]), i))
+        return Judgement(order, [order[i] for i in best_first], [ids[i] for i in best_first], 3, "shortest wins")
+
+    toy = Backend(name="toy", help="the shortest completion wins", sends_requests=False, rank=shortest_first,
+                  model="toy-shortest-v1", estimate_label="the toy judge (free)", report_label="**toy judge**",
+                  report_warning="Toy pairs.")
+    monkeypatch.setitem(REGISTRY, "toy", toy)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # an offline backend needs no key and no client
+    rows = [{"prompt": f"[JERRY] Scene {i}.", "completions": ["[GEORGE] Medium one.", "[KRAMER] Hi.",
+                                                                 "[ELAINE] The longest completion of the three."]}
+            for i in range(2)]  # no "reference": this backend does not need one
+    comp = tmp_path / "c.jsonl"
+    _write(comp, rows)
+    settings = JudgeSettings(backend="toy")
+    assert settings.model_label == "toy-shortest-v1" and "reasoning_effort" not in settings.fingerprinted()
+    summary = await run_judge(comp, tmp_path / "j", settings, RunOptions(progress=False))
+    assert (summary.succeeded, summary.counters.requests, summary.cost_usd) == (2, 0, 0.0)
+    records = [orjson.loads(line) for line in (tmp_path / "j" / "preferences.jsonl").read_bytes().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        j = r["judge"]
+        assert (j["backend"], j["model"], j["reasoning_effort"], j["reason"]) == ("toy", "toy-shortest-v1", None,
+                                                                                  "shortest wins")
+        assert (r["chosen"], r["rejected"]) == (rows[0]["completions"][1], rows[0]["completions"][2])
+        assert (j["chosen_index"], j["rejected_index"], j["ranking"]) == (1, 2, [1, 0, 2])
+    report = (tmp_path / "j" / "report.md").read_text()
+    assert "Judge: **toy judge**" in report and "- Toy pairs." in report
+    e = estimate(comp, settings)
+    assert (e.requests, e.rows_to_judge, e.cost_usd, e.reasoning_effort) == (0, 2, 0.0, None)
+    assert e.render().startswith(f"Estimate for judging {comp} with the toy judge (free)")
+    with pytest.raises(ConfigError, match="mode 'batch' needs a backend that sends requests"):
+        JudgeSettings(backend="toy", mode="batch")

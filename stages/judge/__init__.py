@@ -2,6 +2,7 @@
 rows): each row's completions are ranked and the best and worst kept as a preference pair.
 
 - `settings`: `JudgeSettings`, one validated dataclass for `judge` and `estimate`.
+- `backends`: the registry of judge backends (openai, reference): all that differs between them, in one place.
 - `prompt`, `answer`: the request the judge model gets and how its answer is read.
 - `run`: `run_judge`, the entry point: live or the Batch API.
 - `stage`: the live judge (`JudgeStage`, `run_judge_live`) over the engine's runner; `batch*`: the Batch API mode.

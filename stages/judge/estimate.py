@@ -19,6 +19,7 @@ import orjson
 
 from engine.errors import ConfigError
 from engine.rows import BOM, Reject, check_input_file, parse_line
+from stages.judge.backends import backend_named, backend_of
 from stages.judge.cost import BATCH_DISCOUNT
 from stages.judge.prompt import build_messages, prepare_candidates, response_format, shown_order
 from stages.judge.rows import validate_completions_row
@@ -107,11 +108,8 @@ class Estimate:
         return d
 
     def render(self) -> str:
-        judge = (
-            "the reference judge (an offline format rubric; no requests, free)"
-            if self.backend == "reference"
-            else f"{self.model} (reasoning effort {self.reasoning_effort})"
-        )
+        backend = backend_named(self.backend)
+        judge = backend.estimate_label or f"{self.model} (reasoning effort {self.reasoning_effort})"
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
         lines = [
             f"Estimate for judging {self.completions} with {judge}"
@@ -124,7 +122,7 @@ class Estimate:
             lines += [f"    {where}" for where in self.invalid_lines]
             if self.invalid > len(self.invalid_lines):
                 lines.append(f"    ... and {self.invalid - len(self.invalid_lines)} more")
-        if self.backend == "reference":
+        if not backend.sends_requests:  # no requests, nothing to price
             return "\n".join(lines)
         p = self.prices
         lines += [
@@ -160,6 +158,7 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
     check_input_file(completions, "--completions")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 or unset, got {limit}")
+    backend = backend_of(settings)
     passes = 2 if settings.swap_check else 1
     per_request_out, basis = output_tokens_per_request(settings)
     rows = invalid = requests = tokens_in = 0
@@ -193,9 +192,10 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
             if len(cands) < 2:
                 skipped["fewer_than_two_distinct"] += 1
                 continue
-            if settings.backend == "reference":
-                if not data.get("reference"):
-                    skipped["no_reference"] += 1
+            if backend.needs_reference and not data.get("reference"):
+                skipped["no_reference"] += 1  # as the judge's JudgeStage.candidates skips it
+                continue
+            if not backend.sends_requests:
                 continue
             order = shown_order(row_id, len(cands))
             messages = build_messages(data["prompt"], [cands.texts[p] for p in order])
@@ -232,7 +232,7 @@ def estimate(completions: Path, settings: JudgeSettings, limit: int | None = Non
         completions=completions,
         backend=settings.backend,
         model=settings.model_label,
-        reasoning_effort=settings.reasoning_effort if settings.backend == "openai" else None,
+        reasoning_effort=settings.reasoning_effort if backend.takes_reasoning_effort else None,
         swap_check=settings.swap_check,
         prices=asdict(price),
         rows=rows,

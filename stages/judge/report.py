@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from engine.checkpoint import atomic_write, read_records
+from stages.judge.backends import REGISTRY, Backend
 from stages.judge.cost import BATCH_DISCOUNT
 
 FILTER_REASONS = ("low_confidence", "swap_disagreement")
@@ -170,11 +171,16 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
     return report
 
 
+def _backend(r: dict[str, Any]) -> Backend | None:
+    """The registry's entry for the records' backend (None: no judged row, or a name this version does not know)."""
+    return REGISTRY.get(r["judge"]["backend"] or "")
+
+
 def _warnings(r: dict[str, Any]) -> list[str]:
     out = []
-    if r["judge"]["backend"] == "reference":
-        out.append("These pairs come from the offline reference judge (similarity to the SFT reference), "
-                   "not from a model's judgement of quality.")
+    backend = _backend(r)
+    if backend is not None and backend.report_warning:
+        out.append(backend.report_warning)
     for k, pos in r["position_bias"].items():
         if pos["p_value"] is not None and pos["p_value"] < P_VALUE_ALARM and pos["rows"] >= 20:
             shares = ", ".join(f"{100 * s:.0f}%" for s in pos["chosen_share"])
@@ -201,10 +207,9 @@ def _warnings(r: dict[str, Any]) -> list[str]:
 
 def render_markdown(r: dict[str, Any]) -> str:
     j, rows = r["judge"], r["rows"]
-    if j["backend"] == "reference":
-        judge = "**reference judge** (offline similarity to the SFT reference completion; not a model's judgement)"
-    else:
-        judge = f"`{j['model']}` (reasoning effort {j['reasoning_effort']}), prompt `{j['prompt_version']}`"
+    backend = _backend(r)
+    judge = (backend.report_label if backend is not None else None) or (
+        f"`{j['model']}` (reasoning effort {j['reasoning_effort']}), prompt `{j['prompt_version']}`")
     lines = [f"# Judge report: `{r['output']}`", "", f"Judge: {judge}", ""]
     if r["warnings"]:
         lines += ["## Warnings", "", *[f"- {w}" for w in r["warnings"]], ""]

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError
+from stages.judge.backends import DEFAULT_BACKEND, REGISTRY, backend_named, backend_names, backend_of
 from stages.judge.cost import FREE, Prices, base_model, known_prices
 from stages.judge.prompt import PROMPT_VERSION
-from stages.judge.reference import REFERENCE_MODEL
 
-BACKENDS = ("openai", "reference")
+BACKENDS = tuple(REGISTRY)  # the names (stages/judge/backends.py holds what each one does)
 # The reasoning_effort values each judge model takes (a dated snapshot as its model): GPT-5 takes minimal, low,
 # medium, high and refuses any other with a 400 (NOTES: OpenAI SDK 3.x and GPT-5); mini and nano are the same
 # family. In batch mode that 400 would come back on every row only when the batch ends, so it is checked here.
@@ -41,7 +41,7 @@ def reasoning_efforts(model: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class JudgeSettings:
     backend: str = field(
-        default="openai", metadata={"help": "openai: a model ranks; reference: offline similarity to the SFT reference"}
+        default=DEFAULT_BACKEND, metadata={"help": "; ".join(f"{b.name}: {b.help}" for b in REGISTRY.values())}
     )
     judge_model: str = field(
         default_factory=lambda: os.environ.get("JUDGE_MODEL") or DEFAULT_JUDGE_MODEL,
@@ -117,7 +117,7 @@ class JudgeSettings:
             if not ok:
                 raise ConfigError(message)
 
-        rule(self.backend in BACKENDS, f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        backend = backend_named(self.backend)  # ConfigError naming the known backends
         rule(bool(self.judge_model), "judge_model must be a non-empty model name, e.g. --judge-model gpt-5")
         rule(
             self.judge_url is None or self.judge_url.startswith(("http://", "https://")),
@@ -154,8 +154,9 @@ class JudgeSettings:
         rule(self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s}")
         rule(self.mode in MODES, f"mode must be one of {list(MODES)}, got {self.mode!r}")
         rule(
-            self.mode == "live" or self.backend == "openai",
-            "mode 'batch' needs the openai backend (the reference judge sends no requests); use --mode live",
+            self.mode == "live" or backend.sends_requests,
+            f"mode 'batch' needs a backend that sends requests ({', '.join(backend_names(sends_requests=True))}); "
+            f"the {self.backend} judge sends none; use --mode live",
         )
         rule(not self.finish_live or self.mode == "batch", "finish_live applies to mode 'batch' only")
         rule(self.poll_interval_s > 0, f"poll_interval_s must be > 0, got {self.poll_interval_s}")
@@ -174,7 +175,7 @@ class JudgeSettings:
             "queue limit of your organisation's Limits page for the judge model, or omit it",
         )
         rule(self.batch_requeue_wait_s > 0, f"batch_requeue_wait_s must be > 0, got {self.batch_requeue_wait_s}")
-        if self.backend == "reference":
+        if not backend.sends_requests:
             object.__setattr__(self, "prices", FREE)
         elif self.prices is None:
             prices = known_prices(self.judge_model)
@@ -197,8 +198,8 @@ class JudgeSettings:
 
     @property
     def model_label(self) -> str:
-        """The judge named in every output row."""
-        return REFERENCE_MODEL if self.backend == "reference" else self.judge_model
+        """The judge named in every output row: the backend's own model (an offline one), else judge_model."""
+        return backend_of(self).model or self.judge_model
 
     def fingerprinted(self) -> dict[str, Any]:
         """What changes the judgments. URL, budgets, timeout, prices, the spending cap and --min-confidence (a
@@ -209,6 +210,6 @@ class JudgeSettings:
             "prompt_version": PROMPT_VERSION,
             "swap_check": self.swap_check,
         }
-        if self.backend == "openai":
+        if backend_of(self).takes_reasoning_effort:
             d["reasoning_effort"] = self.reasoning_effort
         return d

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from engine.rows import Row, check_input_file
 from engine.runner import RowContext, run_stage
 from engine.summary import Counters, StageSummary
 from stages.judge.answer import Verdict, read_answer
+from stages.judge.backends import Judgement, backend_names, backend_of
 from stages.judge.batch_state import uncollected_batches
 from stages.judge.cost import RowUsage
 from stages.judge.estimate import Estimate, estimate
@@ -41,40 +41,17 @@ from stages.judge.prompt import (
     response_format,
     shown_order,
 )
-from stages.judge.reference import confidence_from_gap
 from stages.judge.report import write_report
 from stages.judge.rows import validate_completions_row
-from stages.judge.rubric import rank_by_rubric
 from stages.judge.settings import JudgeSettings
 
-__all__ = ["Estimate", "JudgeSettings", "JudgeStage", "estimate", "run_judge_live"]
+__all__ = ["Estimate", "JudgeSettings", "JudgeStage", "Judgement", "estimate", "run_judge_live"]
 
 log = logging.getLogger(__name__)
 
 PRIOR_WEIGHT_ROWS = 2.0  # the --max-cost forecast counts the pre-run estimate as this many observed rows
 PRIOR_SAMPLE_ROWS = 200  # rows of the input the pre-run estimate reads
 _WAIT = object()  # the budget cannot tell yet: wait for a row in flight to finish
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """One pass over a row: positions index the row's candidates (not its raw completions)."""
-
-    order: list[int]  # candidate positions in the order shown (ids A, B, ...)
-    ranking: list[int]  # candidate positions, best first
-    ranking_shown: list[str]  # the ids as the judge answered
-    confidence: int
-    reason: str
-    model_version: str | None = None
-    scores: list[float] | None = None  # reference backend: rubric total per candidate position
-
-    @property
-    def best(self) -> int:
-        return self.ranking[0]
-
-    @property
-    def worst(self) -> int:
-        return self.ranking[-1]
 
 
 def judgement(order: list[int], ids: list[str], verdict: Verdict, model_version: str | None) -> Judgement:
@@ -100,8 +77,8 @@ class JudgeStage:
         prior_row_cost: float = 0.0,
         secret: str | None = None,
     ):
-        if settings.backend == "openai" and client is None:
-            raise ConfigError("the openai judge backend needs a client")
+        if backend_of(settings).sends_requests and client is None:
+            raise ConfigError(f"the {settings.backend} judge backend needs a client")
         self.s = settings
         self.client = client
         self.prior_row_cost = prior_row_cost
@@ -207,10 +184,11 @@ class JudgeStage:
                 "fewer_than_two_distinct",
                 {"detail": cands.describe_drops(len(completions)) + ": nothing to compare", **dropped},
             )
-        if self.s.backend == "reference" and not row.data.get("reference"):
+        if backend_of(self.s).needs_reference and not row.data.get("reference"):
             raise SkipRow(
                 "no_reference",
-                {"detail": 'the reference judge needs the row\'s "reference" (the SFT completion); this row has none'},
+                {"detail": f'the {self.s.backend} judge needs the row\'s "reference" (the SFT completion); this row '
+                           "has none"},
             )
         return cands, dropped, shown_order(row.id, len(cands))
 
@@ -219,26 +197,9 @@ class JudgeStage:
     ) -> Judgement:
         shown = [cands.texts[p] for p in order]
         ids = [label(i) for i in range(len(shown))]
-        if self.s.backend == "reference":
-            best_first, rubrics, sims = rank_by_rubric(row.data["prompt"], row.data["reference"], shown)
-            b, w = best_first[0], best_first[-1]
-            parts = "; ".join(f"{ids[i]} {rubrics[i].describe()}" for i in best_first)
-            tie = rubrics[b].total == rubrics[w].total
-            reason = (
-                f"[reference judge: rubric] {parts}. "
-                + (f"Equal rubric totals: {ids[b]} is closer to the reference completion (similarity "
-                   f"{sims[b]:.2f} vs {sims[w]:.2f})." if tie else
-                   f"{ids[b]} best, {ids[w]} worst (similarity to the reference breaks equal totals only).")
-                + " A format rubric, not a model's judgement."
-            )
-            by_candidate = [0.0] * len(cands)
-            for i, p in enumerate(order):
-                by_candidate[p] = rubrics[i].total
-            gap = rubrics[b].total - rubrics[w].total
-            return Judgement(
-                order, [order[i] for i in best_first], [ids[i] for i in best_first],
-                confidence_from_gap(gap if not tie else sims[b] - sims[w]), reason, scores=by_candidate,
-            )
+        rank = backend_of(self.s).rank
+        if rank is not None:  # an offline backend ranks by itself, free
+            return rank(row, order, shown, ids)
         verdict, model_version = await self._ask(row, ctx, shown, ids, usage)
         return judgement(order, ids, verdict, model_version)
 
@@ -348,7 +309,7 @@ class JudgeStage:
             "backend": s.backend,
             "model": s.model_label,
             "model_version": first.model_version,
-            "reasoning_effort": s.reasoning_effort if s.backend == "openai" else None,
+            "reasoning_effort": s.reasoning_effort if backend_of(s).takes_reasoning_effort else None,
             "prompt_version": PROMPT_VERSION,
             "ranking": [idx[p] for p in first.ranking],
             "ranking_shown": first.ranking_shown,
@@ -391,7 +352,8 @@ def judge_api_key(settings: JudgeSettings, api_key: str | None) -> str | None:
     if not key and settings.judge_url is None:
         raise ConfigError(
             "OPENAI_API_KEY is not set: export it for the OpenAI judge, point --judge-url at another "
-            "OpenAI-compatible server, or use --backend reference (offline, free)"
+            f"OpenAI-compatible server, or use --backend {' or '.join(backend_names(sends_requests=False))} "
+            "(offline, free)"
         )
     return key
 
@@ -427,7 +389,7 @@ async def run_judge_live(
         )
     client = None
     key = None
-    if settings.backend == "openai":
+    if backend_of(settings).sends_requests:
         key = judge_api_key(settings, api_key)
         client = make_client(settings.judge_url, key, timeout_s=settings.timeout_s, concurrency=options.concurrency)
     try:
