@@ -9,18 +9,27 @@ request transform and response model construction, which cost ~4 ms of CPU per r
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 import orjson
 
 from engine.errors import MalformedResponse
 
 
-async def post_chat(client: openai.AsyncOpenAI, payload: dict[str, Any]) -> dict[str, Any]:
-    """POST /chat/completions; returns the parsed JSON object, or raises MalformedResponse for a bad body."""
-    raw = await client.post("/chat/completions", body=payload, cast_to=bytes)
+async def post_chat(client: openai.AsyncOpenAI, payload: dict[str, Any],
+                    on_headers: Callable[[Mapping[str, str]], None] | None = None) -> dict[str, Any]:
+    """POST /chat/completions; returns the parsed JSON object, or raises MalformedResponse for a bad body.
+    `on_headers` gets the response's headers first (the judge reads the rate-limit ones)."""
+    if on_headers is None:
+        raw = await client.post("/chat/completions", body=payload, cast_to=bytes)
+    else:
+        response = await client.post("/chat/completions", body=payload, cast_to=httpx2.Response)
+        on_headers(response.headers)
+        raw = response.content
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:

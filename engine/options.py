@@ -13,6 +13,11 @@ class RunOptions:
 
     concurrency: int = field(default=16, metadata={"help": "most requests in flight at once"})
     rps: float | None = field(default=None, metadata={"help": "most requests started per second (None: no cap)"})
+    rpm: float | None = field(default=None, metadata={
+        "help": "most requests admitted per minute, as the API's limit counts them (None: no cap)"})
+    tpm: float | None = field(default=None, metadata={
+        "help": "most tokens admitted per minute, counted as the API counts them at admission: prompt tokens plus "
+                "the completion budget (None: no cap; only stages that count tokens, the judge, are paced by it)"})
     strict: bool = field(default=False, metadata={"help": "fail on any bad input row before sending a request"})
     fresh: bool = field(default=False, metadata={"help": "move the old output aside and start over"})
     limit: int | None = field(default=None, metadata={"help": "only the first N valid input rows"})
@@ -34,6 +39,9 @@ class RunOptions:
 
         rule(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}; pass --concurrency 16")
         rule(self.rps is None or self.rps > 0, f"rps must be > 0 or unset, got {self.rps}; omit --rps for no cap")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            rule(value is None or value > 0, f"{name} must be > 0 or unset, got {value}; omit --{name} for no cap")
         rule(self.limit is None or self.limit >= 1, f"limit must be >= 1 or unset, got {self.limit}")
         rule(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
         rule(self.max_malformed >= 1, f"max_malformed must be >= 1, got {self.max_malformed}")

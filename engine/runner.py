@@ -60,11 +60,12 @@ class RowContext:
     options: RunOptions
     halt: asyncio.Event  # set by the first run-wide refusal: no request is sent after it
 
-    async def request(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()` under the retry policy (engine.retry.with_retries), paced, stopped by a run-wide refusal."""
+    async def request(self, call: Callable[[], Awaitable[T]], *, tokens: int = 0) -> T:
+        """`call()` under the retry policy (engine.retry.with_retries), paced, stopped by a run-wide refusal.
+        `tokens`: what the API counts against its per-minute token limit when it admits each attempt."""
 
         async def before_attempt(attempt: int) -> None:
-            await self.pacer.before_request()
+            await self.pacer.before_request(tokens)
             if self.halt.is_set():
                 raise Halted
             self.counters.requests += 1
@@ -141,7 +142,7 @@ class _Run:
         self.stopped_reason: str | None = None
         self.producer_error: Exception | None = None
         self.signals = 0
-        self.pacer = Pacer(options.rps)
+        self.pacer = Pacer(options.rps, rpm=options.rpm, tpm=options.tpm)
         self.backoff = Backoff(options.backoff_base_s, options.backoff_cap_s, options.max_retry_after_s)
         self.progress = Progress(stage.name, counters, options.progress_every_s)
 
@@ -321,6 +322,8 @@ class _Run:
         if self.options.progress:
             self.progress.finish()
         c = self.counters
+        if self.pacer.waited_s > 0:  # time workers spent waiting for the per-minute budgets (summed over them)
+            c.extra["budget_wait_s"] = round(c.extra.get("budget_wait_s", 0.0) + self.pacer.waited_s, 1)
         interrupted = self.signals > 0
         unfinished = await self.rows_left() if self.stop.is_set() else 0
         c.total = c.finished + unfinished  # exact now; the live total was an estimate from the line count

@@ -23,6 +23,9 @@ def _engine_flags(p: argparse.ArgumentParser, concurrency: int) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N valid input rows")
     p.add_argument("--concurrency", type=int, default=concurrency, help="most requests in flight")
     p.add_argument("--rps", type=float, default=None, help="most requests started per second")
+    p.add_argument("--rpm", type=float, default=None, help="most requests admitted per minute (your API tier's)")
+    p.add_argument("--tpm", type=float, default=None,
+                   help="most tokens admitted per minute, counted as OpenAI admits them (the judge; your tier's)")
     p.add_argument("--strict", action="store_true", help="fail on any bad input row before any request")
     p.add_argument("--fresh", action="store_true", help="move the old output aside and start over")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight rows may finish after Ctrl-C")
@@ -34,6 +37,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         concurrency=args.concurrency,
         rps=args.rps,
+        rpm=args.rpm,
+        tpm=args.tpm,
         strict=args.strict,
         fresh=args.fresh,
         limit=args.limit,

@@ -187,7 +187,8 @@ TOP_LEVEL_HELP = {
     "workdir": "stable working folder for the stages' checkpoints (default data/dpo/<profile>)",
     "enable_cache": "reuse ZenML's cached results of unchanged steps",
     "generate": "GenerateSettings and RunOptions keys for sampling",
-    "judge": "JudgeSettings and RunOptions keys for judging",
+    "judge": "JudgeSettings and RunOptions keys for judging, and tier (1-5: your OpenAI usage tier, whose rpm, tpm "
+    "and Batch queue limit pace the judge; stages/judge/tiers.py)",
     "split": "SplitSettings keys (val_fraction)",
     "train": "DPOTrainConfig overrides",
     "deploy": "DeploySettings keys (state_dir, timeout_s, port, scale)",
@@ -263,7 +264,7 @@ def load_config(
         sections["generate"]["concurrency"] = deploy.scale.sample_concurrency
     generate, generate_run = _settings_and_options(GenerateSettings, sections["generate"], "generate")
     judge_settings_cls = _judge_settings_class()
-    judge, judge_run = _settings_and_options(judge_settings_cls, sections["judge"], "judge")
+    judge, judge_run = _settings_and_options(judge_settings_cls, _apply_tier(sections["judge"]), "judge")
     if chosen == "local" and backend_of(judge).sends_requests and judge.judge_url is None:
         raise PipelineConfigError(
             f"the local profile never calls api.openai.com, so judge.backend {judge.backend!r} needs a judge_url "
@@ -315,6 +316,26 @@ def build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         raise
     except (ValueError, TypeError) as e:
         raise PipelineConfigError(f"{where}: {e}") from e
+
+
+def _apply_tier(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The judge section with `tier` replaced by its limits (stages/judge/tiers.py) wherever the section does not
+    set them: live judging's rpm and tpm, batch mode's enqueued tokens. No tier: no pacing."""
+    from stages.judge.tiers import TIERS, tier_problem
+
+    values = dict(values)
+    if "tier" not in values:
+        return values
+    tier = values.pop("tier")
+    if tier is None:
+        return values
+    if (problem := tier_problem(tier)) is not None:
+        raise PipelineConfigError(problem)
+    limits = TIERS[tier]
+    values.setdefault("rpm", limits.rpm)
+    values.setdefault("tpm", limits.tpm)
+    values.setdefault("batch_max_enqueued_tokens", limits.batch_max_enqueued_tokens)
+    return values
 
 
 def _deploy_section(values: Mapping[str, Any]) -> DeploySettings:

@@ -30,7 +30,7 @@ from stages.judge.answer import Verdict, read_answer
 from stages.judge.backends import Judgement, backend_names, backend_of
 from stages.judge.batch_state import uncollected_batches
 from stages.judge.cost import RowUsage
-from stages.judge.estimate import Estimate, estimate
+from stages.judge.estimate import Estimate, estimate, request_tokens
 from stages.judge.filters import LOW_CONFIDENCE, apply_min_confidence, low_confidence_detail, passes
 from stages.judge.prompt import (
     PROMPT_VERSION,
@@ -215,12 +215,12 @@ class JudgeStage:
 
             async def call(body: dict[str, Any] = body) -> tuple[dict[str, Any], Any]:
                 usage.requests += 1
-                data = await post_chat(client, body)
+                data = await post_chat(client, body, on_headers=ctx.pacer.observe)
                 self.account(ctx.counters, usage, data)  # billed even when the answer is unusable
                 return data, read_answer(data, ids)
 
             try:
-                response, answer = await ctx.request(call)
+                response, answer = await ctx.request(call, tokens=request_tokens(body) + budget)
             except FatalError as e:
                 if self._secret and self._secret in e.reason:  # a proxy echoed the key: keep it out of the files
                     raise FatalError(e.reason.replace(self._secret, "<OPENAI_API_KEY>"), attempts=e.attempts,
