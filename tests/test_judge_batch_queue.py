@@ -41,7 +41,8 @@ async def test_a_run_larger_than_the_queue_limit_finishes_with_every_row_judged_
     async with run_in_process() as server:
         cap = int(2.5 * _mean_request_tokens(comp, server))  # two requests per chunk, one chunk enqueued at a time
         server.control(batch_enqueued_token_limit=cap, batch_slow_polls=1)  # each batch stays in progress a while
-        got = await run_judge(comp, out, batch(server, batch_max_enqueued_tokens=cap), RunOptions(**FAST))
+        settings = batch(server, batch_max_enqueued_tokens=cap, batch_in_flight=1)
+        got = await run_judge(comp, out, settings, RunOptions(**FAST))
         stats = server.stats()
     assert (got.succeeded, got.failed, got.unfinished, got.exit_code) == (ROWS, 0, 0, 0)
     assert stats["usage"]["gpt-5"]["prompt_tokens"] > 4 * cap  # the run is far larger than the queue holds
@@ -53,6 +54,23 @@ async def test_a_run_larger_than_the_queue_limit_finishes_with_every_row_judged_
         (1, 2, "completed", [])
     ] * (ROWS // 2)
     assert all(0 < c["tokens"] <= cap for c in chunks)
+    assert sorted(rows_by_id(out / "preferences.jsonl")) == sorted(ids)
+
+
+async def test_several_batches_run_at_once_within_the_queue_limit(tmp_path):
+    """batch_in_flight 3: chunks are a third of the cap, so three batches are enqueued together and each finished one
+    frees room for the next: never more than the cap, never only one at a time."""
+    comp, out = tmp_path / "c.jsonl", tmp_path / "b"
+    ids = write(comp, _rows())
+    async with run_in_process() as server:
+        cap = int(3.5 * _mean_request_tokens(comp, server))  # a third of it holds one request
+        server.control(batch_enqueued_token_limit=cap, batch_slow_polls=2)
+        settings = batch(server, batch_max_enqueued_tokens=cap, batch_in_flight=3)
+        got = await run_judge(comp, out, settings, RunOptions(**FAST))
+        stats = server.stats()
+    assert (got.succeeded, got.failed, got.unfinished) == (ROWS, 0, 0)
+    assert stats["batch"]["batches_created"] == ROWS and "token_limit_exceeded" not in stats["batch"]
+    assert 2 * cap / 3.5 < stats["batch"]["enqueued_tokens_max"] <= cap  # at least three enqueued at once
     assert sorted(rows_by_id(out / "preferences.jsonl")) == sorted(ids)
 
 
@@ -107,7 +125,7 @@ async def test_a_chunk_kept_back_for_the_cap_is_created_by_the_rerun_after_a_sto
     ids = write(comp, _rows(4))
     async with run_in_process(batch_slow_polls=10_000) as server:  # in progress until the test lets it finish
         cap = int(2.5 * _mean_request_tokens(comp, server))
-        s = batch(server, batch_max_enqueued_tokens=cap)
+        s = batch(server, batch_max_enqueued_tokens=cap, batch_in_flight=1)
         first = asyncio.create_task(run_judge(comp, out, s, RunOptions(**FAST)))
         await _until_submitted(out, 1)
         await asyncio.sleep(0.1)  # a few polls: the second chunk stays written, waiting for room

@@ -17,12 +17,14 @@ class Packed:
 
 
 class Packer:
-    """Lines go into the current chunk while it stays within `max_requests` lines, `max_bytes` bytes and `max_tokens`
-    input tokens; the line that would pass one starts the next chunk. A line alone over `max_bytes` or `max_tokens`
-    fits in no chunk: refuse it first."""
+    """Lines go into the current chunk while it stays within `max_requests` lines, `max_bytes` bytes and
+    `chunk_tokens` input tokens (a share of the queue's cap `max_tokens`, so several chunks run at once); the line that
+    would pass one starts the next chunk. A line alone over `max_bytes` or `max_tokens` fits in no chunk: refuse it
+    first; one alone over `chunk_tokens` gets a chunk of its own."""
 
-    def __init__(self, max_requests: int, max_bytes: int, max_tokens: int):
+    def __init__(self, max_requests: int, max_bytes: int, max_tokens: int, chunk_tokens: int | None = None):
         self.max_requests, self.max_bytes, self.max_tokens = max_requests, max_bytes, max_tokens
+        self.chunk_tokens = max_tokens if chunk_tokens is None else min(chunk_tokens, max_tokens)
         self.chunks: list[Packed] = []
 
     def add(self, cid: str, key: str, line: bytes, tokens: int) -> None:
@@ -35,7 +37,7 @@ class Packer:
             last is None
             or len(last.lines) >= self.max_requests
             or last.size + len(line) > self.max_bytes
-            or last.tokens + tokens > self.max_tokens
+            or (last.lines and last.tokens + tokens > self.chunk_tokens)  # a line alone over it still goes
         ):
             last = Packed()
             self.chunks.append(last)

@@ -40,7 +40,7 @@ class BatchSubmitter:
         pending = self.todo - self.done - self.records.finished - self.records.failed_rows
         allowed = self._requests_allowed()
         capped = False
-        packer = Packer(s.batch_max_requests, s.batch_max_bytes, s.batch_max_enqueued_tokens)
+        packer = Packer(s.batch_max_requests, s.batch_max_bytes, s.batch_max_enqueued_tokens, s.batch_chunk_tokens)
         round_no = self._round()
         async for row in self._rows(pending):
             self.state.forget_if_changed(row.id, row.key)

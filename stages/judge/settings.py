@@ -104,6 +104,14 @@ class JudgeSettings:
             "(default: 10% under gpt-5's tier-1 1.5M)"
         },
     )
+    batch_in_flight: int = field(
+        default=4,
+        metadata={
+            "help": "batch mode: chunks are cut to 1/N of batch_max_enqueued_tokens, so N batches run at once within "
+            "the queue's limit and each one that finishes frees room for the next (1: one batch the size of the "
+            "whole limit at a time)"
+        },
+    )
     batch_requeue_wait_s: float = field(
         default=60.0,
         metadata={
@@ -158,6 +166,7 @@ class JudgeSettings:
             f"mode 'batch' needs a backend that sends requests ({', '.join(backend_names(sends_requests=True))}); "
             f"the {self.backend} judge sends none; use --mode live",
         )
+        rule(1 <= self.batch_in_flight <= 1000, f"batch_in_flight must be 1-1000, got {self.batch_in_flight}")
         rule(not self.finish_live or self.mode == "batch", "finish_live applies to mode 'batch' only")
         rule(self.poll_interval_s > 0, f"poll_interval_s must be > 0, got {self.poll_interval_s}")
         rule(
@@ -200,6 +209,11 @@ class JudgeSettings:
     def model_label(self) -> str:
         """The judge named in every output row: the backend's own model (an offline one), else judge_model."""
         return backend_of(self).model or self.judge_model
+
+    @property
+    def batch_chunk_tokens(self) -> int:
+        """Input tokens one batch carries at most: the queue's share of one of `batch_in_flight` batches."""
+        return max(1, self.batch_max_enqueued_tokens // self.batch_in_flight)
 
     def fingerprinted(self) -> dict[str, Any]:
         """What changes the judgments. URL, budgets, timeout, prices, the spending cap and --min-confidence (a
