@@ -58,7 +58,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=32, help="LoRA rank of the random adapter")
     p.add_argument("--work-dir", type=Path, help="where the model, adapter and data are written (temp)")
     p.add_argument("--json", type=Path, help="also write the result here")
+    p.add_argument("--record", type=Path, help="put the measured seconds per micro-step into this step-time table "
+                   "(training/step_times.json: what `run --estimate` forecasts training from)")
+    p.add_argument("--gpu", default=None, help="the table's gpu name for --record (default: from the device, e.g. L4)")
     return p.parse_args(argv)
+
+
+def record(table: Path, out: dict, gpu: str | None) -> dict:
+    """Replace (or add) the table's entry for this GPU, model, quantization, batch and length with the measurement."""
+    import datetime
+
+    data = json.loads(table.read_text())
+    model = "llama-3.2-3b" if out["model"] == "llama-3.2-3b-dims" else out["model"]
+    name = gpu or next((g for g in ("L4", "A10G", "A100", "H100", "H200", "L40S") if g in out["device"]), out["device"])
+    micro = round(out["seconds_per_step"] / out["grad_accum"], 3)
+    entry = {"gpu": name, "model": model, "quantization": out["quantization"], "batch": out["batch"],
+             "max_length": out["max_length"], "seconds_per_microstep": micro,
+             "measured": True, "source": f"bench/dpo_gpu_bench.py on {out['device']}, {datetime.date.today()}: "
+             f"{out['timed_steps']} timed steps, peak {out['peak_gpu_memory_gib']} GiB"}
+    same = ("gpu", "model", "quantization", "batch", "max_length")
+    data["entries"] = [e for e in data["entries"] if any(e[k] != entry[k] for k in same)] + [entry]
+    table.write_text(json.dumps(data, indent=2) + "\n")
+    return entry
 
 
 def build_inputs(work: Path, dims: dict, rank: int, max_length: int, pairs: int, cuda: bool) -> dict[str, Path]:
@@ -216,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
+    if args.record:
+        print(f"recorded in {args.record}: {record(args.record, out, args.gpu)}")
     return 0
 
 

@@ -143,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _forecast(cfg: Any, args: argparse.Namespace) -> int | None:
     """Print the forecast; the exit code when the command ends here (--estimate, or over --max-cost)."""
+    from pipelines.forecast import render_stages
     from pipelines.rounds import recorded_rounds
     from pipelines.rounds_cost import forecast_rounds, render_forecast
 
@@ -154,6 +155,10 @@ def _forecast(cfg: Any, args: argparse.Namespace) -> int | None:
         f"{', '.join(map(str, done))} recorded as finished: nothing more to pay)")
     print(f"forecast for {left}, before anything more is sampled or paid (the sampler's max_tokens "
           f"{cfg.generate.max_tokens} per completion):\n{render_forecast(forecast)}", file=sys.stderr)
+    for f in forecast:
+        if f.stages:
+            print(f"\nround {f.round}, stage by stage (hours and dollars; 'assumed' marks what no run here has "
+                  f"measured):\n{render_stages(list(f.stages))}", file=sys.stderr)
     if args.max_cost is not None and total > args.max_cost:
         print(f"error: the expected ${total:,.2f} for {left} is over --max-cost ${args.max_cost:,.2f}; "
               "nothing was run. Raise --max-cost, or run fewer rounds or fewer prompts (--limit).", file=sys.stderr)

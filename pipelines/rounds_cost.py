@@ -24,9 +24,11 @@ import orjson
 
 from engine.rows import BOM, Reject, parse_line, validate_prompt_row
 from pipelines.config import PipelineConfig, PipelineConfigError, RoundsSettings
-from stages.judge.estimate import CHARS_PER_TOKEN, estimate
+from pipelines.forecast import StageForecast, forecast_stages
+from stages.judge.estimate import CHARS_PER_TOKEN, Estimate, estimate
 
 PROBLEMS_SHOWN = 20  # bad prompt lines named one by one; the rest counted
+SAMPLE_ROWS = 1_000  # a larger prompt file is forecast on this many evenly spaced rows, scaled up
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RoundForecast:
     cost_usd: float  # expected
     cost_max_usd: float
     recorded: bool = False  # finished before (a round record): nothing more to send or pay
+    stages: tuple[StageForecast, ...] = ()  # per stage: requests, tokens, dollars, hours (pipelines/forecast.py)
 
 
 def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings,
@@ -64,19 +67,20 @@ def forecast_rounds(cfg: PipelineConfig, settings: RoundsSettings,
                 out.append(RoundForecast(round=k, prompts=rows, judge_requests=0, ab_requests=0, cost_usd=0.0,
                                          cost_max_usd=0.0, recorded=True))
                 continue
-            judge = estimate(_stand_in(part, folder / f"round-{k}-completions.jsonl", cfg.generate.n,
-                                       cfg.generate.max_tokens), cfg.judge)
+            judge = _estimate(part, folder / f"round-{k}-completions.jsonl", cfg.generate.n,
+                              cfg.generate.max_tokens, cfg.judge)
             if not held.is_file():  # no hold-out: the A/B runs on the split's val share of the round's prompts
                 share = max(1, math.ceil(cfg.split.val_fraction * rows)) if rows else 0
                 lines = part.read_bytes().splitlines(keepends=True)[:share]
                 (folder / f"round-{k}-val.jsonl").write_bytes(b"".join(lines))
             prompts_ab = held if held.is_file() else folder / f"round-{k}-val.jsonl"
-            ab = estimate(_stand_in(prompts_ab, folder / f"round-{k}-ab.jsonl", 2, cfg.generate.max_tokens), ab_judge)
+            ab = _estimate(prompts_ab, folder / f"round-{k}-ab.jsonl", 2, cfg.generate.max_tokens, ab_judge)
             ab_runs = 1 if k == 1 else 2
             out.append(RoundForecast(
                 round=k, prompts=rows, judge_requests=judge.requests, ab_requests=ab.requests * ab_runs,
                 cost_usd=round(judge.cost_usd + ab.cost_usd * ab_runs, 6),
-                cost_max_usd=round(judge.cost_max_usd + ab.cost_max_usd * ab_runs, 6)))
+                cost_max_usd=round(judge.cost_max_usd + ab.cost_max_usd * ab_runs, 6),
+                stages=tuple(forecast_stages(cfg, rows, judge, ab.rows, ab, ab_runs))))
     return out
 
 
@@ -99,13 +103,29 @@ def _check_prompt_rows(prompts: Path) -> None:
                                   "generate stage's rejects file).")
 
 
-def _stand_in(prompts: Path, out: Path, n: int, max_tokens: int) -> Path:
+def _estimate(prompts: Path, out: Path, n: int, max_tokens: int, settings: Any) -> Estimate:
+    """The judge's estimate over stand-in rows for `prompts`: on every row, or on SAMPLE_ROWS evenly spaced ones
+    scaled up to all (a 100k-row file would otherwise write gigabytes of stand-in completions)."""
+    lines = [line for line in prompts.read_bytes().splitlines() if line.strip()]
+    step = max(1, len(lines) / SAMPLE_ROWS)
+    sample = [lines[int(i * step)] for i in range(min(len(lines), SAMPLE_ROWS))]
+    e = estimate(_stand_in(sample, out, n, max_tokens), settings)
+    if len(sample) == len(lines) or not sample:
+        return e
+    f = len(lines) / len(sample)
+    return dataclasses.replace(
+        e, rows=round(e.rows * f), rows_to_judge=round(e.rows_to_judge * f), requests=round(e.requests * f),
+        tokens_in=round(e.tokens_in * f), tokens_cached=round(e.tokens_cached * f), tokens_out=round(e.tokens_out * f),
+        tokens_out_max=round(e.tokens_out_max * f), cost_usd=e.cost_usd * f, cost_max_usd=e.cost_max_usd * f,
+        skipped={why: round(c * f) for why, c in e.skipped.items()},
+        notes=[*e.notes, f"scaled from {len(sample):,} evenly spaced rows of {len(lines):,}"])
+
+
+def _stand_in(lines: list[bytes], out: Path, n: int, max_tokens: int) -> Path:
     """Each prompt row with `n` distinct completions of `max_tokens` tokens' worth of characters."""
     length = int(max_tokens * CHARS_PER_TOKEN)
     with open(out, "wb") as dst:
-        for line in prompts.read_bytes().splitlines():
-            if not line.strip():
-                continue
+        for line in lines:
             row: dict[str, Any] = orjson.loads(line.removeprefix(BOM))  # rows checked: _check_prompt_rows
             texts = [(f"[JERRY] sample {i} " + "x" * length)[:length] for i in range(n)]
             dst.write(orjson.dumps({"prompt": row["prompt"], "completions": texts,
