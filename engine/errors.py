@@ -35,6 +35,7 @@ class FatalError(Exception):
         self.attempts = attempts
         self.status = status
         self.run_fatal = run_fatal  # the endpoint refused the run (key, model, quota): no other row will pass
+        self.cost_usd = 0.0  # what the row's attempts were billed (a stage sets it): its error record keeps it
 
 
 class Halted(Exception):

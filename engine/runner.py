@@ -238,7 +238,7 @@ class _Run:
             except FatalError as e:
                 self.writer.error(
                     {"id": row.id, "line": row.line, "stage": self.stage.name, "error": e.reason,
-                     "attempts": e.attempts, "status": e.status}
+                     "attempts": e.attempts, "status": e.status, **({"cost_usd": e.cost_usd} if e.cost_usd else {})}
                 )
                 log.warning("%s:%d (id %s) failed: %s", self.input_path, row.line, row.id, e.reason)
                 c.failed += 1

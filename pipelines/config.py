@@ -140,7 +140,7 @@ class RoundsSettings:
 EVALUATE_EXTRA_HELP = {
     "prompts": "prompt file for the A/B evaluation (null: the split's val set, never trained on)",
     "judge_backend": "openai or reference for the A/B judge (null: the judge section's backend)",
-    "max_cost_usd": "USD per run for the A/B judge (null: no cap)",
+    "max_cost_usd": "USD for the A/B judge, its reruns included (null: no cap)",
 }
 
 

@@ -234,22 +234,37 @@ async def test_swap_check_and_min_confidence_filter_with_records(tmp_path):
     assert report["rows"]["judged"] == 10
 
 
-async def test_max_cost_stops_scheduling_and_a_rerun_continues(tmp_path):
+async def test_max_cost_covers_the_whole_run_across_reruns(tmp_path):
+    """The cap is the run's, not an attempt's: a rerun at the same cap sends nothing, a raised cap buys the
+    difference, and what failed rows were billed counts too."""
     comp = tmp_path / "c.jsonl"
     ids = write(comp, [{"prompt": prompt(i), "completions": marked(i)} for i in range(12)])
     out = tmp_path / "j"
     # $1,000 per 1M output tokens: each answer (64 reasoning + ~25 content tokens) costs about $0.09
-    s_kw = {"prices": Prices(0.0, 0.0, 1000.0), "expected_output_tokens": 90, "max_cost_usd": 0.40}
-    seen: list[str] = []
+    price = {"prices": Prices(0.0, 0.0, 1000.0), "expected_output_tokens": 90}
+    opts = RunOptions(concurrency=2, **FAST)
     async with run_in_process(latency=0.02) as server:
-        for _ in range(2):
-            summary = await run_judge(comp, out, settings(server, **s_kw), RunOptions(concurrency=2, **FAST))
-            assert "max cost reached" in summary.stopped_reason
-            assert summary.cost_usd <= 0.40 and summary.succeeded >= 3  # 4 rows fit; never over the cap
-            assert summary.exit_code == 1 and summary.unfinished == 12 - len(seen) - summary.succeeded
-            seen = [r["id"] for r in read_jsonl(out / "preferences.jsonl")]
-        summary = await run_judge(comp, out, settings(server, prices=Prices(0.0, 0.0, 1000.0)),
-                                  RunOptions(concurrency=2, **FAST))
+        first = await run_judge(comp, out, settings(server, max_cost_usd=0.40, **price), opts)
+        assert "max cost reached" in first.stopped_reason and first.exit_code == 1
+        assert first.cost_usd <= 0.40 and first.succeeded >= 3  # 4 rows fit; never over the cap
+        sent = server.stats()["by_kind"]["judge"]
+        again = await run_judge(comp, out, settings(server, max_cost_usd=0.40, **price), opts)
+        assert (again.succeeded, again.cost_usd) == (0, 0) and server.stats()["by_kind"]["judge"] == sent
+        assert "by earlier runs of this output" in again.stopped_reason and "whole run" in again.stopped_reason
+        # One more row fails after a billed answer it could not use: its error record keeps the cost.
+        server.control(fail_next=[{"kind": "non_permutation", "count": 3}])
+        raised = await run_judge(comp, out, settings(server, max_cost_usd=0.80, **price), RunOptions(
+            concurrency=1, max_malformed=3, **FAST))
+        paid = first.cost_usd + raised.cost_usd
+        # The cap stops scheduling rows, never a paid request: the failing row's two retries (~$0.09 each) may pass it.
+        assert raised.succeeded >= 1 and raised.failed == 1 and paid <= 0.80 + 0.2
+        errors = read_jsonl(out / "preferences.errors.jsonl")
+        assert len(errors) == 1 and errors[0]["cost_usd"] > 0
+        from engine.checkpoint import Checkpoint
+        from stages.judge.stage import spent_before
+
+        assert spent_before(Checkpoint(out, "preferences")) == pytest.approx(paid, abs=1e-6)
+        summary = await run_judge(comp, out, settings(server, **price), opts)  # no cap: the rest
     assert summary.exit_code == 0 and summary.stopped_reason is None
     final = [r["id"] for r in read_jsonl(out / "preferences.jsonl")]
     assert len(final) == len(set(final)) == 12 and set(final) == set(ids)

@@ -66,7 +66,9 @@ class JudgeSettings:
         default=False, metadata={"help": "judge again in reversed order; keep the pair only if best and worst agree"}
     )
     max_cost_usd: float | None = field(
-        default=None, metadata={"help": "per run: stop scheduling rows once the spend would pass this"}
+        default=None,
+        metadata={"help": "USD for the run as a whole, reruns included: stop scheduling rows once its spend would "
+                  "pass this"},
     )
     min_confidence: int | None = field(
         default=None, metadata={"help": "drop (and record) pairs the judge rates below this confidence (1-5)"}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 
 from engine.chat import post_chat, usage_of
 from engine.checkpoint import Checkpoint
@@ -54,6 +55,26 @@ PRIOR_SAMPLE_ROWS = 200  # rows of the input the pre-run estimate reads
 _WAIT = object()  # the budget cannot tell yet: wait for a row in flight to finish
 
 
+def spent_before(checkpoint: Checkpoint) -> float:
+    """What earlier runs of this output paid: each judged row's usage (kept, filtered out, or redone after its input
+    changed) and each failed row's billed attempts (read line by line: a 100k-row output is not loaded whole)."""
+    total = 0.0
+    for path in (checkpoint.results, checkpoint.skipped, checkpoint.superseded, checkpoint.errors):
+        if not path.exists():
+            continue
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a torn last line: the runner repairs it
+                if not isinstance(record, dict):
+                    continue
+                usage = (record.get("judge") or {}).get("usage") or {}  # a judged row (kept, filtered or redone)
+                total += float(usage.get("cost_usd") or record.get("cost_usd") or 0.0)  # or a failed one
+    return total
+
+
 def judgement(order: list[int], ids: list[str], verdict: Verdict, model_version: str | None) -> Judgement:
     """A model's verdict over candidates shown in `order` (ids A, B, ...), mapped back to candidate positions."""
     ranking = [order[ids.index(x)] for x in verdict.ranking]
@@ -85,6 +106,7 @@ class JudgeStage:
         self._admitted = 0
         self._paid_rows = 0  # finished rows that were billed something: the forecast's sample
         self._paid_cost = 0.0
+        self.spent_before = 0.0  # with a spending cap: what earlier runs of this output paid (before_run)
         self._row_done = asyncio.Event()
         self._secret = secret if secret and len(secret) >= 8 else None  # never echoed into an error record
 
@@ -96,8 +118,11 @@ class JudgeStage:
         return validate_completions_row(obj)
 
     def before_run(self, checkpoint: Checkpoint) -> None:
-        """Apply --min-confidence to the pairs judged before (not a fingerprinted setting: no request)."""
+        """Apply --min-confidence to the pairs judged before (not a fingerprinted setting: no request); with a
+        spending cap, count what earlier runs of this output paid (the cap covers the whole run)."""
         apply_min_confidence(checkpoint, self.s.min_confidence)
+        if self.s.max_cost_usd is not None:
+            self.spent_before = spent_before(checkpoint)
 
     def stop_reason(self, counters: Counters) -> str | None | Coroutine[Any, Any, str | None]:
         """With --max-cost, admit a row only while the spend so far plus the forecast for the rows in flight
@@ -114,14 +139,16 @@ class JudgeStage:
             return None
         outstanding = self._admitted - counters.finished
         per_row = self.row_cost_forecast()
-        if counters.cost_usd + (outstanding + 1) * per_row <= cap:
+        spent = self.spent_before + counters.cost_usd
+        if spent + (outstanding + 1) * per_row <= cap:
             self._admitted += 1
             return None
         if outstanding > 0:
             return _WAIT
+        before = f" (${self.spent_before:.4f} of it by earlier runs of this output)" if self.spent_before else ""
         return (
-            f"max cost reached: ${counters.cost_usd:.4f} spent this run and the next row would cost about "
-            f"${per_row:.4f}, passing --max-cost ${cap:.2f}; rerun to continue (the cap is per run)"
+            f"max cost reached: ${spent:.4f} spent{before} and the next row would cost about ${per_row:.4f}, "
+            f"passing --max-cost ${cap:.2f}; the cap covers the whole run across reruns: raise it to continue"
         )
 
     async def _wait_for_budget(self, counters: Counters) -> str | None:
@@ -145,6 +172,9 @@ class JudgeStage:
         usage = RowUsage()
         try:
             return await self._process(row, ctx, usage)
+        except FatalError as e:
+            e.cost_usd = usage.cost_usd  # its error record keeps what was paid: the whole-run cap counts it
+            raise
         finally:
             self.row_paid(usage.cost_usd)
             self._row_done.set()
