@@ -33,8 +33,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     # (/vol/adapters/<name>/<hash>); `upload --adapter` and training print them. "" = none chosen yet.
     "sft_adapter": ("NGPT_SFT_ADAPTER", ""),
     "dpo_adapter": ("NGPT_DPO_ADAPTER", ""),
-    # Rounds: the previous round's DPO adapter, served beside the new one for their A/B ("" = not served).
-    "prev_adapter": ("NGPT_PREV_ADAPTER", ""),
+    # What the serving app serves, set by the deploy: JSON {served name: folder}, SFT included. "" = the two
+    # variables above (SFT and DPO), as for a `modal deploy -m serving.modal_app` by hand.
+    "served": ("NGPT_SERVED_ADAPTERS", ""),
 }
 
 
@@ -58,7 +59,7 @@ class ModalNames:
     base_model: str = field(default_factory=_env("base_model"))
     sft_adapter: str = field(default_factory=_env("sft_adapter"))
     dpo_adapter: str = field(default_factory=_env("dpo_adapter"))
-    prev_adapter: str = field(default_factory=_env("prev_adapter"))
+    served: str = field(default_factory=_env("served"))
     # Paths inside the volume as mounted at /vol.
     mount: str = "/vol"
     sft_adapters: str = "/vol/adapters/nothing-gpt"  # one folder per SFT adapter content hash below it
@@ -73,16 +74,14 @@ class ModalNames:
     # Rounds (`run --rounds K`): the previous round's DPO adapter, served beside the new one for their A/B.
     prev_model_name: str = "seinfeld-dpo-prev"
 
-    def served_adapters(self) -> dict[str, str]:
-        """Served name -> the NGPT_* variable its folder travels in to the serving app: the one table of the
-        adapters the Modal app can serve (serving/modal_app.py `ADAPTERS`, serving/modal_deploy.py `ADAPTER_ENV`)."""
-        return {self.sft_model_name: ENV_VARS["sft_adapter"][0], self.dpo_model_name: ENV_VARS["dpo_adapter"][0],
-                self.prev_model_name: ENV_VARS["prev_adapter"][0]}
-
     def served_folders(self) -> dict[str, str]:
-        """Served name -> its folder as chosen here (NGPT_SFT_ADAPTER, ...); "" = not chosen, not served."""
-        fields = {var: name for name, (var, _) in ENV_VARS.items()}
-        return {served: getattr(self, fields[var]) for served, var in self.served_adapters().items()}
+        """Served name -> its folder on the volume, as the serving app loads them (serving/modal_app.py `ADAPTERS`):
+        the deploy's NGPT_SERVED_ADAPTERS, else NGPT_SFT_ADAPTER and NGPT_DPO_ADAPTER. "" = not chosen, not served."""
+        if self.served:
+            import json
+
+            return {str(k): str(v) for k, v in json.loads(self.served).items()}
+        return {self.sft_model_name: self.sft_adapter, self.dpo_model_name: self.dpo_adapter}
 
     def env(self) -> dict[str, str]:
         """Every name read from the environment, as the NGPT_* variables that resolve to it here.

@@ -300,7 +300,11 @@ def _record(client: Any, run: Any, k: int, status: str = "done", rolled_back: st
 
 
 AB_KEYS = ("wins", "losses", "ties", "n", "win_rate_all", "ci95_all_low", "ci95_all_high", "cost_usd",
-           "gate_passed", "order_agreement", "complete", "passed", "rolled_back")
+           "gate_passed", "order_agreement", "complete", "passed", "rolled_back",
+           # the length-controlled win rate and the judge's reliability ledger (absent in records before issue 31)
+           "lc_win_rate", "lc_ci95_low", "lc_ci95_high", "lc_disagrees", "gate_on", "flip_rate", "tie_rate",
+           "longer_wins", "human_votes", "human_agreement", "judge_warnings", "judge_model", "judge_reasoning_effort",
+           "judge_prompt_version", "judge_rubric_version")
 
 
 def _ab_numbers(meta: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +339,7 @@ def _serve_round(cfg: PipelineConfig, record: RoundRecord) -> None:
     logger.info("serving round %d's adapter as %s again", record.round, NAMES.dpo_model_name)
     adapter = AdapterRef(name=NAMES.dpo_model_name, path=record.adapter_path, sha256=record.adapter_sha256,
                          base_model="", steps=0)
-    target.serve(adapter, None, operations_of(cfg))
+    target.serve({NAMES.dpo_model_name: adapter}, operations_of(cfg))
 
 
 def _target(cfg: PipelineConfig) -> Any:

@@ -1,11 +1,12 @@
 """Serve the Seinfeld SFT and DPO adapters side by side from one vLLM server on Modal (for A/B).
 
 vLLM's OpenAI-compatible server runs the base model (Llama 3.2 3B Instruct) with LoRA enabled and
-both adapters loaded, each requested by its own model name, each from its content-addressed folder:
+every adapter the deploy names loaded, each requested by its own model name, each from its content-addressed
+folder ($NGPT_SERVED_ADAPTERS, JSON, set by the deploy step; by hand, $NGPT_SFT_ADAPTER and $NGPT_DPO_ADAPTER):
 
-    seinfeld      -> $NGPT_SFT_ADAPTER  (/vol/adapters/nothing-gpt/<hash>, put there by `upload --adapter`)
-    seinfeld-dpo  -> $NGPT_DPO_ADAPTER  (/vol/adapters/nothing-gpt-dpo/<hash>, written by training)
-    seinfeld-dpo-prev -> $NGPT_PREV_ADAPTER (rounds: the previous round's DPO adapter, for their A/B)
+    seinfeld      -> /vol/adapters/nothing-gpt/<hash>      (put there by `upload --adapter`)
+    seinfeld-dpo  -> /vol/adapters/nothing-gpt-dpo/<hash>  (written by training)
+    seinfeld-dpo-prev -> the previous round's DPO adapter  (rounds, for their A/B)
 
 The folders are part of the app version (the images' environment), so `modal app rollback` returns to the
 adapters that version served, and vLLM's /v1/models `root` names the folder each adapter was loaded from.

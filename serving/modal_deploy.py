@@ -7,6 +7,7 @@ DeployError names the part and the previous record stays. The local deploy is se
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from infra.modal_credentials import LOGIN_HINT, modal_credentials_problem
-from infra.names import NAMES
+from infra.names import ENV_VARS, NAMES
 from serving.errors import DeployError
 from serving.readiness import ReadinessOptions, check_ready
 from serving.records import DEFAULT_STATE_DIR, DeployRecord, make_record, write_record
@@ -33,7 +34,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXPECTED = (NAMES.sft_model_name, NAMES.dpo_model_name)
 API_KEY_VAR = "SERVE_API_KEY"  # the Modal endpoint's bearer key on the client side (and in the serve-key secret)
 REPO_ROOT = Path(__file__).resolve().parent.parent  # `modal deploy -m serving.modal_app` runs from here
-ADAPTER_ENV = NAMES.served_adapters()  # served name -> the variable its folder travels in to the serving app
+CHOSEN_BY = {NAMES.sft_model_name: ENV_VARS["sft_adapter"][0], NAMES.dpo_model_name: ENV_VARS["dpo_adapter"][0]}
+SERVED_VAR = ENV_VARS["served"][0]  # the JSON {served name: folder} the app module reads (infra/names.py)
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a model name vLLM serves (no spaces, no slash)
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,14 @@ def deploy_modal(
                           f"{NAMES.serve_key_secret!r} (the endpoint refuses requests without it)")
     served = modal_adapters(adapters)
     expected = list(expected) if expected is not None else list(served) or [NAMES.sft_model_name]
-    unknown = sorted({name for name in [*served, *expected] if name not in ADAPTER_ENV})
-    if unknown:
-        raise ValueError(f"the Modal app serves only {sorted(ADAPTER_ENV)}; got {unknown}")
+    bad = sorted(name for name in [*served, *expected] if not _SERVED_NAME.match(name))
+    if bad:
+        raise ValueError(f"served names must be letters, digits, '.', '_' or '-' (vLLM's model names); got {bad}")
     not_chosen = [name for name in expected if name not in served]
     if not_chosen:
         raise DeployError("adapter missing", f"no folder chosen for {not_chosen}: "
-                          + "; ".join(f"export {ADAPTER_ENV[n]}=<its folder on the volume>" for n in not_chosen)
+                          + "; ".join(f"export {CHOSEN_BY[n]}=<its folder on the volume>" if n in CHOSEN_BY
+                                      else f"pass {n}'s folder in `adapters`" for n in not_chosen)
                           + " (`python -m pipelines.dpo upload --adapter DIR` prints the SFT one)")
     problems = {n: p for n, p in check_volume_adapters(served).items() if p}
     if problems:  # vLLM refuses to start when one adapter fails to load: keep the running version
@@ -241,7 +245,7 @@ def scale_for_sampling(scale: ServeScale) -> bool:
 def _deploy_modal_app(adapters: Mapping[str, str], scale: ServeScale) -> ModalDeployment:
     """Modal: deploy the app serving `adapters`, read its URL and the adapters as the new version sees them.
 
-    `modal deploy` runs in a fresh process with the adapter folders in NGPT_SFT_ADAPTER/NGPT_DPO_ADAPTER, so
+    `modal deploy` runs in a fresh process with the adapter folders in NGPT_SERVED_ADAPTERS (JSON), so
     the module is evaluated with them and they become part of the app version (a rollback restores them).
     """
     import modal
@@ -253,8 +257,8 @@ def _deploy_modal_app(adapters: Mapping[str, str], scale: ServeScale) -> ModalDe
         previous = modal_app_version(app_name)  # what a failed check or gate rolls back to, by number
     except modal.exception.NotFoundError:
         previous = None
-    chosen = {var: str(adapters.get(name, "")) for name, var in ADAPTER_ENV.items()}  # "" = not served
-    env = {**os.environ, **chosen, SCALE_VAR: scale.to_env(),
+    served = json.dumps({name: str(path) for name, path in adapters.items()}, sort_keys=True)
+    env = {**os.environ, SERVED_VAR: served, SCALE_VAR: scale.to_env(),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "modal", "deploy", "-m", "serving.modal_app"], env=env,
                           cwd=REPO_ROOT, check=False)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from zenml import ArtifactConfig, log_metadata, step
 
+from infra.names import NAMES
 from steps.names import Artifact
 from steps.records import AdapterRef
 from targets.spec import TargetSpec
@@ -36,7 +37,11 @@ def deploy_adapters(
     from steps.place_tokens import stamp_deploy
     from targets import current_operations, open_target
 
-    record, reused = open_target(target).serve(adapter, previous_adapter, current_operations())
+    # What is served beside SFT, each under its model name: the one place to add another adapter to the A/B.
+    served = {NAMES.dpo_model_name: adapter}
+    if previous_adapter is not None:
+        served[NAMES.prev_model_name] = previous_adapter  # rounds: the last round's, for this round's A/B over it
+    record, reused = open_target(target).serve(served, current_operations())
     if place_token:
         stamp_deploy(Path(target.state_dir), target.profile, place_token)
     data = record.to_dict()

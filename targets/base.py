@@ -7,6 +7,7 @@ which one they hold, so a third target (another cloud, another server) is one ne
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,10 +38,10 @@ class Target(Protocol):
     def adapter_in_place(self, path: str, sha256: str) -> bool:
         """The adapter files at `path` are still the ones with this content hash."""
 
-    def serve(self, adapter: AdapterRef, previous: AdapterRef | None,
-              ops: Operations) -> tuple[DeployRecord, bool]:
-        """Serve SFT and `adapter` as the DPO model (and `previous` as the previous round's), check each answers,
-        and keep what served before for `rollback`. Returns the record and whether the live server was kept."""
+    def serve(self, adapters: Mapping[str, AdapterRef], ops: Operations) -> tuple[DeployRecord, bool]:
+        """Serve SFT and each of `adapters` under its name (the DPO model, a later round's previous one), check
+        each answers from those files, and keep what served before for `rollback`. Returns the record and whether
+        the live server was kept."""
 
     def deployment(self) -> DeployRecord | None:
         """The record of what is live (the last successful `serve` or rollback), or None."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,24 +105,22 @@ class LocalTarget:
     def adapter_in_place(self, path: str, sha256: str) -> bool:
         return adapter_in_place(path, sha256)
 
-    def serve(self, adapter: AdapterRef, previous: AdapterRef | None,
-              ops: Operations) -> tuple[DeployRecord, bool]:
-        """(Re)start the local vLLM with the kit's base, its SFT adapter, `adapter` (and `previous` as
-        seinfeld-dpo-prev); kept without a restart when it already serves exactly these files."""
+    def serve(self, adapters: Mapping[str, AdapterRef], ops: Operations) -> tuple[DeployRecord, bool]:
+        """(Re)start the local vLLM with the kit's base, its SFT adapter and each of `adapters` under its name;
+        kept without a restart when it already serves exactly these files."""
         from serving.local_deploy import deploy_local, live_local
         from serving.records import load_record
         from serving.rollback import save_previous
 
-        self._check_adapter(adapter)
+        for adapter in adapters.values():
+            self._check_adapter(adapter)
         kit = self.kit()
-        adapters = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: Path(adapter.path)}
-        if previous is not None:
-            adapters[NAMES.prev_model_name] = Path(previous.path)
-        record = live_local(self.state_dir, adapters)  # the same adapter files answering: no restart
+        folders = {NAMES.sft_model_name: kit.sft_adapter_dir, **{n: Path(a.path) for n, a in adapters.items()}}
+        record = live_local(self.state_dir, folders)  # the same adapter files answering: no restart
         if record is not None:
             return record, True
         replaced = load_record(self.state_dir, "local")
-        record = deploy_local(kit.base_dir, adapters, state_dir=self.state_dir, timeout_s=ops.deploy_timeout_s,
+        record = deploy_local(kit.base_dir, folders, state_dir=self.state_dir, timeout_s=ops.deploy_timeout_s,
                               port=ops.port)
         if replaced is not None:
             save_previous(self.state_dir, replaced)  # what a failed A/B gate rolls back to

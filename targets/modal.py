@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -94,15 +95,12 @@ class ModalTarget:
             return False
         return check_volume_adapters({NAMES.dpo_model_name: path}).get(NAMES.dpo_model_name) is None
 
-    def serve(self, adapter: AdapterRef, previous: AdapterRef | None,
-              ops: Operations) -> tuple[DeployRecord, bool]:
-        """Deploy the serving app with `adapter` (and `previous` as seinfeld-dpo-prev; vLLM's max_loras follows the
+    def serve(self, adapters: Mapping[str, AdapterRef], ops: Operations) -> tuple[DeployRecord, bool]:
+        """Deploy the serving app with SFT and each of `adapters` under its name (vLLM's max_loras follows the
         count) and wait until each answers from the folder asked for, else roll back (serving/modal_deploy.py)."""
-        adapters = {NAMES.dpo_model_name: adapter.path}
-        if previous is not None:
-            adapters[NAMES.prev_model_name] = previous.path
-        record = self._deploy(adapters, ops)
-        self._check_live_adapter(record, adapter)
+        record = self._deploy({name: a.path for name, a in adapters.items()}, ops)
+        for name, adapter in adapters.items():
+            self._check_live_adapter(record, name, adapter)
         return record, False
 
     def deployment(self) -> DeployRecord | None:
@@ -143,15 +141,15 @@ class ModalTarget:
         return record
 
     @staticmethod
-    def _check_live_adapter(record: DeployRecord, adapter: AdapterRef) -> None:
-        """The DPO adapter the server loaded must be the one this run trained (same content hash)."""
-        live = {a.name: a.sha256 for a in record.adapters}.get(NAMES.dpo_model_name)
+    def _check_live_adapter(record: DeployRecord, name: str, adapter: AdapterRef) -> None:
+        """The adapter the server loaded as `name` must be the one asked for (same content hash)."""
+        live = {a.name: a.sha256 for a in record.adapters}.get(name)
         if live is None:
-            logger.warning("the deployment record has no content hash for %s; cannot verify it", NAMES.dpo_model_name)
+            logger.warning("the deployment record has no content hash for %s; cannot verify it", name)
             return
         if live != "sha256:" + adapter.sha256:
             raise RuntimeError(
-                f"{NAMES.dpo_model_name} is live with adapter files {live[:19]}…, not the ones this run trained "
+                f"{name} is live with adapter files {live[:19]}…, not the ones asked for "
                 f"(sha256:{adapter.sha256[:12]}…); another training run may have overwritten the volume path: "
                 "rerun the pipeline with --no-cache"
             )

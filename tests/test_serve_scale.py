@@ -34,12 +34,15 @@ def concurrent(**kwargs):
 modal.App.function, modal.concurrent = function, concurrent
 import serving.modal_app as app
 seen["image_env"] = app.NAMES_ENV["NGPT_SERVE_SCALE"]
+seen["adapters"] = app.ADAPTERS
+seen["served_env"] = app.NAMES_ENV["NGPT_SERVED_ADAPTERS"]
 print(json.dumps(seen))
 """
 
 
-def _definition(scale: ServeScale) -> dict:
-    env = {**os.environ, SCALE_VAR: scale.to_env(), "PYTHONPATH": str(ROOT)}
+def _definition(scale: ServeScale, served: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, SCALE_VAR: scale.to_env(), "PYTHONPATH": str(ROOT),
+           "NGPT_SERVED_ADAPTERS": json.dumps(served or {})}
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -49,7 +52,11 @@ def _definition(scale: ServeScale) -> dict:
 def test_the_app_definition_takes_its_replica_bounds_from_the_scale_it_is_deployed_with():
     scale = ServeScale(min_containers=1, max_containers=2, sample_max_containers=12, max_inputs=40,
                        target_inputs=30, scaledown_window_s=300)
-    seen = _definition(scale)
+    served = {"seinfeld": "/vol/adapters/nothing-gpt/s", "seinfeld-dpo": "/vol/adapters/nothing-gpt-dpo/d",
+              "seinfeld-dpo-ipo": "/vol/adapters/nothing-gpt-dpo/i"}  # a third adapter: any name the deploy passes
+    seen = _definition(scale, served)
+    assert seen["adapters"] == served  # vLLM's max_loras follows the count (test_modal_rounds.py)
+    assert json.loads(seen["served_env"]) == served  # the containers load the same ones
     serve = seen["function"][0]  # `serve`, the vLLM web server (the first function the module defines)
     assert serve == {"min_containers": 1, "max_containers": 2, "scaledown_window": 300}
     assert seen["concurrent"] == {"max_inputs": 40, "target_inputs": 30}
