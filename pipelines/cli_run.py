@@ -159,6 +159,12 @@ def _forecast(cfg: Any, args: argparse.Namespace) -> int | None:
         if f.stages:
             print(f"\nround {f.round}, stage by stage (hours and dollars; 'assumed' marks what no run here has "
                   f"measured):\n{render_stages(list(f.stages))}", file=sys.stderr)
+            judge = next(s for s in f.stages if s.stage == "judge")
+            cap = cfg.judge.max_cost_usd
+            if cap is not None and judge.usd > cap:
+                print(f"note: judge.max_cost_usd ${cap:,.2f} stops the judge after about {cap / judge.usd:.0%} of "
+                      f"round {f.round}'s rows (the cap covers the whole run, reruns included): raise it to judge "
+                      "them all", file=sys.stderr)
     if args.max_cost is not None and total > args.max_cost:
         print(f"error: the expected ${total:,.2f} for {left} is over --max-cost ${args.max_cost:,.2f}; "
               "nothing was run. Raise --max-cost, or run fewer rounds or fewer prompts (--limit).", file=sys.stderr)

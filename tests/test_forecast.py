@@ -58,6 +58,7 @@ def test_the_cli_prints_hours_and_dollars_per_stage_for_100k_prompts(tmp_path, b
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:] if line.startswith("|")}
     assert {"sample", "judge", "train", "deploy", "A/B sample", "A/B judge", "total"} <= set(rows)
     assert "| 100,000 |" in rows["sample"] and "assumed" in rows["sample"] and "assumed" in rows["train"]
+    assert "note: judge.max_cost_usd $50.00 stops the judge after about" in err  # 100k rows cost far more
 
 
 def test_sampling_hours_follow_the_replica_bound_and_judging_the_tier(tmp_path):
