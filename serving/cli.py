@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     serve = subparsers.add_parser(
         "serve-local",
-        help="run the local vLLM (CPU build: tiny base + adapters) in the foreground until Ctrl-C",
+        help="run the local vLLM (CPU build: the last local deployment's base and adapters) until Ctrl-C",
         description="Serve a local base model and LoRA adapters under the served names with vLLM's CPU build, "
         "through the same lifecycle as `deploy --local`; Ctrl-C stops it. The API key is $SERVE_API_KEY, "
         "else a random one kept in <state-dir>/local_server.json.",
@@ -52,25 +52,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_local_arguments(parser: argparse.ArgumentParser) -> None:
     from infra.names import NAMES
+    from training.local_kit import DEFAULT_LOCAL_MODEL
 
     parser.add_argument("--state-dir", type=Path, default=Path("data/runs/serving"),
                         help="where deploy records and the local server's pid file live")
-    parser.add_argument("--base", type=Path, default=None, help="local: base model folder (default: tiny kit)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="local: base model folder (default: what the last local deployment served, as `make run` "
+                        "left it; without one, the --kit's base)")
     parser.add_argument("--adapter", type=parse_adapter, action="append", default=[], metavar="NAME=DIR",
-                        help=f"local: adapter to serve (repeatable; default {NAMES.sft_model_name}=<tiny kit SFT> "
-                        f"and {NAMES.dpo_model_name}=<tiny kit DPO>)")
+                        help="local: adapter to serve (repeatable; default: the last local deployment's adapters; "
+                        f"without one, the --kit's {NAMES.sft_model_name} adapter, and its {NAMES.dpo_model_name} "
+                        "one where the kit has one)")
+    parser.add_argument("--kit", choices=("smollm2", "tiny"), default=DEFAULT_LOCAL_MODEL,
+                        help=f"local, with no deployment recorded: the kit to serve (default {DEFAULT_LOCAL_MODEL}, "
+                        "the local profile's model)")
     parser.add_argument("--port", type=int, default=0, help="local: port (0 = a free one)")
 
 
 def _local_defaults(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
+    """--base and --adapter; else what the last local deployment served (a run's SmolLM2 with its SFT and DPO
+    adapters), where its files are still there; else the --kit's base and adapters."""
     adapters = dict(args.adapter)
     if args.base is not None and adapters:
         return args.base, adapters
     from infra.names import NAMES
-    from training.tiny import ensure_tiny_kit
+    from serving.records import load_record
+    from training.local_kit import ensure_local_kit, local_model_key
 
-    kit = ensure_tiny_kit()
-    default = {NAMES.sft_model_name: kit.sft_adapter_dir, NAMES.dpo_model_name: kit.dpo_adapter_dir}
+    last = load_record(args.state_dir, "local")
+    if last is not None and Path(last.base_model).is_dir() and all(Path(a.path).is_dir() for a in last.adapters):
+        return args.base or Path(last.base_model), adapters or {a.name: Path(a.path) for a in last.adapters}
+    kit = ensure_local_kit(local_model_key(args.kit))
+    default = {NAMES.sft_model_name: kit.sft_adapter_dir}
+    dpo = getattr(kit, "dpo_adapter_dir", None)  # the tiny kit carries one; SmolLM2's DPO adapter comes from a run
+    if dpo is not None:
+        default[NAMES.dpo_model_name] = dpo
     return args.base or kit.base_dir, adapters or default
 
 

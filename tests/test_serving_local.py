@@ -220,3 +220,32 @@ def test_wrapping_only_the_adapters_modules_serves_the_same_log_probs(monkeypatc
     assert len(restricted) == len(wide) == 24
     assert max(abs(a - b) for a, b in zip(restricted, wide, strict=True)) < 1e-4
     assert max(abs(a - b) for a, b in zip(restricted, base, strict=False)) > 1e-2
+
+
+def test_deploy_local_restarts_what_the_last_local_deployment_served_else_the_kit(tmp_path, monkeypatch):
+    """`deploy --local` / `serve-local` with no --base/--adapter: the base and adapters `make run` left serving
+    (SmolLM2, seinfeld, seinfeld-dpo), while their files are there; else the chosen kit (SmolLM2 by default)."""
+    import argparse
+    import types
+
+    from serving import cli
+    from serving.records import make_record, write_record
+
+    base, sft, dpo = (tmp_path / n for n in ("base", "sft", "dpo"))
+    for folder in (base, sft, dpo):
+        folder.mkdir()
+    state = tmp_path / "state"
+    from datetime import UTC, datetime
+
+    ready = types.SimpleNamespace(models={"seinfeld": str(base), "seinfeld-dpo": str(base)}, roots={}, answers={})
+    write_record(state, make_record("local", "http://127.0.0.1:9", str(base), ready, datetime.now(UTC),
+                                    {"seinfeld": (str(sft), "sha256:a"), "seinfeld-dpo": (str(dpo), "sha256:b")}))
+    args = argparse.Namespace(base=None, adapter=[], kit="smollm2", state_dir=state)
+    assert cli._local_defaults(args) == (base, {"seinfeld": sft, "seinfeld-dpo": dpo})
+
+    kits = []
+    kit = types.SimpleNamespace(base_dir=tmp_path / "kb", sft_adapter_dir=tmp_path / "ks")
+    monkeypatch.setattr("training.local_kit.ensure_local_kit", lambda key: kits.append(key) or kit)
+    dpo.rmdir()  # the run's adapter is gone: the record is not trusted
+    assert cli._local_defaults(args) == (tmp_path / "kb", {"seinfeld": tmp_path / "ks"})
+    assert kits and kits[0].startswith("smollm2-kit:")
