@@ -395,6 +395,9 @@ def test_prompts_longer_than_max_length_are_reported(tiny_kit, good_data, tmp_pa
         ({"max_lora_rank": 48}, r"--max-lora-rank .*got 48"),
         ({"beta": 0}, r"beta must be > 0; got 0"),
         ({"loss_type": "dpo"}, r"loss_type must be one of .*got 'dpo'"),
+        ({"loss_type": "sigmoid+dpo"}, r"several joined by '\+'.*got 'sigmoid\+dpo'"),
+        ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\).*got 0.5"),
+        ({"ld_alpha": 1.5}, r"ld_alpha must be in \[0, 1\] or None"),
         ({"max_steps": 0}, "max_steps must be a positive step count or -1"),
         ({"warmup": 3}, r"unknown DPOTrainConfig setting\(s\) \['warmup'\]; valid settings: "),
         ({"adapter_out": "/vol/adapters/a/1", "sft_adapter": "/vol/adapters/a/1"},
@@ -405,6 +408,51 @@ def test_prompts_longer_than_max_length_are_reported(tiny_kit, good_data, tmp_pa
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ConfigError, match=message):
         DPOTrainConfig.from_overrides({"sft_adapter": "/vol/adapters/nothing-gpt/abc", **overrides})
+
+
+def test_the_loss_types_are_the_ones_trl_computes():
+    """DPO_LOSS_TYPES is validated against TRL itself: every `loss_type == "..."` branch of its loss."""
+    import inspect
+    import re
+
+    from trl.trainer import dpo_trainer
+
+    from training.config import DPO_LOSS_TYPES
+
+    branches = set(re.findall(r'loss_type == "([a-z_]+)"', inspect.getsource(dpo_trainer)))
+    assert set(DPO_LOSS_TYPES) == branches
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"loss_type": "ipo"}, {"loss_type": ["ipo"], "label_smoothing": 0.0, "ld_alpha": None}),
+    ({"loss_type": "robust", "label_smoothing": 0.1}, {"loss_type": ["robust"], "label_smoothing": 0.1}),
+    ({"loss_type": "sigmoid+sft"}, {"loss_type": ["sigmoid", "sft"]}),
+    ({"ld_alpha": 0.5}, {"loss_type": ["sigmoid"], "ld_alpha": 0.5}),
+])
+def test_loss_variants_reach_trl(overrides, expected, tmp_path):
+    from training.dpo import _dpo_args
+
+    config = DPOTrainConfig.cpu_test(fp32=True, sft_adapter="/s", data_dir=str(tmp_path), **overrides)
+    args = _dpo_args(config, "none", tmp_path)
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_a_changed_loss_is_another_run_and_an_unset_new_one_keeps_old_run_ids(tiny_kit, good_data, tmp_path):
+    from training.resume import run_fingerprint
+
+    plain = make_config(tiny_kit, good_data, tmp_path)
+    fingerprints = {repr(o): run_fingerprint(make_config(tiny_kit, good_data, tmp_path, **o)) for o in (
+        {}, {"loss_type": "sigmoid+sft"}, {"label_smoothing": 0.1}, {"ld_alpha": 0.5})}
+    assert len(set(map(repr, fingerprints.values()))) == 4
+    # Unset, the new loss settings leave the settings hash as it was before they existed: old checkpoints resume.
+    import hashlib
+    import json
+
+    from training.resume import _FINGERPRINT_FIELDS
+
+    before = {name: getattr(plain, name) for name in _FINGERPRINT_FIELDS}
+    assert fingerprints["{}"]["settings_sha256"] == hashlib.sha256(
+        json.dumps(before, sort_keys=True).encode()).hexdigest()
 
 
 def test_no_sft_adapter_chosen_names_the_upload_command():

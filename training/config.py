@@ -136,7 +136,13 @@ class DPOTrainConfig:
     )
     # DPO
     beta: float = _f(0.1, "DPO beta: how far the policy may move from the reference")
-    loss_type: str = _f("sigmoid", f"DPO loss, one of {', '.join(DPO_LOSS_TYPES)}")
+    loss_type: str = _f("sigmoid", f"DPO loss, one of {', '.join(DPO_LOSS_TYPES)}; several joined by '+' are "
+                        "summed (TRL's list of losses), e.g. 'sigmoid+sft' adds an NLL term on the chosen answers "
+                        "(RPO-style)")
+    label_smoothing: float = _f(0.0, "the share of pairs assumed mislabelled by the judge (loss 'robust', or "
+                                "'sigmoid' as cDPO); 0 trusts every pair")
+    ld_alpha: float | None = _f(None, "length-desensitised DPO: the weight of tokens beyond the shorter answer's "
+                                "length, in [0, 1] (1: plain DPO); None: off")
     learning_rate: float = _f(5e-6, "peak learning rate")
     num_train_epochs: float = _f(1.0, "passes over the training set (ignored when max_steps > 0)")
     max_steps: int = _f(-1, "stop after this many optimizer steps; -1 runs num_train_epochs")
@@ -198,10 +204,17 @@ class DPOTrainConfig:
             )
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be >= 1 or None (keep all); got {self.save_total_limit}.")
-        if self.loss_type not in DPO_LOSS_TYPES:
+        unknown = [t for t in self.loss_types if t not in DPO_LOSS_TYPES]
+        if unknown or not self.loss_types:
             raise ConfigError(
-                f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}; got {self.loss_type!r}."
+                f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, or several joined by '+' (e.g. "
+                f"'sigmoid+sft'); got {self.loss_type!r}."
             )
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5) (the share of flipped pairs); got "
+                              f"{self.label_smoothing}; try 0.1 with loss_type 'robust'.")
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise ConfigError(f"ld_alpha must be in [0, 1] or None (off); got {self.ld_alpha}; try 0.5.")
         if self.max_lora_rank not in VLLM_LORA_RANKS:
             raise ConfigError(
                 f"max_lora_rank must be a value vLLM accepts for --max-lora-rank {VLLM_LORA_RANKS}; "
@@ -297,6 +310,11 @@ class DPOTrainConfig:
             "disable_tqdm": True,
         }
         return cls.from_overrides(overrides, **settings)
+
+    @property
+    def loss_types(self) -> list[str]:
+        """`loss_type` as TRL's list: 'sigmoid+sft' -> ['sigmoid', 'sft']."""
+        return [t.strip() for t in str(self.loss_type).split("+") if t.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -349,7 +349,9 @@ def _dpo_args(config: DPOTrainConfig, report_to: str, checkpoint_dir: Path) -> A
     return DPOConfig(
         output_dir=str(checkpoint_dir),
         beta=config.beta,
-        loss_type=[config.loss_type],
+        loss_type=config.loss_types,
+        label_smoothing=config.label_smoothing,
+        ld_alpha=config.ld_alpha,
         learning_rate=config.learning_rate,
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,

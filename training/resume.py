@@ -32,6 +32,9 @@ _FINGERPRINT_FIELDS = (
 )
 
 
+_LOSS_FIELDS = {"label_smoothing": 0.0, "ld_alpha": None}  # loss settings added later, and their "off" values
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint-N folder (trainer_state.json is written last), or None."""
     complete = [(step, path) for step, path in _checkpoints_by_step(Path(output_dir))
@@ -50,6 +53,9 @@ def run_fingerprint(config: DPOTrainConfig) -> dict[str, str]:
     """What identifies a run: hashes of the data files, the SFT adapter (and the adapter it starts from, when
     not the SFT one), plus the DPO settings."""
     settings = {name: getattr(config, name) for name in _FINGERPRINT_FIELDS}
+    for name, off in _LOSS_FIELDS.items():  # in the fingerprint only when set: older runs keep their ids
+        if getattr(config, name) != off:
+            settings[name] = getattr(config, name)
     fingerprint = {
         "train_sha256": _file_sha256(config.train_path),
         "val_sha256": _file_sha256(config.val_path),
