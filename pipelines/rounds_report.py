@@ -1,6 +1,7 @@
-"""The rounds' report: a table round by round (win rate over SFT and over the previous round, each with its 95%
-interval, judged pairs, cost) and the win-rate chart, written beside the round records and saved to ZenML as the
-`rounds_report` artifact (the dashboard shows the table and the chart)."""
+"""The rounds' report: a table round by round (win rate over SFT and over the previous round, raw and
+length-controlled, each with its 95% interval, judged pairs, cost), the judge's reliability ledger of every A/B (flip
+rate, tie rate, longer-wins share, agreement with people, who judged) and the win-rate chart, written beside the round
+records and saved to ZenML as the `rounds_report` artifact (the dashboard shows the tables and the chart)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,19 @@ REPORT_JSON = "rounds.json"
 CHART = "win_rate_by_round.png"
 
 
-def _rate(ab: dict[str, Any] | None) -> str:
-    if not ab or ab.get("win_rate_all") is None:
+def _rate(ab: dict[str, Any] | None, prefix: str = "") -> str:
+    """`win_rate_all` [ci95_all_low, ci95_all_high]; with prefix "lc_", the length-controlled one ("-" in records
+    from before it existed)."""
+    key = f"{prefix}win_rate" if prefix else "win_rate_all"
+    low, high = (f"{prefix}ci95_low", f"{prefix}ci95_high") if prefix else ("ci95_all_low", "ci95_all_high")
+    if not ab or ab.get(key) is None:
         return "-"
-    return f"{ab['win_rate_all']:.1%} [{ab['ci95_all_low']:.1%}, {ab['ci95_all_high']:.1%}]"
+    disagrees = " (disagrees)" if prefix and ab.get("lc_disagrees") else ""
+    return f"{ab[key]:.1%} [{ab[low]:.1%}, {ab[high]:.1%}]{disagrees}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _record_tally(ab: dict[str, Any] | None) -> str:
@@ -27,11 +37,31 @@ def _record_tally(ab: dict[str, Any] | None) -> str:
 
 def render_table(records: list[Any]) -> str:
     lines = ["| round | status | pairs trained on (judged) | vs SFT: wins / losses / ties | win rate vs SFT [95%] | "
-             "vs previous: wins / losses / ties | win rate vs previous [95%] | cost |",
-             "|---|---|---|---|---|---|---|---|"]
+             "length-controlled vs SFT [95%] | vs previous: wins / losses / ties | win rate vs previous [95%] | "
+             "length-controlled vs previous [95%] | cost |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r.round} | {r.status} | {r.pairs} | {_record_tally(r.vs_sft)} | {_rate(r.vs_sft)} | "
-                     f"{_record_tally(r.vs_previous)} | {_rate(r.vs_previous)} | ${r.cost_usd:.2f} |")
+                     f"{_rate(r.vs_sft, 'lc_')} | {_record_tally(r.vs_previous)} | {_rate(r.vs_previous)} | "
+                     f"{_rate(r.vs_previous, 'lc_')} | ${r.cost_usd:.2f} |")
+    return "\n".join(lines)
+
+
+def render_ledger(records: list[Any]) -> str:
+    """The judge's reliability on every round's A/Bs, one row each (stages/judge/report.py `ledger`)."""
+    lines = ["| round | A/B | judge | flip rate | tie rate | longer text won | agreement with people | warnings |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        for name, ab in (("vs SFT", r.vs_sft), ("vs previous", r.vs_previous)):
+            if not ab:
+                continue
+            judge = ", ".join(str(ab[k]) for k in ("judge_model", "judge_reasoning_effort", "judge_prompt_version")
+                              if ab.get(k) is not None) or "-"
+            people = f"{_pct(ab.get('human_agreement'))} of {ab['human_votes']}" if ab.get("human_votes") else (
+                "no votes" if "human_votes" in ab else "-")
+            warned = f"WARNING x{ab['judge_warnings']}" if ab.get("judge_warnings") else "-"
+            lines.append(f"| {r.round} | {name} | {judge} | {_pct(ab.get('flip_rate'))} | {_pct(ab.get('tie_rate'))} "
+                         f"| {_pct(ab.get('longer_wins'))} | {people} | {warned} |")
     return "\n".join(lines)
 
 
@@ -43,25 +73,35 @@ def render_markdown(records: list[Any], *, deployed: int | None, stopped: str) -
         "reference) and is judged against SFT and against the previous round on the same held-out prompts "
         "(ties count half).", "",
         render_table(records), "",
-        f"{stopped}; {serving}.", ""])
+        f"{stopped}; {serving}.", "",
+        "## Judge reliability", "",
+        "Flip rate: the verdict changed when the order was swapped; longer text won: of the decided pairs that differ "
+        "in length; no votes: no arena vote compares the two texts an A/B judged (the arena samples its own). A "
+        "length-controlled win rate that disagrees with the raw one points at length bias.", "",
+        render_ledger(records), ""])
 
 
 def chart(records: list[Any]) -> bytes:
-    """Win rate by round over SFT and over the previous round, with 95% intervals and the 50% line."""
+    """Win rate by round over SFT and over the previous round, raw (solid) and length-controlled (dashed), with 95%
+    intervals and the 50% line."""
     from steps.charts import _figure, _png
 
     plt, (fig, ax) = _figure(6, 3.2)
     for key, label, color, shift in (("vs_sft", "over SFT", "#1565c0", -0.06),
                                      ("vs_previous", "over the previous round", "#ef6c00", 0.06)):
-        points = [(r.round, getattr(r, key)) for r in records if getattr(r, key) and
-                  getattr(r, key).get("win_rate_all") is not None]
-        if not points:
-            continue
-        xs = [k + shift for k, _ in points]
-        ys = [ab["win_rate_all"] for _, ab in points]
-        err = [[y - ab["ci95_all_low"] for y, (_, ab) in zip(ys, points, strict=True)],
-               [ab["ci95_all_high"] - y for y, (_, ab) in zip(ys, points, strict=True)]]
-        ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, capsize=4, label=label)
+        for rate, low, high, fmt, nudge, suffix in (("win_rate_all", "ci95_all_low", "ci95_all_high", "o-", 0, ""),
+                                                     ("lc_win_rate", "lc_ci95_low", "lc_ci95_high", "D--", 0.1,
+                                                      ", length-controlled")):
+            points = [(r.round, getattr(r, key)) for r in records if getattr(r, key) and
+                      getattr(r, key).get(rate) is not None]
+            if not points:
+                continue
+            xs = [k + shift + (nudge if shift > 0 else -nudge) for k, _ in points]
+            ys = [ab[rate] for _, ab in points]
+            err = [[y - ab[low] for y, (_, ab) in zip(ys, points, strict=True)],
+                   [ab[high] - y for y, (_, ab) in zip(ys, points, strict=True)]]
+            ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, capsize=4, label=label + suffix,
+                        alpha=0.6 if suffix else 1.0)
     ax.axhline(0.5, color="#757575", linestyle="--", linewidth=1)
     ax.set_xticks([r.round for r in records])
     ax.set_xlabel("round")

@@ -27,7 +27,8 @@ def _png(plt, fig) -> bytes:  # noqa: ANN001
 
 
 def win_rate_chart(result: dict[str, Any]) -> bytes:
-    """One stacked bar (wins, ties, losses of the challenger) and the win rate with its 95% interval."""
+    """One stacked bar (wins, ties, losses of the challenger) and the raw and the length-controlled win rates, each
+    with its 95% interval."""
     plt, (fig, ax) = _figure(7, 2.6)
     n = max(1, result["wins"] + result["ties"] + result["losses"])
     left = 0.0
@@ -35,14 +36,16 @@ def win_rate_chart(result: dict[str, Any]) -> bytes:
                                 ("losses", result["losses"], "#c62828")):
         ax.barh([0], [count / n], left=left, color=color, label=f"{label} {count}")
         left += count / n
-    w = result["win_rate"]
-    if w["win_rate_all"] is not None:
-        lo, hi = w["ci95_all"]
-        ax.errorbar([w["win_rate_all"]], [0.55], xerr=[[w["win_rate_all"] - lo], [hi - w["win_rate_all"]]],
-                    fmt="o", color="black", capsize=4, label=f"win rate {w['win_rate_all']:.0%} (95% CI)")
+    w, lc = result["win_rate"], result.get("lc_win_rate") or {}
+    for rate, (lo, hi), y, style, name in ((w["win_rate_all"], w["ci95_all"], 0.55, "o", "win rate"),
+                                           (lc.get("win_rate"), lc.get("ci95", (0, 1)), 0.8, "D",
+                                            "length-controlled")):
+        if rate is not None:
+            ax.errorbar([rate], [y], xerr=[[rate - lo], [hi - rate]], fmt=style, color="black", capsize=4,
+                        label=f"{name} {rate:.0%} (95% CI)")
     ax.axvline(0.5, color="black", linestyle=":", linewidth=1)
     ax.set_xlim(0, 1)
-    ax.set_ylim(-0.6, 1.0)
+    ax.set_ylim(-0.6, 1.1)
     ax.set_yticks([])
     ax.set_xlabel("share of pairs")
     ax.set_title(f"{result['challenger']} vs {result['baseline']}: {n} pairs judged in both orders")

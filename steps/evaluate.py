@@ -2,7 +2,8 @@
 
 `evaluate_adapters` runs after the deploy step against what the target serves (targets/: its deployment record
 and key), on the split's val set (prompts DPO never trained on) unless `prompts_file` names another. It records
-the `ab_eval` artifact: the numbers as metadata, the report, a win-rate chart and the DPO training curves as
+the `ab_eval` artifact: the numbers as metadata (the raw and the length-controlled win rates, the judge's
+reliability ledger), the report, a win-rate chart and the DPO training curves as
 dashboard visualizations, and the verdict as data: `complete`, and `passed` (the gate's verdict; True with no
 gate). A prompt a model answers only blank is a forfeit (a loss for it), so a finished A/B always reaches a
 verdict. Only a complete A/B is a verdict: an interrupted or failed-in-part one logs its counts so far with
@@ -24,7 +25,7 @@ from typing import Annotated, Any
 from zenml import ArtifactConfig, log_metadata, step
 
 from engine.rows import file_sha256
-from stages.evaluate.stage import EvaluateSettings
+from stages.evaluate.stage import TALLY_ONLY, EvaluateSettings
 from stages.generate import GenerateSettings
 from stages.judge.settings import JudgeSettings
 from steps.names import Artifact
@@ -96,9 +97,10 @@ def decide(ab_eval: ABEval, target: Any, ops: Any) -> dict[str, Any]:
         raise RuntimeError(f"no {target.spec.profile} deployment recorded in {target.spec.state_dir} to roll back")
     restored = target.rollback(record, ops)
     gate = ab_eval.data["gate"]
-    message = (f"{ab_eval.data.get('challenger', 'the DPO adapter')} did not pass the A/B gate: the 95% interval's "
-               f"lower end {gate['lower_bound']:.3f} is below evaluate.min_win_rate {gate['min_win_rate']:.3f}. "
-               f"Serving was rolled back: {restored}.")
+    which = "length-controlled" if gate.get("on") == "lc" else "raw"  # evaluate.gate_on
+    message = (f"{ab_eval.data.get('challenger', 'the DPO adapter')} did not pass the A/B gate: the {which} win "
+               f"rate's 95% interval lower end {gate['lower_bound']:.3f} is below evaluate.min_win_rate "
+               f"{gate['min_win_rate']:.3f}. Serving was rolled back: {restored}.")
     logger.warning(message)
     return {"passed": False, "action": "rolled_back", "serving": restored, "message": message}
 
@@ -117,7 +119,8 @@ async def _evaluate(adapter: AdapterRef, val_set: JsonlFile, generate: GenerateS
         raise RuntimeError(f"no {target.profile} deployment recorded in {target.state_dir}: the deploy step must "
                            "run first")
     live = dataclasses.replace(generate, serve_url=record.base_url)
-    out = stage_dir(target.workdir, "evaluate", settings={"evaluate": dataclasses.asdict(settings),
+    keyed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in TALLY_ONLY}  # re-tallied, not re-paid
+    out = stage_dir(target.workdir, "evaluate", settings={"evaluate": keyed,
                                                           "generate": live.fingerprinted(),
                                                           "judge": judge.fingerprinted()},
                     input=file_sha256(prompts) if prompts_file else val_set.sha256, model=adapter.sha256,

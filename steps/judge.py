@@ -59,6 +59,18 @@ async def judge_preferences(
         "pairs": pairs.rows,  # from this input's rows
         "pairs_in_checkpoint": rows.get("pairs", 0),  # the report's count: every row judged with these settings
         "report_warnings": len(report.get("warnings", [])),
+        **_ledger_metadata(report.get("ledger")),
     })
     fail_if_incomplete(summary)
     return pairs, Report(data=report, markdown=markdown)
+
+
+def _ledger_metadata(ledger: dict | None) -> dict:
+    """The reliability ledger's figures (stages/judge/report.py `ledger`) for the dashboard; None values left out."""
+    if not ledger:
+        return {}
+    meta = {"flip_rate": ledger["flip_rate"], "tie_rate": ledger["tie_rate"], "longer_wins": ledger["longer_wins"],
+            "human_votes": ledger["human_agreement"]["votes"],
+            **{f"judge_{k}": v for k, v in ledger["judge"].items() if k in ("reasoning_effort", "prompt_version",
+                                                                            "prompt_sha256", "rubric_version")}}
+    return {k: v for k, v in meta.items() if v is not None}

@@ -78,7 +78,18 @@ def ab_eval_metadata(result: dict[str, Any]) -> dict[str, Any]:
             "win_rate_decided": w["win_rate_decided"], "ci95_decided_low": w["ci95_decided"][0],
             "ci95_decided_high": w["ci95_decided"][1], "order_agreement": result["order_agreement"],
             "cost_usd": result["cost_usd"], "interval": w["interval"]}
+    lc, ledger = result.get("lc_win_rate"), result.get("judge_ledger")
+    if lc:  # the length-controlled win rate (stages/evaluate/length.py), and whether its verdict differs
+        meta |= {"lc_win_rate": lc["win_rate"], "lc_ci95_low": lc["ci95"][0], "lc_ci95_high": lc["ci95"][1],
+                 "lc_disagrees": result.get("disagree") is not None}
+    if ledger:  # the judge's reliability on this A/B (stages/judge/report.py `ledger`)
+        judge, human = ledger["judge"], ledger["human_agreement"]
+        meta |= {"flip_rate": ledger["flip_rate"], "tie_rate": ledger["tie_rate"], "longer_wins": ledger["longer_wins"],
+                 "human_votes": human["votes"], "human_agreement": human["agreement"],
+                 "judge_warnings": len(result.get("warnings") or []),
+                 **{f"judge_{k}": judge[k] for k in ("model", "reasoning_effort", "prompt_version", "rubric_version")}}
     if result.get("gate"):
         meta["gate_passed"] = result["gate"]["passed"]
         meta["gate_min_win_rate"] = result["gate"]["min_win_rate"]
+        meta["gate_on"] = result["gate"].get("on", "raw")
     return {k: v for k, v in meta.items() if v is not None}

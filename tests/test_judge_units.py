@@ -253,7 +253,7 @@ async def test_an_api_key_echoed_by_a_proxy_is_scrubbed_from_error_records_and_t
     class Ctx:
         counters = Counters()
 
-        async def request(self, call):
+        async def request(self, call, *, tokens=0):
             raise FatalError(f"HTTP 401: Incorrect API key provided: {secret}", status=401, run_fatal=True)
 
     stage = JudgeStage(JudgeSettings(judge_model="gpt-5"), client=object(), secret=secret)

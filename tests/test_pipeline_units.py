@@ -156,6 +156,6 @@ def test_modal_deploy_refuses_a_live_dpo_adapter_that_is_not_the_trained_one():
             self.adapters = [AdapterRecord("seinfeld", "/vol/a", "base", "sha256:" + "cd" * 32),
                              AdapterRecord("seinfeld-dpo", "/vol/b", "base", sha)]
 
-    ModalTarget._check_live_adapter(Record("sha256:" + "ab" * 32), trained)  # the same files: fine
-    with pytest.raises(RuntimeError, match="not the ones this run trained"):
-        ModalTarget._check_live_adapter(Record("sha256:" + "ef" * 32), trained)
+    ModalTarget._check_live_adapter(Record("sha256:" + "ab" * 32), "seinfeld-dpo", trained)  # the same files: fine
+    with pytest.raises(RuntimeError, match="seinfeld-dpo is live with adapter files .* not the ones asked for"):
+        ModalTarget._check_live_adapter(Record("sha256:" + "ef" * 32), "seinfeld-dpo", trained)

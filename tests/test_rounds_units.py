@@ -114,8 +114,28 @@ def test_the_report_table_and_chart_show_every_round():
     records = [_record(1), _record(2, vs_prev_low=0.44)]
     table = render_table(records)
     assert table.count("\n") == 3
-    assert "| 2 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | 10 / 5 / 1 | 60.0% [44.0%" in table
-    assert "| 1 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | - | - |" in table
+    # a record from before issue 31 has no length-controlled rate: "-"
+    assert "| 2 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | - | 10 / 5 / 1 | 60.0% [44.0%" in table
+    assert "| 1 | done | 12 | 10 / 5 / 1 | 60.0% [55.0%, 80.0%] | - | - | - | - |" in table
+    assert chart(records)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Issue 31: each round shows its raw and length-controlled win rates, and the judge's reliability ledger per A/B.
+def test_the_report_shows_raw_and_length_controlled_rates_and_the_ledger_per_round():
+    from pipelines.rounds_report import render_ledger, render_markdown
+
+    lc = {"lc_win_rate": 0.52, "lc_ci95_low": 0.4, "lc_ci95_high": 0.64, "lc_disagrees": True, "flip_rate": 0.35,
+          "tie_rate": 0.35, "longer_wins": 0.9, "human_votes": 0, "judge_warnings": 2, "judge_model": "gpt-5",
+          "judge_prompt_version": "seinfeld-rank-v1-abcd1234"}
+    records = [dataclasses.replace(_record(1), vs_sft={**_ab(0.55), **lc}),
+               dataclasses.replace(_record(2, vs_prev_low=0.51), vs_sft={**_ab(0.55), **lc, "lc_disagrees": False})]
+    table = render_table(records)
+    assert "| 60.0% [55.0%, 80.0%] | 52.0% [40.0%, 64.0%] (disagrees) |" in table.splitlines()[2]
+    assert "| 52.0% [40.0%, 64.0%] | 10 / 5 / 1 |" in table.splitlines()[3]
+    ledger = render_ledger(records)
+    assert "| 1 | vs SFT | gpt-5, seinfeld-rank-v1-abcd1234 | 35% | 35% | 90% | no votes | WARNING x2 |" in ledger
+    assert "| 2 | vs previous | - | - | - | - | - | - |" in ledger  # vs previous carries no ledger figures here
+    assert ledger in render_markdown(records, deployed=2, stopped="all 2 rounds ran")
     assert chart(records)[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -10,7 +10,8 @@
    resume, --max-cost, bad input and error records are the judge stage's own. It starts once every prompt
    is final for both models, answered or forfeited (the judge resumes only against an unchanged input file);
    a prompt that failed otherwise (HTTP error, timeout) waits for a rerun, which asks again;
-4. tally (stages/evaluate/tally.py): a win or a loss only when both orders agree, else a tie; forfeits count.
+4. tally (stages/evaluate/tally.py): a win or a loss only when both orders agree, else a tie; forfeits count. The
+   raw win rate and the length-controlled one (stages/evaluate/length.py), and the judge's reliability ledger.
    Only a complete tally (every prompt final for both models, every pair judged) is a verdict: an interrupted
    or failed-in-part run leaves `complete` False and `passed` None, and a rerun resumes, then decides.
 """
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.jsonl"
 FORFEITS_FILE = "forfeits.jsonl"
+GATE_ON = ("raw", "lc")  # the win rates the gate can read: as judged, or length-controlled
+# Settings that only change how the tally reads the judged files: kept out of the A/B folder's key
+# (steps/evaluate.py), so changing one re-tallies the same samples and judgments instead of paying for new ones.
+TALLY_ONLY = ("gate_on", "max_flip_rate", "max_longer_wins")
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,22 @@ class EvaluateSettings:
     min_win_rate: float | None = field(
         default=None,
         metadata={"help": "gate: fail when the lower end of the 95% interval of the win rate over all pairs "
-                  "(ties count half) is below this; None: no gate"},
+                  "(ties count half; the one `gate_on` names) is below this; None: no gate"},
+    )
+    gate_on: str = field(
+        default="raw",
+        metadata={"help": "the win rate the gate reads: raw (the judge's verdicts as they are) or lc "
+                  "(length-controlled: the verdict predicted at equal answer length, stages/evaluate/length.py)"},
+    )
+    max_flip_rate: float | None = field(
+        default=0.3,
+        metadata={"help": "the report warns (never fails) when the judge's verdict flips with the order shown in "
+                  "more than this share of the pairs judged in both orders; None: no warning"},
+    )
+    max_longer_wins: float | None = field(
+        default=0.75,
+        metadata={"help": "the report warns (never fails) when the longer text wins more than this share of the "
+                  "decided pairs that differ in length (length bias); None: no warning"},
     )
 
     def __post_init__(self) -> None:
@@ -64,6 +84,12 @@ class EvaluateSettings:
             raise ConfigError(f"worst_losses must be >= 0; got {self.worst_losses}")
         if self.min_win_rate is not None and not 0 <= self.min_win_rate <= 1:
             raise ConfigError(f"min_win_rate must be in [0, 1] or unset; got {self.min_win_rate}; try 0.5")
+        if self.gate_on not in GATE_ON:
+            raise ConfigError(f"gate_on must be one of {', '.join(GATE_ON)}; got {self.gate_on!r}")
+        for name in ("max_flip_rate", "max_longer_wins"):
+            bound = getattr(self, name)
+            if bound is not None and not 0 <= bound <= 1:
+                raise ConfigError(f"{name} must be in [0, 1] or null (no warning); got {bound}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +167,8 @@ async def run_evaluate(
     result = tally(out_dir / "judge", settings, pairs_path, out_dir / FORFEITS_FILE, sampled=sampled)
     write_result(out_dir, result)
     log.info("%s", result.headline())
+    for line in ([result.disagree] if result.disagree else []) + result.warnings:
+        log.warning("%s", line)
     return EvalRun(result=result, samples=samples, judge=judge_summary, pairing=pairing)
 
 

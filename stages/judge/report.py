@@ -3,14 +3,17 @@
 Built from the files in the output folder (all runs so far), written as report.json and report.md:
 rows judged / skipped (by reason) / failed / filtered; the shown position that won (position bias);
 how often chosen is longer than rejected (length bias); character tags in chosen vs rejected; the swap
-agreement rate; confidence; tokens and cost.
+agreement rate; confidence; tokens and cost; and the judge-reliability ledger (`ledger`: who judged, flip rate,
+tie rate, longer-wins share, agreement with people), which the A/B result carries too (stages/evaluate/tally.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import orjson
 from engine.checkpoint import atomic_write, read_records
 from stages.judge.backends import REGISTRY, Backend
 from stages.judge.cost import BATCH_DISCOUNT
+from stages.judge.prompt import PROMPT_VERSION, RUBRIC
 
 FILTER_REASONS = ("low_confidence", "swap_disagreement")
 MAIN_CHARACTERS = ("JERRY", "GEORGE", "ELAINE", "KRAMER")
@@ -27,6 +31,57 @@ _TAG = re.compile(r"^\s*\[([^\]\n]{1,40})\]", re.MULTILINE)
 P_VALUE_ALARM = 0.01
 LENGTH_SHARE_ALARM = 0.70
 SWAP_AGREEMENT_ALARM = 0.70
+TIE_REASONS = ("swap_disagreement", "fewer_than_two_distinct")  # no winner: the orders disagree, or nothing to tell
+# Why the ledger has no agreement with people: matching a vote to a judged pair needs the same two texts.
+NO_VOTES = ("no votes: the arena samples its own answers (a new random seed each round unless one is set), so no "
+            "arena vote compares the two texts judged here; a vote on the same prompt rates other texts")
+
+
+def judge_identity(judge: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Who judged, from a judged row's `judge` record: backend, model, reasoning effort, the prompt's version and
+    the SHA-256 of the rubric it sends (a model judge), or the offline judge's rubric version."""
+    judge = judge or {}
+    backend = REGISTRY.get(judge.get("backend") or "")
+    offline = backend is not None and not backend.sends_requests
+    version = judge.get("prompt_version")
+    return {"backend": judge.get("backend"), "model": judge.get("model"),
+            "reasoning_effort": judge.get("reasoning_effort"), "prompt_version": version,
+            # the whole rubric this code sends, hashed; only for rows judged with this very version of it
+            "prompt_sha256": hashlib.sha256(RUBRIC.encode()).hexdigest()
+            if version == PROMPT_VERSION and not offline else None,
+            "rubric_version": backend.model if offline else None}
+
+
+def ledger(identity: dict[str, Any], *, checked: int, flipped: int, rows: int, ties: int,
+           longer_wins: float | None, human: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The judge-reliability ledger of one judge run or one A/B: how far its verdicts can be trusted.
+
+    flip_rate: the share of the rows judged in both orders whose verdict changed with the order shown; tie_rate: the
+    share of rows with a result that have no winner; longer_wins: the share of decided rows, differing in length,
+    won by the longer text; human_agreement: with arena votes on the same two texts (none can be matched: NO_VOTES).
+    """
+    def share(k: int, n: int) -> float | None:
+        return round(k / n, 4) if n else None
+
+    return {"judge": identity, "flip_rate": share(flipped, checked), "checked_both_orders": checked,
+            "tie_rate": share(ties, rows), "rows": rows, "longer_wins": longer_wins,
+            "human_agreement": human or {"votes": 0, "agreement": None, "note": NO_VOTES}}
+
+
+def ledger_rows(entry: dict[str, Any]) -> list[str]:
+    """The ledger as Markdown table rows (`| what | value |`), for the judge's report and the A/B's."""
+    pct = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
+    j, human = entry["judge"], entry["human_agreement"]
+    who = ", ".join(f"{k.replace('_', ' ')} {v if k != 'prompt_sha256' else v[:16] + '…'}"
+                    for k, v in j.items() if v is not None) or "-"
+    people = (f"{pct(human['agreement'])} of {human['votes']} votes" if human["votes"] else
+              human.get("note") or "no votes")
+    return [f"| flip rate (the verdict changes when the order is swapped) | {pct(entry['flip_rate'])} of "
+            f"{entry['checked_both_orders']} |",
+            f"| tie rate (no winner) | {pct(entry['tie_rate'])} of {entry['rows']} |",
+            f"| longer text won (decided pairs that differ in length) | {pct(entry['longer_wins'])} |",
+            f"| agreement with people (arena votes on the same pair) | {_cell(people)} |",
+            f"| judge | {_cell(who)} |"]
 
 
 def _text(value: Any) -> str:
@@ -167,6 +222,10 @@ def build_report(out_dir: Path, name: str = "preferences") -> dict[str, Any]:
         "usage": usage,
         "latest_run": summary,
     }
+    no_winner = sum(r.get("reason") in TIE_REASONS for r in skipped)
+    report["ledger"] = ledger(judge_identity(first), checked=len(swapped), flipped=len(swapped) - agreed,
+                              rows=n + len(filtered) + skip_only.get("fewer_than_two_distinct", 0), ties=no_winner,
+                              longer_wins=report["length_bias"]["chosen_longer_share"])
     report["warnings"] = _warnings(report)
     return report
 
@@ -252,6 +311,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += ["## Swap check", "",
                   f"Best and worst agreed in both orders for {s['agreed']} of {s['checked']} rows "
                   f"({100 * s['agreement']:.0f}%); the others are filtered.", ""]
+    if r.get("ledger"):
+        lines += ["## Reliability ledger", "", "| | value |", "|---|---|", *ledger_rows(r["ledger"]), ""]
     u = r["usage"]
     lines += ["## Tokens and cost", "",
               f"Rows with a judgement (kept and filtered), all runs: {u['requests']} requests "
