@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "pipelines.cli_stages",  # generate, judge, estimate, split
     "pipelines.cli_evaluate",  # evaluate
     "pipelines.cli_chat",  # chat
+    "pipelines.cli_publish",  # publish
     "training.cli",  # upload, train
     "serving.cli",  # deploy, serve-local
     "arena.cli",  # arena, arena export

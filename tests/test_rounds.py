@@ -206,3 +206,33 @@ def test_the_stop_rule_keeps_the_round_that_measurably_won_serving(rounds_chain)
     out = rounds_chain["finished"].stdout
     assert ("all 2 rounds ran" in out) if gained else ("no measurable gain" in out and "round 1 serves" in out)
     assert "| 2 | done |" in out and "| 1 | done |" in out
+
+
+def test_publish_the_last_rounds_run_from_the_zenml_store(rounds_chain, tmp_path):
+    """`publish --run latest` on a real store: the dataset reads back with `datasets`, its rows carry round 2 (the
+    last run trained on its own round's pairs), the adapter copy keeps the trained hash, and bad calls exit 2."""
+    import datasets
+
+    from infra.adapter_hash import adapter_sha256
+
+    env = _clean_env(rounds_chain["base"] / "zenml")
+    env.pop("HF_TOKEN", None)
+
+    def publish(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(_cli("publish", *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+
+    out = tmp_path / "published"
+    done = publish("--run", "latest", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-4000:]
+    manifest = json.loads((out / "publish.json").read_text())
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
+    assert loaded.num_rows == {"train": manifest["counts"]["train"], "validation": manifest["counts"]["validation"]}
+    assert set(loaded["train"].features) >= {"prompt", "chosen", "rejected", "id", "reason", "round"}
+    assert set(loaded["train"]["round"]) == {2}
+    assert adapter_sha256(out / "adapter") == manifest["adapter_sha256_trained"]
+    card = (out / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in card and "| win rate, length-controlled (LC) |" in card
+    for args, message in ((["--run", "no-such-run"], "no run named 'no-such-run'"),
+                          (["--push-to-hub", "someone/pairs", "--force"], "HF_TOKEN")):
+        bad = publish(*args, "--out", str(out))
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-3000:]
