@@ -42,7 +42,8 @@ def local_banner(local_model: str) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser(
         "run",
-        help="the whole pipeline under ZenML: generate, judge, split, upload, train, deploy",
+        help="the whole pipeline under ZenML: generate, judge, split, upload, train, deploy, evaluate, promote or "
+        "roll back",
         description="Run every stage as a ZenML pipeline. Finished steps are reused from ZenML's cache and "
         "interrupted stages resume from their checkpoints, so rerunning the same command continues.",
     )
