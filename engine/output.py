@@ -22,6 +22,7 @@ import orjson
 
 from engine.checkpoint import Checkpoint, Writer, atomic_write, fingerprint
 from engine.errors import InputError
+from engine.idset import IdLines
 from engine.options import RunOptions
 from engine.rows import Reject, Row, Validator, check_input_file, file_sha256, iter_lines, iter_rows, parse_line
 from engine.summary import Counters, StageSummary
@@ -52,18 +53,16 @@ class Duplicate:
 
 async def rows_in_scope(path: Path, validate: Validator, limit: int | None) -> AsyncIterator[Row | Reject | Duplicate]:
     """The input as the run sees it: rows, rejects and repeats, up to the `limit`-th valid unique row."""
-    seen: dict[int, int] = {}
+    seen = IdLines()  # 24 bytes a row: a million-row input stays small (engine/idset.py)
     taken = 0
     async for item in iter_rows(path, validate):
         if isinstance(item, Reject):
             yield item
             continue
-        key = int(item.id, 16)
-        first = seen.get(key)
+        first = seen.first(int(item.id, 16), item.line)
         if first is not None:
             yield Duplicate(item, first)
             continue
-        seen[key] = item.line
         taken += 1
         if limit is not None and taken > limit:
             return
@@ -166,10 +165,11 @@ async def unchanged_rows(
     async for item in rows_in_scope(path, validate, limit):
         if isinstance(item, Row) and (key := done.get(item.id, item.key)) is not None and key != item.key:
             changed.add(item.id)
-    if changed:
-        moved = await asyncio.to_thread(checkpoint.supersede, changed)
-        log.warning("%d row(s) of %s changed since they were done: redoing them (%d old record(s) moved to %s)",
-                    len(changed), path, moved, checkpoint.superseded.name)
+    if not changed:
+        return done  # the scan's own dict: no second copy of a million ids
+    moved = await asyncio.to_thread(checkpoint.supersede, changed)
+    log.warning("%d row(s) of %s changed since they were done: redoing them (%d old record(s) moved to %s)",
+                len(changed), path, moved, checkpoint.superseded.name)
     return {k: v for k, v in done.items() if k not in changed}
 
 

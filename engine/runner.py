@@ -14,7 +14,7 @@ import inspect
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -100,7 +100,7 @@ async def run_stage(
 ) -> StageSummary:
     """Run `stage` over `input_path`, resuming from `out_dir`; returns the summary (also written as JSON)."""
     async with open_output(stage, input_path, out_dir, options) as run:
-        summary = await _Run(stage, input_path, options, run.counters, run.writer, set(run.done)).run()
+        summary = await _Run(stage, input_path, options, run.counters, run.writer, run.done).run()
         return run.finish(summary, resume_command)
 
 
@@ -127,7 +127,7 @@ class _Run:
         options: RunOptions,
         counters: Counters,
         writer: Writer,
-        done: set[str],  # rows finished before (unchanged since): not scheduled again
+        done: Container[str],  # rows finished before (unchanged since): not scheduled again
     ):
         self.stage = stage
         self.input_path = input_path
@@ -135,7 +135,6 @@ class _Run:
         self.counters = counters
         self.writer = writer
         self.done = done
-        self.finished_ids: set[str] = set()  # rows finished this run (result, skip or error record)
         self.queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=options.concurrency)
         self.stop = asyncio.Event()
         self.halt = asyncio.Event()
@@ -199,11 +198,11 @@ class _Run:
         Counted exactly by reading the input again, so rejected and duplicate lines before the limit, and
         rows queued or cut off when the stop came, are all counted right (the exit code depends on it).
         """
-        left = 0
+        not_done = 0
         async for item in rows_in_scope(self.input_path, self.stage.validate, self.options.limit):
-            if isinstance(item, Row) and item.id not in self.done and item.id not in self.finished_ids:
-                left += 1
-        return left
+            if isinstance(item, Row) and item.id not in self.done:
+                not_done += 1
+        return not_done - self.counters.finished  # each row finished now is one of those, finished once
 
     async def _unless_stopped(self, pending: Awaitable[str | None]) -> str | None:
         task = asyncio.ensure_future(pending)
@@ -227,7 +226,6 @@ class _Run:
                 continue  # not started: left for a rerun
             ctx = RowContext(row, c, self.pacer, self.backoff, self.options, self.halt)
             self.progress.in_flight += 1
-            self.finished_ids.add(row.id)  # removed again below if the row is cut off unfinished
             try:
                 record = await self.stage.process(row, ctx)
                 self.writer.result({"id": row.id, "input": row.key, **record})
@@ -244,11 +242,8 @@ class _Run:
                 c.failed += 1
                 if e.run_fatal:
                     self._refused(e.reason)
-            except Halted:
-                self.finished_ids.discard(row.id)  # not finished: left for a rerun
-            except asyncio.CancelledError:
-                self.finished_ids.discard(row.id)  # cut off after the grace period: left for a rerun
-                raise
+            except Halted:  # not finished (and not counted): left for a rerun
+                pass
             except Exception as e:  # a bug in a stage must not kill the batch: record it, rerun retries it
                 log.exception("%s:%d (id %s): unexpected error", self.input_path, row.line, row.id)
                 self.writer.error(

@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--completion-pattern", help="regex with named groups id and body")
     p.add_argument("--mark-choices", action="store_true", default=None)
     p.add_argument("--log-size", type=int)
+    p.add_argument("--replicas-max", type=int, help="Modal-like replicas behind the URL, at most this many")
+    p.add_argument("--replicas-min", type=int, help="replicas always up (warm at start)")
+    p.add_argument("--replica-max-inputs", type=int, help="requests one replica runs at once")
+    p.add_argument("--replica-target-inputs", type=int, help="in-flight requests per replica the autoscaler aims for")
+    p.add_argument("--replica-startup-s", type=float, help="seconds before a new replica serves")
+    p.add_argument("--replica-prefill-s", type=float, help="fixed seconds of each request on a replica")
+    p.add_argument("--replica-token-latency-s", type=float, help="seconds per generated token of a request")
+    p.add_argument("--replica-scaledown-s", type=float, help="idle seconds before a replica stops")
+    p.add_argument("--tpm-limit", type=int, help="tokens per minute per model (429 beyond, as OpenAI)")
+    p.add_argument("--rpm-limit", type=int, help="requests per minute per model (429 beyond, as OpenAI)")
     p.add_argument("--log-level", default="WARNING")
     p.add_argument(
         "--exit-on-stdin-eof", action="store_true", help="stop when stdin closes (no orphan if the parent dies)"

@@ -17,6 +17,8 @@ from aiohttp import web
 from testserver.batches import BatchService
 from testserver.faults import STATUS_FAULTS, FaultKind, FaultPicker
 from testserver.options import ServerOptions
+from testserver.ratelimit import RateLimiter
+from testserver.replicas import ReplicaPool
 from testserver.replies import choice, distort, error_response, json_response, status_fault
 from testserver.responders import (
     AVOID_MARKER,
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 _JUDGE_FORMATS = frozenset({"json_schema", "json_object"})
 _MAX_N = 128
+_REPLICA_KEYS = frozenset({"replicas_max", "replicas_min", "replica_max_inputs", "replica_target_inputs",
+                           "replica_startup_s", "replica_prefill_s", "replica_token_latency_s", "replica_scaledown_s",
+                           "replica_models"})
+_RATE_KEYS = frozenset({"tpm_limit", "rpm_limit", "rate_limit_models"})
 
 
 class FakeOpenAIServer:
@@ -53,6 +59,7 @@ class FakeOpenAIServer:
         self._counter = 0
         self._stats = Stats(self._initial.log_size)
         self.batches = BatchService(self)
+        self.replicas: ReplicaPool | None = None  # the Modal-like replica model, when replicas_max is set
         self._apply(self._initial)
         self.app = self._make_app()
 
@@ -65,6 +72,10 @@ class FakeOpenAIServer:
         self._models = frozenset(options.models)
         self._stats.resize(options.log_size)
         self.batches.configure(options, changed)
+        if changed is None or changed & _REPLICA_KEYS:
+            self._configure_replicas(options, rebuild=changed is None)
+        if changed is None or changed & _RATE_KEYS:
+            self.limiter = RateLimiter(options.rpm_limit, options.tpm_limit, options.rate_limit_models)  # buckets full
         if changed is None:
             self.picker = FaultPicker(options)
             self._jitter_rng = random.Random(options.seed + 1)
@@ -72,6 +83,19 @@ class FakeOpenAIServer:
         self.picker.configure(options, changed)  # a pending fail_next queue survives other changes
         if "seed" in changed:
             self._jitter_rng = random.Random(options.seed + 1)
+
+    def _configure_replicas(self, options: ServerOptions, *, rebuild: bool) -> None:
+        """A new pool at start, reset, or when the model is turned on; otherwise the pool takes the new settings."""
+        self._replica_models = None if options.replica_models is None else frozenset(options.replica_models)
+        if self.replicas is not None and (rebuild or options.replicas_max is None):
+            self.replicas.close()
+            self.replicas = None
+        if options.replicas_max is None:
+            return
+        if self.replicas is None:
+            self.replicas = ReplicaPool(options)
+        else:
+            self.replicas.configure(options)
 
     def control(self, **values: Any) -> dict[str, Any]:
         """Apply a partial update of the options (ValueError if invalid); returns `describe()`."""
@@ -94,7 +118,13 @@ class FakeOpenAIServer:
         self._apply(clean)
 
     def stats(self, *, log: bool = True, since: int = 0, limit: int | None = None) -> dict[str, Any]:
-        return self._stats.snapshot(log=log, since=since, limit=limit)
+        """Counters and the request log; "replicas" and "rate_limits" too when those models are on."""
+        out = self._stats.snapshot(log=log, since=since, limit=limit)
+        if self.replicas is not None:
+            out["replicas"] = self.replicas.snapshot()
+        if self.limiter.enabled:
+            out["rate_limits"] = self.limiter.snapshot()
+        return out
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -125,6 +155,8 @@ class FakeOpenAIServer:
         logger.info("test server listening on %s", self.url)
 
     async def stop(self) -> None:
+        if self.replicas is not None:
+            self.replicas.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -199,11 +231,35 @@ class FakeOpenAIServer:
         prompt_text = "\n".join(texts)
         rf = body.get("response_format")
         is_judge = isinstance(rf, dict) and rf.get("type") in _JUDGE_FORMATS
+        prompt_hash = hashlib.blake2b(prompt_text.encode(), digest_size=6).hexdigest()
+        if not self.limiter.applies(model):
+            return await self._answer(request, body, texts, prompt_text, prompt_hash, is_judge)
+        # OpenAI's admission count: the prompt's tokens plus every choice's output limit
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        admission = self.limiter.admit(model, estimate_tokens(sum(map(len, texts))) + n * limit)
+        if not admission.ok:
+            entry = self._stats.begin(model, n, "judge" if is_judge else "generate", prompt_hash,
+                                      f"rate_limit_{admission.kind}")
+            self._stats.end(entry, 429)
+            type_ = "requests" if admission.kind == "requests" else "tokens"  # OpenAI's error type names the limit
+            return error_response(429, admission.message, type_=type_, code="rate_limit_exceeded",
+                                  headers=admission.headers)
+        resp = await self._answer(request, body, texts, prompt_text, prompt_hash, is_judge)
+        resp.headers.update(admission.headers)
+        return resp
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], texts: list[str], prompt_text: str, prompt_hash: str,
+        is_judge: bool,
+    ) -> web.StreamResponse:
+        """A validated, admitted chat request: a fault, or the answer after its latency (and its replica's time)."""
+        model: str = body["model"]
+        n: int = body.get("n") or 1
+        messages = body["messages"]
         opts = self.options
         over_capacity = opts.max_in_flight is not None and self._stats.in_flight >= opts.max_in_flight
         fault = FaultKind.RATE_LIMIT if over_capacity else self.picker.pick(model, is_judge, prompt_text)
         label = "max_in_flight" if over_capacity else None if fault is None else fault.value
-        prompt_hash = hashlib.blake2b(prompt_text.encode(), digest_size=6).hexdigest()
         entry = self._stats.begin(model, n, "judge" if is_judge else "generate", prompt_hash, label)
         status = CLIENT_CLOSED  # what the log says if the client goes away while we wait
         try:
@@ -225,21 +281,25 @@ class FakeOpenAIServer:
                 delay += self._jitter_rng.random() * opts.jitter
             if delay:
                 await asyncio.sleep(delay)
+            tokens = 0  # generated tokens of the longest choice: what a replica takes time for
             if fault is FaultKind.MALFORMED:
-                status = 200
-                return web.Response(
+                resp, answer_status = web.Response(
                     body=b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"index": 0, "mess',
                     content_type="application/json",
-                )
-            if fault is FaultKind.NO_CHOICES:
-                status = 200
+                ), 200
+            elif fault is FaultKind.NO_CHOICES:
                 envelope = self._envelope(model, [], self._usage(sum(map(len, texts)), 0, 0))
                 del envelope["choices"]
-                return json_response(envelope)
-            if is_judge:
-                resp, status = self._judge(body, prompt_text, sum(map(len, texts)), fault)
+                resp, answer_status = json_response(envelope), 200
+            elif is_judge:
+                resp, answer_status, tokens = self._judge(body, prompt_text, sum(map(len, texts)), fault)
             else:
-                resp, status = self._generate(body, texts, messages, fault)
+                resp, answer_status, tokens = self._generate(body, texts, messages, fault)
+            pool = self.replicas
+            if pool is not None and answer_status == 200 and (self._replica_models is None
+                                                              or model in self._replica_models):
+                await pool.serve(pool.service_time(tokens))
+            status = answer_status
             return resp
         except asyncio.CancelledError:
             raise
@@ -337,7 +397,7 @@ class FakeOpenAIServer:
 
     def _generate(
         self, body: dict[str, Any], texts: list[str], messages: list[dict[str, Any]], fault: FaultKind | None
-    ) -> tuple[web.Response, int]:
+    ) -> tuple[web.Response, int, int]:
         n = body.get("n") or 1
         seed = body.get("seed")
         temperature = body.get("temperature")
@@ -350,7 +410,7 @@ class FakeOpenAIServer:
         model_marker = self.options.model_markers.get(body["model"])
         lines = (self.options.sample_lines[0], self.options.sample_lines[1])
         choices = []
-        completion_tokens = 0
+        completion_tokens = longest = 0
         for i in range(n):
             text = sample_text(last_user, seed, i, temperature, lines)
             if i == prefer or i == avoid:  # after the first speaker, where truncation does not reach
@@ -358,22 +418,24 @@ class FakeOpenAIServer:
             if model_marker:
                 text = text.replace("] ", f"] {model_marker} ", 1)
             text, cut = truncate(text, limit)
-            completion_tokens += estimate_tokens(len(text))
+            tokens = estimate_tokens(len(text))
+            completion_tokens += tokens
+            longest = max(longest, tokens)
             choices.append(choice(i, text, "length" if cut else "stop"))
         choices, completion_tokens = distort(choices, fault, completion_tokens, limit)
         usage = self._usage(sum(map(len, texts)), completion_tokens, 0)
-        return self._reply(body["model"], choices, usage), 200
+        return self._reply(body["model"], choices, usage), 200, longest
 
     def _judge(
         self, body: dict[str, Any], prompt_text: str, prompt_chars: int, fault: FaultKind | None
-    ) -> tuple[web.Response, int]:
+    ) -> tuple[web.Response, int, int]:
         blocks = find_blocks(self._pattern, prompt_text)
         if not blocks:
             return error_response(
                 400,
                 "test server judge: no completion blocks in the prompt; it looks for the regex "
                 f'{self._pattern.pattern!r}, e.g. <completion id="A">text</completion>',
-            ), 400
+            ), 400, 0
         verdict = judge(blocks, position_bias=self.options.judge_position_bias)
         ranking = list(verdict.ranking)
         if fault is FaultKind.NON_PERMUTATION:
@@ -391,7 +453,8 @@ class FakeOpenAIServer:
         if limit is not None and reasoning + content_tokens > limit:  # the budget went to reasoning
             content, finish, content_tokens, reasoning = "", "length", max(0, limit - reasoning), min(reasoning, limit)
         n = body.get("n") or 1
+        decoded = reasoning + content_tokens  # per choice; the n choices decode side by side
         choices = [choice(i, content, finish) for i in range(n)]
         choices, content_tokens = distort(choices, fault, content_tokens * n, limit)
         usage = self._usage(prompt_chars, content_tokens + reasoning * n, reasoning * n)
-        return self._reply(body["model"], choices, usage), 200
+        return self._reply(body["model"], choices, usage), 200, decoded

@@ -121,6 +121,53 @@ class ServerOptions:
     max_model_len: int = field(
         default=8192, metadata={"help": "context length /v1/models reports for every model (vLLM's max_model_len)"}
     )
+    # -- replicas: Modal's autoscaler and router in front of vLLM replicas (testserver/replicas.py) -----------------
+    replicas_max: int | None = field(
+        default=None,
+        metadata={"help": "most replicas (Modal's max_containers); None: no replica model, every request is "
+                  "answered at once after `latency`"},
+    )
+    replicas_min: int = field(
+        default=0, metadata={"help": "replicas always up (Modal's min_containers); these are warm at start"}
+    )
+    replica_max_inputs: int = field(
+        default=64,
+        metadata={"help": "requests one replica runs at once (@modal.concurrent(max_inputs)); more wait in the "
+                  "router's queue"},
+    )
+    replica_target_inputs: int | None = field(
+        default=None,
+        metadata={"help": "in-flight requests per replica the autoscaler aims for (@modal.concurrent(target_inputs)); "
+                  "None: replica_max_inputs, as Modal defaults it"},
+    )
+    replica_startup_s: float = field(
+        default=0.0, metadata={"help": "seconds a new replica takes before it serves (a cold start)"}
+    )
+    replica_prefill_s: float = field(
+        default=0.0, metadata={"help": "fixed seconds of every request's service time on a replica (prefill)"}
+    )
+    replica_token_latency_s: float = field(
+        default=0.0,
+        metadata={"help": "seconds per generated token of a request (its longest choice): service time = "
+                  "replica_prefill_s + tokens * this; a replica's requests run in parallel (continuous batching)"},
+    )
+    replica_scaledown_s: float = field(
+        default=60.0,
+        metadata={"help": "a replica idle this long stops, down to the number wanted (Modal's scaledown_window)"},
+    )
+    replica_models: list[str] | None = field(
+        default=None, metadata={"help": "models served by the replicas (None: all; the others answer at once)"}
+    )
+    # -- OpenAI's per-model rate limits (testserver/ratelimit.py) -------------------------------------------------
+    tpm_limit: int | None = field(
+        default=None,
+        metadata={"help": "tokens per minute per model (None: no limit); a request counts its prompt tokens plus "
+                  "n * max_completion_tokens (or max_tokens) at admission"},
+    )
+    rpm_limit: int | None = field(default=None, metadata={"help": "requests per minute per model (None: no limit)"})
+    rate_limit_models: list[str] | None = field(
+        default=None, metadata={"help": "models the tpm/rpm limits apply to (None: all)"}
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -206,6 +253,31 @@ class ServerOptions:
             raise ValueError(f"batch_concurrency must be an integer >= 1, got {self.batch_concurrency!r}")
         if not isinstance(self.log_size, int) or self.log_size < 1:
             raise ValueError(f"log_size must be an integer >= 1, got {self.log_size!r}")
+        self._check_replicas()
+        for name in ("tpm_limit", "rpm_limit"):
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise ValueError(f"{name} must be an integer >= 1 or null (no limit), got {value!r}")
+        self.replica_models = _model_list("replica_models", self.replica_models)
+        self.rate_limit_models = _model_list("rate_limit_models", self.rate_limit_models)
+
+    def _check_replicas(self) -> None:
+        top = self.replicas_max
+        if top is not None and not _positive_int(top):
+            raise ValueError(f"replicas_max must be an integer >= 1 or null (no replica model), got {top!r}")
+        low = self.replicas_min
+        if not isinstance(low, int) or isinstance(low, bool) or low < 0 or (top is not None and low > top):
+            raise ValueError(f"replicas_min must be an integer in 0..replicas_max ({top}), got {low!r}")
+        if not _positive_int(self.replica_max_inputs):
+            raise ValueError(f"replica_max_inputs must be an integer >= 1, got {self.replica_max_inputs!r}")
+        target = self.replica_target_inputs
+        if target is not None and (not _positive_int(target) or target > self.replica_max_inputs):
+            raise ValueError(
+                f"replica_target_inputs must be an integer in 1..replica_max_inputs ({self.replica_max_inputs}) "
+                f"or null, got {target!r}"
+            )
+        for name in ("replica_startup_s", "replica_prefill_s", "replica_token_latency_s", "replica_scaledown_s"):
+            _nonneg(name, getattr(self, name))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ServerOptions:
@@ -233,6 +305,18 @@ class ServerOptions:
             {"substring": e.substring, "kind": e.kind.value, "model": e.model} for e in self.fail_matching
         ]
         return out
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _model_list(name: str, value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not all(isinstance(m, str) for m in value):
+        raise ValueError(f"{name} must be a list of model ids or null (all models), got {value!r}")
+    return list(value)
 
 
 def _as_list(value: Any, name: str) -> list[Any]:
