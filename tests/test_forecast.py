@@ -61,8 +61,9 @@ def test_the_cli_prints_hours_and_dollars_per_stage_for_100k_prompts(tmp_path, b
     assert "note: judge.max_cost_usd $50.00 stops the judge after about" in err  # 100k rows cost far more
 
 
-def test_sampling_hours_follow_the_replica_bound_and_judging_the_tier(tmp_path):
-    big = _prompts(tmp_path / "p.jsonl", 20_000)
+def test_sampling_hours_follow_the_replica_bound_and_judging_the_tier(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.rounds_cost.SAMPLE_ROWS", 200)  # forecast on 200 rows, scaled up to all
+    big = _prompts(tmp_path / "p.jsonl", 5_000)
     one, _, _ = _stages(tmp_path, big, deploy={"scale": {"max_containers": 1, "sample_max_containers": 1}})
     eight, cfg, round1 = _stages(tmp_path, big)
     assert cfg.deploy.scale.sample_max_containers == 8

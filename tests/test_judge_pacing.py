@@ -17,8 +17,8 @@ from testserver import PREFER_MARKER, run_in_process
 
 BRIEF = "You are a writer for the TV show Seinfeld. Continue the scene with natural dialogue."
 FAST = {"progress": False, "backoff_base_s": 0.0, "backoff_cap_s": 0.0, "fsync_every_s": 0.05}
-BURST = 60  # requests a full token bucket admits at once, by construction of the limit below
-ROWS = BURST + 4  # the rest must wait for the bucket: 4 requests at BURST / 60 a second, ~4 s
+BURST = 100  # requests a full token bucket admits at once, by construction of the limit below
+ROWS = BURST + 5  # the rest must wait for the bucket: 5 requests at BURST / 60 a second, ~3 s
 
 
 class Clock:
@@ -80,12 +80,13 @@ def _rows(n: int) -> bytes:
     return b"".join(out)
 
 
-async def _judge(tmp_path, name: str, server_tpm: int | None, client_tpm: int | None) -> tuple[dict, float, dict]:
+async def _judge(tmp_path, name: str, server_tpm: int | None, client_tpm: int | None,
+                 attempts: int = 6) -> tuple[dict, float, dict]:
     completions = tmp_path / "completions.jsonl"
     completions.write_bytes(_rows(ROWS))
     async with run_in_process(tpm_limit=server_tpm) as server:
         settings = JudgeSettings(judge_model="gpt-5", judge_url=server.url, max_completion_tokens=2_000)
-        options = RunOptions(concurrency=8, tpm=client_tpm, **FAST)
+        options = RunOptions(concurrency=8, tpm=client_tpm, max_attempts=attempts, **FAST)
         t0 = time.perf_counter()
         summary = await run_judge(completions, tmp_path / name, settings, options, api_key="k")
         elapsed = time.perf_counter() - t0
@@ -99,9 +100,9 @@ async def test_live_judging_keeps_to_the_token_budget_where_unpaced_judging_is_r
     per_request = probe["admitted"]["gpt-5"]["tokens"] / probe["admitted"]["gpt-5"]["requests"]
     tpm = int(per_request * BURST)
 
-    limits, unpaced_s, unpaced = await _judge(tmp_path, "unpaced", server_tpm=tpm, client_tpm=None)
-    # The control: without the pacer the limit bites (429s; with 8 workers retrying, a row may even run out of tries).
-    assert limits["refused"].get("tokens", 0) >= 5 and unpaced["succeeded"] + unpaced["failed"] == ROWS
+    # The control, one try per request: without the pacer the limit refuses what passes the bucket.
+    limits, _, unpaced = await _judge(tmp_path, "unpaced", server_tpm=tpm, client_tpm=None, attempts=1)
+    assert limits["refused"].get("tokens", 0) >= 3 and unpaced["failed"] >= 3
 
     limits, paced_s, paced = await _judge(tmp_path, "paced", server_tpm=tpm, client_tpm=tpm)
     assert paced["succeeded"] == ROWS and paced["failed"] == 0

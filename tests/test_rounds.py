@@ -210,7 +210,7 @@ def test_the_stop_rule_keeps_the_round_that_measurably_won_serving(rounds_chain)
 
 def test_publish_the_last_rounds_run_from_the_zenml_store(rounds_chain, tmp_path):
     """`publish --run latest` on a real store: the dataset reads back with `datasets`, its rows carry round 2 (the
-    last run trained on its own round's pairs), the adapter copy keeps the trained hash, and bad calls exit 2."""
+    last run trained on its own round's pairs), and the adapter copy keeps the trained hash."""
     import datasets
 
     from infra.adapter_hash import adapter_sha256
@@ -232,7 +232,4 @@ def test_publish_the_last_rounds_run_from_the_zenml_store(rounds_chain, tmp_path
     assert adapter_sha256(out / "adapter") == manifest["adapter_sha256_trained"]
     card = (out / "adapter" / "README.md").read_text()
     assert "library_name: peft" in card and "| win rate, length-controlled (LC) |" in card
-    for args, message in ((["--run", "no-such-run"], "no run named 'no-such-run'"),
-                          (["--push-to-hub", "someone/pairs", "--force"], "HF_TOKEN")):
-        bad = publish(*args, "--out", str(out))
-        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    # (The bad calls, exit 2 with the rule, value and fix, are unit tests in tests/test_publish.py.)

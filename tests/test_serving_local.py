@@ -99,7 +99,7 @@ async def test_generate_stage_samples_three_per_prompt(local_vllm, tmp_path):
     assert len(rows) == 5 and all(len(r["completions"]) == 3 for r in rows)
 
 
-def test_deploy_redeploy_reuse_and_stop_one_lifecycle(tiny_kit, trained_dpo, tmp_path):
+def test_deploy_redeploy_reuse_and_stop_one_lifecycle(tiny_kit, trained_dpo, tmp_path, monkeypatch):
     from serving.errors import DeployError
     from serving.local_deploy import deploy_local, live_local
     from serving.records import load_record
@@ -129,13 +129,19 @@ def test_deploy_redeploy_reuse_and_stop_one_lifecycle(tiny_kit, trained_dpo, tmp
         assert err.value.part == "adapter missing"
         assert _group_alive(second.pid) and load_record(state, "local") == second
 
-        broken = tmp_path / "broken-base"  # a server that cannot start: the old one keeps serving
-        broken.mkdir()
-        (broken / "config.json").write_text("{}")
+        # A server that cannot start (it exits at once, as vLLM does on a broken base, without vLLM's ~20 s of
+        # imports first): the old one keeps serving.
+        import serving.local_vllm as local_vllm
+
+        real_command = local_vllm.build_vllm_command
+        monkeypatch.setattr(local_vllm, "build_vllm_command", lambda *a, **k: [
+            sys.executable, "-c", "import sys; print('ValueError: no model in broken-base'); sys.exit(3)"])
+        (tmp_path / "broken-base").mkdir()
         with pytest.raises(DeployError) as err:
-            deploy_local(broken, sft, state_dir=state, timeout_s=120)
+            deploy_local(tmp_path / "broken-base", sft, state_dir=state, timeout_s=120)
+        monkeypatch.setattr(local_vllm, "build_vllm_command", real_command)
         assert err.value.part == "startup"
-        assert "exited with code" in err.value.detail and "server log" in err.value.detail
+        assert "exited with code 3" in err.value.detail and "no model in broken-base" in err.value.detail
         assert _group_alive(second.pid) and load_record(state, "local") == second
         assert live_local(state, both) == second
 
