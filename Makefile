@@ -45,7 +45,7 @@ test: $(STAMP) browser tcmalloc
 	$(BIN)/python -m pytest -q
 
 # End-to-end chains beyond the default suite's time (-m e2e): `run --rounds 2` killed, resumed and rerun (~6 min).
-e2e: $(STAMP) tcmalloc
+e2e: $(STAMP) browser tcmalloc
 	$(BIN)/python -m pytest -q -m e2e
 
 # The Modal functions in replicas of their containers (-m rehearsal): only the image's packages (a venv cached under
@@ -59,7 +59,7 @@ proof: $(STAMP) tcmalloc
 
 # rehearse, e2e and proof in one pytest run: its two workers run the rounds chain beside the real-model proof
 # (.ci/run runs this after `make test`).
-slow: $(STAMP) tcmalloc
+slow: $(STAMP) browser tcmalloc
 	$(BIN)/python -m pytest -q -m 'rehearsal or e2e or realmodel'
 
 bench: $(STAMP)

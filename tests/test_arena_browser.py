@@ -147,6 +147,7 @@ def test_two_browser_sessions_sample_and_vote_at_once(local_vllm, tmp_path):
     assert by_vote["both_bad"]["winner"] is None
 
 
+@pytest.mark.e2e  # whole-process work (~10-25 s) moved to `make slow` to keep `make test` under 10 minutes
 def test_the_arena_command_shows_server_errors_and_a_waking_model_and_keeps_the_key_secret(tmp_path):
     votes, log_path = tmp_path / "votes.jsonl", tmp_path / "arena.log"
     behaviour: dict[str, object] = {"seinfeld": "ok", "seinfeld-dpo": "500"}

@@ -94,6 +94,7 @@ def test_the_gate_passes_and_fails_on_the_right_side_of_its_threshold(tmp_path, 
     assert ("gate failed" in done.stderr) is not passed
 
 
+@pytest.mark.e2e  # whole-process work (~10-25 s) moved to `make slow` to keep `make test` under 10 minutes
 def test_kill_during_judging_then_resume_pays_no_pair_twice(tmp_path):
     rows = 20
     write_prompts(tmp_path / "p.jsonl", rows)

@@ -104,6 +104,10 @@ async def test_live_judging_keeps_to_the_token_budget_where_unpaced_judging_is_r
     limits, _, unpaced = await _judge(tmp_path, "unpaced", server_tpm=tpm, client_tpm=None, attempts=1)
     assert limits["refused"].get("tokens", 0) >= 3 and unpaced["failed"] >= 3
 
+    # Configured ten times too high, the pacer learns the account's limit from the first answers' x-ratelimit headers.
+    limits, _, adapted = await _judge(tmp_path, "adapted", server_tpm=tpm, client_tpm=10 * tpm)
+    assert adapted["succeeded"] == ROWS and limits["refused"].get("tokens", 0) <= 1, limits
+
     limits, paced_s, paced = await _judge(tmp_path, "paced", server_tpm=tpm, client_tpm=tpm)
     assert paced["succeeded"] == ROWS and paced["failed"] == 0
     assert limits["refused"].get("tokens", 0) <= 1, limits  # within the budget: (nearly) no 429

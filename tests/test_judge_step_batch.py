@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from tests.helpers import ROOT
 from testserver import AVOID_MARKER, PREFER_MARKER, start_server
@@ -32,6 +33,7 @@ def run_pipeline(completions: str, workdir: str, judge_url: str) -> dict:
             "pairs_path": str(pairs.path)}
 
 
+@pytest.mark.e2e  # whole-process work (~10-25 s) moved to `make slow` to keep `make test` under 10 minutes
 def test_judge_step_in_batch_mode_records_the_batch_ids_as_metadata(tmp_path):
     completions = tmp_path / "completions.jsonl"
     rows = [{"prompt": f"[JERRY] Scene {i}.", "completions": [f"good {i} {PREFER_MARKER}", f"bad {i} {AVOID_MARKER}"]}

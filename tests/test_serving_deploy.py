@@ -369,12 +369,14 @@ def test_the_deploy_reads_the_live_version_before_deploying_and_its_own_after(mo
     ran: list[list[str]] = []
     versions = [7]
     scales: list[str] = []
+    served: list[dict] = []
 
     def fake_run(cmd, **kwargs):
         args = cmd[3:]  # after [python, -m, modal]
         ran.append(args[:2])
         if args[:1] == ["deploy"]:
             scales.append(kwargs["env"][SCALE_VAR])
+            served.append(json.loads(kwargs["env"]["NGPT_SERVED_ADAPTERS"]))
         if args[:2] == ["app", "history"]:
             rows = [{"version": f"v{v}", "time_deployed": "t"} for v in sorted(versions, reverse=True)]
             return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(rows, indent=2), stderr="")
@@ -389,4 +391,5 @@ def test_the_deploy_reads_the_live_version_before_deploying_and_its_own_after(mo
     deployment = deploy._deploy_modal_app({"seinfeld": "/vol/adapters/nothing-gpt/s"}, scale)
     assert ran == [["app", "history"], ["deploy", "-m"], ["app", "history"]]
     assert [ServeScale.from_env({SCALE_VAR: s}) for s in scales] == [scale]
+    assert served == [{"seinfeld": "/vol/adapters/nothing-gpt/s"}]  # what the app module loads (NGPT_SERVED_ADAPTERS)
     assert (deployment.previous_version, deployment.version) == (7, 8)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from engine.rows import prompt_id
 from tests.helpers import ROOT, write_prompts
@@ -43,6 +44,7 @@ def run_pipeline(prompts: str, pairs: str) -> dict:
     return {"status": str(run.status), "rows_seen": run.steps["rows_seen"].outputs["rows_seen"][0].load()}
 
 
+@pytest.mark.e2e  # whole-process work (~10-25 s) moved to `make slow` to keep `make test` under 10 minutes
 def test_steps_leave_no_temporary_folder_and_their_artifacts_still_load(tmp_path):
     prompts, pairs, tmp = tmp_path / "prompts.jsonl", tmp_path / "pairs.jsonl", tmp_path / "tmp"
     write_prompts(prompts, 8)

@@ -202,6 +202,7 @@ def capture_at_resume(store: dict):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # whole-process work (~10-25 s) moved to `make slow` to keep `make test` under 10 minutes
 def test_a_resumed_run_continues_the_checkpointed_policy_and_matches_an_uninterrupted_run(
         tiny_kit, data_dir, tmp_path):
     """Issue 18.1: `trainer.train(resume_from_checkpoint=...)` loads only the `ref/` sub-adapter; the policy
