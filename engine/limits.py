@@ -4,8 +4,9 @@ cool-down.
 The per-minute budgets count what OpenAI counts when it admits a request: one request, and its prompt tokens plus
 its `max_completion_tokens` (the answer's budget, not what it will use). Each is a bucket refilled continuously
 (a minute's limit per minute, holding at most one minute's worth), as OpenAI's limiter is. When responses carry
-`x-ratelimit-remaining-*` headers, the server's count wins wherever it is lower: other clients of the same key,
-or a limit below the configured one, then slow this run down instead of costing 429s.
+`x-ratelimit-*` headers, the server's figures win wherever they are lower: other clients of the same key, or a
+limit below the configured one, then slow this run down from the first answers on (requests already in flight may
+still meet a 429, which the cool-down absorbs).
 """
 
 from __future__ import annotations

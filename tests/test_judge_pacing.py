@@ -94,7 +94,7 @@ async def _judge(tmp_path, name: str, server_tpm: int | None, client_tpm: int | 
     return stats["rate_limits"], elapsed, summary.counters.__dict__
 
 
-async def test_live_judging_keeps_to_the_token_budget_where_unpaced_judging_is_refused(tmp_path):
+async def test_live_judging_keeps_to_the_token_budget_where_unpaced_judging_is_refused(tmp_path, monkeypatch):
     # The server's own count of one request's tokens sets a limit that admits BURST requests at once.
     probe, _, _ = await _judge(tmp_path, "probe", server_tpm=10**9, client_tpm=None)
     per_request = probe["admitted"]["gpt-5"]["tokens"] / probe["admitted"]["gpt-5"]["requests"]
@@ -104,9 +104,14 @@ async def test_live_judging_keeps_to_the_token_budget_where_unpaced_judging_is_r
     limits, _, unpaced = await _judge(tmp_path, "unpaced", server_tpm=tpm, client_tpm=None, attempts=1)
     assert limits["refused"].get("tokens", 0) >= 3 and unpaced["failed"] >= 3
 
-    # Configured ten times too high, the pacer learns the account's limit from the first answers' x-ratelimit headers.
-    limits, _, adapted = await _judge(tmp_path, "adapted", server_tpm=tpm, client_tpm=10 * tpm)
-    assert adapted["succeeded"] == ROWS and limits["refused"].get("tokens", 0) <= 1, limits
+    # Configured ten times too high, the pacer learns the account's limit from the answers' x-ratelimit headers.
+    seen: list[float | None] = []
+    observe = Budget.observe
+    monkeypatch.setattr(Budget, "observe", lambda self, limit, remaining: seen.append(limit) or observe(
+        self, limit, remaining))
+    _, _, adapted = await _judge(tmp_path, "adapted", server_tpm=tpm, client_tpm=10 * tpm)
+    monkeypatch.setattr(Budget, "observe", observe)
+    assert adapted["succeeded"] == ROWS and seen and set(seen) == {tpm}
 
     limits, paced_s, paced = await _judge(tmp_path, "paced", server_tpm=tpm, client_tpm=tpm)
     assert paced["succeeded"] == ROWS and paced["failed"] == 0
