@@ -77,10 +77,7 @@ def dataset_card(*, name: str, license_id: str, splits: dict[str, str], counts: 
         f"ds = load_dataset(\"{name}\")  # or the local folder this card is in",
         "```",
         "",
-        "## License",
-        "",
-        LICENSE_NOTE if license_id == "other" else f"`{license_id}`, as chosen by the publisher.",
-        "",
+        *_license(license_id),
         "## Source",
         "",
         *_rows([("run", f"`{source['run_name']}` (`{source['run_id']}`)"), ("round", source["round"]),
@@ -184,10 +181,7 @@ def adapter_card(*, name: str, license_id: str, base_model: str, datasets: list[
         f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")  # or this folder",
         "```",
         "",
-        "## License",
-        "",
-        LICENSE_NOTE if license_id == "other" else f"`{license_id}`, as chosen by the publisher.",
-        "",
+        *_license(license_id),
         "## Provenance",
         "",
         *_rows(hashes),
@@ -247,3 +241,9 @@ def _ab_lines(ab: dict[str, Any] | None, gate: dict[str, Any] | None) -> list[st
     if gate:
         out += ["", f"Gate: {gate.get('action', '?')} ({gate.get('message', '')})."]
     return out
+
+
+def _license(license_id: str) -> list[str]:
+    """Both cards' License section: the placeholder note until the publisher chooses one."""
+    return ["## License", "", LICENSE_NOTE if license_id == "other" else f"`{license_id}`, as chosen by the publisher.",
+            ""]
